@@ -9,7 +9,7 @@
 
 pub mod image;
 pub mod layout;
-mod long_mode;
+pub mod long_mode;
 mod zero_page;
 
 pub use image::{KernelFormat, KernelImage};

@@ -29,7 +29,7 @@ const PDE_PAGE_SIZE: u64 = 0x80;
 const RFLAGS_RESERVED: u64 = 0x2;
 
 /// Writes the GDT and page tables that identity-map the first 4 GiB with 2 MiB pages.
-pub(crate) fn write_tables(memory: &GuestMemoryMmap) -> Result<(), BootError> {
+pub fn write_tables(memory: &GuestMemoryMmap) -> Result<(), BootError> {
     let write = |addr: u64, value: u64| {
         memory.write_obj(value, GuestAddress(addr)).map_err(|_| BootError::GuestMemory { addr })
     };
@@ -49,7 +49,7 @@ pub(crate) fn write_tables(memory: &GuestMemoryMmap) -> Result<(), BootError> {
 }
 
 /// The boot processor's registers at the 64-bit entry point `entry`.
-pub(crate) fn boot_cpu_state(entry: u64, zero_page: u64) -> BootCpuState {
+pub fn boot_cpu_state(entry: u64, zero_page: u64) -> BootCpuState {
     let code = Segment::from_gdt_entry(BOOT_CS, GDT[usize::from(BOOT_CS / 8)]);
     let data = Segment::from_gdt_entry(BOOT_DS, GDT[usize::from(BOOT_DS / 8)]);
     let tss = Segment::from_gdt_entry(BOOT_TSS, GDT[usize::from(BOOT_TSS / 8)]);

@@ -1,0 +1,17 @@
+//! Test support: guests assembled inside the tests.
+//!
+//! * [`guests`] assembles small 64-bit guests with iced-x86's code assembler: serial output, port
+//!   I/O, MMIO, HLT, triple fault, several vCPUs, code at CPL0 and CPL3.
+//! * [`elf`] wraps guest code into an ELF64 kernel image that `kiln-vmm --kernel` boots.
+//! * [`harness`] runs a guest directly on an engine with a recording [`kiln_engine::IoHandler`], so
+//!   the same engine-conformance tests run on `kvm` and `emu`.
+//! * [`skip`] reports tests that cannot run on this host, so they never pass silently.
+
+pub mod conformance;
+pub mod elf;
+pub mod guests;
+pub mod harness;
+pub mod skip;
+
+/// Guest-physical address where test guests are loaded and entered.
+pub const GUEST_BASE: u64 = 0x10_0000;
