@@ -276,8 +276,8 @@ pub fn parse_azure(
                 (Some(c), None) => tables.flavors.get(&c).copied(),
                 _ => None,
             }
-            .ok_or_else(|| malformed(paths.0, n, format!("unknown flavor {f:?}")))?;
-            let bad_life = || malformed(paths.1, ln, format!("bad lifetime {l:?} (expected U<bin> or C<bin>)"));
+            .ok_or_else(|| malformed(paths.0, n, format!("unknown flavor {:?}", f.chars().take(24).collect::<String>())))?;
+            let bad_life = || malformed(paths.1, ln, format!("bad lifetime {:?} (expected U<bin> or C<bin>)", l.chars().take(24).collect::<String>()));
             let (kind, bin) = l.split_at(l.len().min(1));
             let bin: usize = bin.parse().map_err(|_| bad_life())?;
             let left = tables.cut.saturating_sub(t);

@@ -125,11 +125,12 @@ fn parse_fields(text: &str) -> Result<[i64; 18], String> {
     let mut count = 0;
     for (i, tok) in text.split_whitespace().enumerate() {
         if i >= 18 {
-            return Err(format!("more than 18 fields (field {} is {tok:?})", i + 1));
+            return Err(format!("more than 18 fields (field {} is {:?})", i + 1, short(tok)));
         }
-        let v: f64 = tok.parse().map_err(|_| format!("field {} is not a number: {tok:?}", i + 1))?;
+        let v: f64 =
+            tok.parse().map_err(|_| format!("field {} is not a number: {:?}", i + 1, short(tok)))?;
         if !v.is_finite() {
-            return Err(format!("field {} is not a finite number: {tok:?}", i + 1));
+            return Err(format!("field {} is not a finite number: {:?}", i + 1, short(tok)));
         }
         // Some logs write fractional values (e.g. average CPU time); times are whole seconds.
         out[i] = v.round() as i64;
@@ -139,6 +140,15 @@ fn parse_fields(text: &str) -> Result<[i64; 18], String> {
         return Err(format!("{count} fields, expected 18"));
     }
     Ok(out)
+}
+
+/// At most 24 characters of `tok`, so that an error about a binary or huge line stays one line.
+fn short(tok: &str) -> String {
+    let mut s: String = tok.chars().take(24).collect();
+    if s.len() < tok.len() {
+        s.push_str("...");
+    }
+    s
 }
 
 fn to_job(f: &[i64; 18], w: &mut Workload) -> Option<Job> {
