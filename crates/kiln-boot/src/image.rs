@@ -197,12 +197,8 @@ impl KernelImage {
         self.end
     }
 
-    /// Loads the kernel into `memory` of `memory_bytes` RAM.
-    pub fn load(
-        &self,
-        memory: &GuestMemoryMmap,
-        memory_bytes: u64,
-    ) -> Result<LoadedKernel, ImageError> {
+    /// Checks that the kernel fits in `memory_bytes` of RAM.
+    pub fn check_fit(&self, memory_bytes: u64) -> Result<(), ImageError> {
         if self.end > layout::low_ram_end(memory_bytes) {
             return Err(ImageError::TooLarge {
                 path: self.path.clone(),
@@ -210,6 +206,16 @@ impl KernelImage {
                 memory_mib: memory_bytes >> 20,
             });
         }
+        Ok(())
+    }
+
+    /// Loads the kernel into `memory` of `memory_bytes` RAM.
+    pub fn load(
+        &self,
+        memory: &GuestMemoryMmap,
+        memory_bytes: u64,
+    ) -> Result<LoadedKernel, ImageError> {
+        self.check_fit(memory_bytes)?;
         let mut file = File::open(&self.path)
             .map_err(|source| ImageError::Read { path: self.path.clone(), source })?;
         let load_err = |e: linux_loader::loader::Error| ImageError::Load {

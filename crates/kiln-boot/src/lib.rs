@@ -101,6 +101,40 @@ fn build_cmdline(text: &str) -> Result<Cmdline, BootError> {
     Ok(cmdline)
 }
 
+/// Checks, without touching guest memory, that the kernel and an initrd of `initrd_size` bytes
+/// fit in `memory_bytes` of RAM. [`load_guest`] makes the same checks.
+pub fn check_fit(
+    kernel: &KernelImage,
+    initrd: Option<&Path>,
+    memory_bytes: u64,
+) -> Result<(), BootError> {
+    kernel.check_fit(memory_bytes)?;
+    if let Some(path) = initrd {
+        let size = std::fs::metadata(path)
+            .map_err(|source| BootError::InitrdRead { path: path.to_path_buf(), source })?
+            .len();
+        initrd_address(path, size, kernel.memory_needed(), memory_bytes)?;
+    }
+    Ok(())
+}
+
+/// Where an initrd of `size` bytes goes: the highest page-aligned address that leaves it below
+/// the end of low RAM and above the kernel.
+fn initrd_address(
+    path: &Path,
+    size: u64,
+    kernel_end: u64,
+    memory_bytes: u64,
+) -> Result<u64, BootError> {
+    let top = layout::low_ram_end(memory_bytes);
+    let floor = kernel_end.next_multiple_of(layout::PAGE_SIZE);
+    let available = top.saturating_sub(floor);
+    if size > available {
+        return Err(BootError::InitrdTooLarge { path: path.to_path_buf(), size, available });
+    }
+    Ok((top - size) & !(layout::PAGE_SIZE - 1))
+}
+
 /// Places the initrd at the highest page-aligned address below the end of low RAM (and below
 /// 4 GiB minus the MMIO hole), above the kernel, as boot loaders do.
 fn load_initrd(
@@ -112,13 +146,7 @@ fn load_initrd(
     let read_err = |source| BootError::InitrdRead { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
-    let top = layout::low_ram_end(memory_bytes);
-    let floor = kernel_end.next_multiple_of(layout::PAGE_SIZE);
-    let available = top.saturating_sub(floor);
-    if size > available {
-        return Err(BootError::InitrdTooLarge { path: path.to_path_buf(), size, available });
-    }
-    let addr = (top - size) & !(layout::PAGE_SIZE - 1);
+    let addr = initrd_address(path, size, kernel_end, memory_bytes)?;
     memory
         .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| read_err(io::Error::other(e.to_string())))?;

@@ -1,0 +1,48 @@
+//! The command line of `kiln-vmm`. Users script these options: keep them stable.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+/// How to choose the CPU engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineChoice {
+    /// `kvm` where hardware virtualization can run the guest, `emu` otherwise.
+    Auto,
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// Kiln's own x86-64 CPU in software.
+    Emu,
+}
+
+/// Runs one virtual machine. The guest's serial console is this process's stdin and stdout.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln-vmm",
+    version,
+    after_help = "Exit status: 0 when the guest resets or powers off; 1 for bad input or a host \
+                  error; 2 for a usage error; 3 when the guest crashes (triple fault, an exit the \
+                  VMM cannot serve, all vCPUs halted for good)."
+)]
+pub struct Args {
+    /// Kernel image: an ELF64 vmlinux (with or without a PVH note) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (initramfs) image.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "console=ttyS0 reboot=k panic=-1")]
+    pub cmdline: String,
+    /// Number of virtual CPUs (1-254).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub memory: u64,
+    /// CPU engine.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    pub engine: EngineChoice,
+    /// Do not forward stdin to the guest's serial console.
+    #[arg(long)]
+    pub no_console_input: bool,
+}

@@ -1,0 +1,100 @@
+//! Validating the command line into a VM configuration before anything is created.
+
+use crate::cli::{Args, EngineChoice};
+use kiln_boot::{image::ImageError, layout, BootError, KernelImage};
+use std::path::PathBuf;
+
+/// The most vCPUs a VM can have: APIC IDs 0-254 of the xAPIC, 255 is broadcast.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Bad input, each naming the option at fault and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--vcpus` out of range.
+    #[error("--vcpus {0} is out of range: give between 1 and {MAX_VCPUS}")]
+    Vcpus(u32),
+    /// `--memory` below the minimum.
+    #[error("--memory {given} MiB is too small: Kiln needs at least {min} MiB", min = layout::MIN_MEMORY_BYTES >> 20)]
+    MemoryTooSmall {
+        /// The value given.
+        given: u64,
+    },
+    /// `--memory` above what the host has.
+    #[error("--memory {given} MiB is more than this host's {host} MiB of RAM; give less")]
+    MemoryTooLarge {
+        /// The value given.
+        given: u64,
+        /// Host RAM in MiB.
+        host: u64,
+    },
+    /// The kernel image is unusable.
+    #[error(transparent)]
+    Kernel(#[from] ImageError),
+    /// The initrd is missing.
+    #[error("initrd {0} does not exist or is not a regular file")]
+    Initrd(PathBuf),
+    /// Kernel or initrd do not fit in the memory given.
+    #[error(transparent)]
+    Fit(#[from] BootError),
+}
+
+/// A validated VM configuration.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// The recognised kernel.
+    pub kernel: KernelImage,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count.
+    pub vcpus: u32,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// Requested engine.
+    pub engine: EngineChoice,
+    /// Forward stdin to the serial console.
+    pub console_input: bool,
+}
+
+impl VmConfig {
+    /// Checks every option; the first problem found is returned.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(args.vcpus));
+        }
+        let memory_bytes = args.memory.checked_mul(1 << 20).unwrap_or(u64::MAX);
+        if memory_bytes < layout::MIN_MEMORY_BYTES {
+            return Err(ConfigError::MemoryTooSmall { given: args.memory });
+        }
+        if let Some(host) = host_memory_mib() {
+            if args.memory > host {
+                return Err(ConfigError::MemoryTooLarge { given: args.memory, host });
+            }
+        }
+        let kernel = KernelImage::open(&args.kernel)?;
+        if let Some(initrd) = &args.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::Initrd(initrd.clone()));
+            }
+        }
+        kiln_boot::check_fit(&kernel, args.initrd.as_deref(), memory_bytes)?;
+        Ok(VmConfig {
+            kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+            vcpus: args.vcpus,
+            memory_bytes,
+            engine: args.engine,
+            console_input: !args.no_console_input,
+        })
+    }
+}
+
+/// The host's RAM in MiB, from `/proc/meminfo`.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}

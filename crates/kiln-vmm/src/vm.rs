@@ -1,0 +1,195 @@
+//! Building one VM from its configuration, running it, and reporting how it ended.
+//!
+//! Threads: the main thread builds the VM, starts one thread per vCPU (`kiln-vcpu-N`) and a
+//! console-input thread, then waits on the [`ExitSignal`]. A vCPU thread raises the signal when
+//! its vCPU triple-faults or fails; devices raise it when the guest resets. The main thread then
+//! kicks every vCPU out of its run loop, joins them and returns the [`Outcome`].
+
+use crate::config::VmConfig;
+use kiln_boot::{layout, BootError, BootSpec};
+use kiln_devices::boot_timer::{BootTimer, ReadyTime, BOOT_TIMER_PORT};
+use kiln_devices::bus::BusError;
+use kiln_devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
+use kiln_devices::{DeviceManager, ExitReason, ExitSignal};
+use kiln_engine::{Engine, EngineError, Kick, Vcpu, VcpuStop, VmSpec};
+use std::io::Read;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vm_memory::GuestMemoryMmap;
+
+/// Errors of building a VM (before the guest runs).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Guest memory could not be mapped.
+    #[error("cannot allocate {mib} MiB of guest memory")]
+    Memory {
+        /// Size asked for.
+        mib: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// Loading the guest failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The device layout is inconsistent (a VMM bug).
+    #[error("device layout")]
+    Bus(#[from] BusError),
+    /// A thread could not be started.
+    #[error("cannot start thread {name}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a VM run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The reason.
+    pub reason: ExitReason,
+}
+
+/// Builds the VM described by `config` on `engine` and runs it to its end.
+pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result<Outcome, VmError> {
+    let mib = config.memory_bytes >> 20;
+    let memory = GuestMemoryMmap::<()>::from_ranges(&layout::ram_ranges(config.memory_bytes))
+        .map_err(|source| VmError::Memory { mib, source })?;
+    let spec = BootSpec {
+        kernel: &config.kernel,
+        initrd: config.initrd.as_deref(),
+        cmdline: &config.cmdline,
+        memory_bytes: config.memory_bytes,
+    };
+    let boot_state = kiln_boot::load_guest(&memory, &spec)?;
+    let vm = engine.create_vm(&VmSpec { vcpus: config.vcpus }, &memory)?;
+
+    let exit = Arc::new(ExitSignal::new());
+    let mut devices = DeviceManager::new(exit.clone());
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        vm.irq_line(COM1_GSI)?,
+        Box::new(std::io::stdout()),
+    )));
+    devices.pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
+    devices.pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
+    let report = Box::new(|t: Duration| {
+        eprintln!("kiln-vmm: boot timer: guest ready {:.1} ms after VMM start", ms(t));
+    });
+    let timer = BootTimer::new(vmm_start, ReadyTime::default(), report);
+    devices.pio.insert(BOOT_TIMER_PORT, 1, Arc::new(Mutex::new(timer)))?;
+    let devices = Arc::new(devices);
+
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let mut vcpu = vm.create_vcpu(index)?;
+        if index == 0 {
+            vcpu.set_boot_state(&boot_state)?;
+        }
+        vcpus.push(vcpu);
+    }
+    let kickers: Vec<Arc<dyn Kick>> = vcpus.iter().map(|v| v.kicker()).collect();
+    let halted = Arc::new(AtomicU32::new(0));
+    let mut threads = Vec::new();
+    for vcpu in vcpus {
+        threads.push(spawn_vcpu(vcpu, devices.clone(), halted.clone(), config.vcpus)?);
+    }
+    if config.console_input {
+        spawn_console_input(serial, exit.clone())?;
+    }
+
+    let reason = exit.wait();
+    for kicker in &kickers {
+        kicker.kick();
+    }
+    for thread in threads {
+        // A vCPU thread that panicked has already raised the exit signal through its guard.
+        let _ = thread.join();
+    }
+    drop(vm);
+    Ok(Outcome { reason })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs one vCPU until the VM ends.
+fn spawn_vcpu(
+    mut vcpu: Box<dyn Vcpu>,
+    devices: Arc<DeviceManager>,
+    halted: Arc<AtomicU32>,
+    total: u32,
+) -> Result<JoinHandle<()>, VmError> {
+    let name = format!("kiln-vcpu-{}", vcpu.index());
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let exit = devices.exit.clone();
+            let index = vcpu.index();
+            loop {
+                match vcpu.run(devices.as_ref()) {
+                    Ok(VcpuStop::Kicked) if exit.is_raised() => break,
+                    Ok(VcpuStop::Kicked) => continue,
+                    Ok(VcpuStop::Shutdown) => {
+                        let regs = vcpu.dump().map(|d| d.to_string()).unwrap_or_default();
+                        exit.raise(ExitReason::GuestCrash(format!(
+                            "vCPU {index} triple-faulted (shutdown): {regs}"
+                        )));
+                        break;
+                    }
+                    Ok(VcpuStop::Halted) => {
+                        if halted.fetch_add(1, Ordering::SeqCst) + 1 == total {
+                            let regs = vcpu.dump().map(|d| d.to_string()).unwrap_or_default();
+                            exit.raise(ExitReason::GuestCrash(format!(
+                                "all vCPUs halted with interrupts disabled: {regs}"
+                            )));
+                        }
+                        exit.wait();
+                        break;
+                    }
+                    Err(e) => {
+                        let regs = vcpu.dump().map(|d| d.to_string()).unwrap_or_default();
+                        exit.raise(ExitReason::GuestCrash(format!("vCPU {index}: {e}: {regs}")));
+                        break;
+                    }
+                }
+            }
+        })
+        .map_err(|source| VmError::Thread { name, source })
+}
+
+/// Forwards stdin to the serial console, respecting the UART's FIFO.
+fn spawn_console_input(
+    serial: Arc<Mutex<SerialConsole>>,
+    exit: Arc<ExitSignal>,
+) -> Result<(), VmError> {
+    let name = "kiln-console-in".to_string();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                let mut pending = &buf[..n];
+                while !pending.is_empty() && !exit.is_raised() {
+                    let taken =
+                        serial.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(pending);
+                    pending = &pending[taken..];
+                    if taken == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| VmError::Thread { name, source })
+}

@@ -1,0 +1,165 @@
+//! `kiln-vmm` as users run it: foreign kernel images, exit statuses, and bad input.
+
+use kiln_testguest::elf::ElfImage;
+use kiln_testguest::{guests, skip, GUEST_BASE};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kiln-vmm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn kiln_vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kiln-vmm runs")
+}
+
+fn write_guest(dir: &TempDir, name: &str, code: Vec<u8>) -> PathBuf {
+    let path = dir.path(name);
+    ElfImage::new(GUEST_BASE, code).write(&path).unwrap();
+    path
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn foreign_elf_kernel_prints_to_serial_and_resets_with_status_0() {
+    if !skip::require_kvm("kiln-vmm::foreign_elf_kernel") {
+        return;
+    }
+    let dir = TempDir::new("hello");
+    let kernel =
+        write_guest(&dir, "hello.elf", guests::hello("Hello from a foreign kernel\n").unwrap());
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "kvm", "--memory", "64"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello from a foreign kernel\n");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("boot timer: guest ready"), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn two_vcpus_boot_with_application_processor_waiting_for_sipi() {
+    if !skip::require_kvm("kiln-vmm::two_vcpus") {
+        return;
+    }
+    let dir = TempDir::new("smp");
+    let kernel = write_guest(&dir, "hello.elf", guests::hello("two\n").unwrap());
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "kvm", "--vcpus", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "two\n");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn triple_fault_exits_3_with_a_one_line_reason_and_registers() {
+    if !skip::require_kvm("kiln-vmm::triple_fault") {
+        return;
+    }
+    let dir = TempDir::new("tf");
+    let kernel = write_guest(&dir, "tf.elf", guests::triple_fault().unwrap());
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "kvm"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    let line = err.lines().find(|l| l.contains("guest crashed")).expect("a crash line");
+    assert!(line.contains("triple-faulted") && line.contains("rip="), "{line}");
+}
+
+#[test]
+fn linux_kernel_under_kvm_on_a_pvm_host_is_refused_with_advice() {
+    if kiln_kvm::HostVirtualization::detect() != kiln_kvm::HostVirtualization::Pvm {
+        skip::skip("kiln-vmm::pvm_refusal", "this host's /dev/kvm is not PVM");
+        return;
+    }
+    let dir = TempDir::new("pvm");
+    let mut image = ElfImage::new(GUEST_BASE, guests::hello("must not run\n").unwrap());
+    image.note_owner = Some("Linux".into());
+    let kernel = dir.path("vmlinux");
+    image.write(&kernel).unwrap();
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "kvm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(err.contains("PVM") && err.contains("--engine emu"), "{err}");
+}
+
+fn assert_bad_input(args: &[&str], expect: &[&str]) {
+    let out = kiln_vmm(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "args {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for word in expect {
+        assert!(err.contains(word), "{args:?}: expected {word:?} in {err}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_one_line_error_and_status_1() {
+    let dir = TempDir::new("bad");
+    let good = write_guest(&dir, "good.elf", guests::hello("x").unwrap());
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path("truncated.elf");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    let short_header = dir.path("short.elf");
+    std::fs::write(&short_header, &bytes[..40]).unwrap();
+    let text = dir.path("notes.txt");
+    std::fs::write(&text, "just some text, not a kernel\n").unwrap();
+    let mut big = ElfImage::new(GUEST_BASE, vec![0xf4]);
+    big.bss = 64 << 20;
+    let big_kernel = dir.path("big.elf");
+    big.write(&big_kernel).unwrap();
+    let initrd = dir.path("initrd.img");
+    std::fs::write(&initrd, vec![0u8; 20 << 20]).unwrap();
+
+    assert_bad_input(
+        &["--kernel", p(&dir.path("missing"))],
+        &["cannot read kernel image", "missing"],
+    );
+    assert_bad_input(&["--kernel", p(&truncated)], &["truncated", "truncated.elf"]);
+    assert_bad_input(&["--kernel", p(&short_header)], &["truncated", "ELF header"]);
+    assert_bad_input(&["--kernel", p(&text)], &["neither an ELF vmlinux nor a bzImage"]);
+    assert_bad_input(&["--kernel", p(&good), "--vcpus", "0"], &["--vcpus 0", "between 1 and 254"]);
+    assert_bad_input(&["--kernel", p(&good), "--memory", "4"], &["--memory 4 MiB is too small"]);
+    assert_bad_input(
+        &["--kernel", p(&big_kernel), "--memory", "32"],
+        &["needs guest memory", "raise --memory"],
+    );
+    assert_bad_input(&["--kernel", p(&good), "--memory", "100000000"], &["more than this host's"]);
+    assert_bad_input(
+        &["--kernel", p(&good), "--initrd", p(&initrd), "--memory", "16"],
+        &["initrd", "does not fit", "more --memory"],
+    );
+    assert_bad_input(
+        &["--kernel", p(&good), "--initrd", p(&dir.path("no-initrd"))],
+        &["initrd", "does not exist"],
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = kiln_vmm(&["--vcpus", "two"]);
+    assert_eq!(out.status.code(), Some(2));
+}
