@@ -1,0 +1,28 @@
+//! Kiln's own x86-64 CPU: the `emu` engine.
+//!
+//! Decoding is done by `iced-x86`; everything after decoding is Kiln's: the architectural state
+//! ([`cpu::Cpu`]), guest-physical memory access ([`mem`]), 4-level paging with a software TLB
+//! ([`mmu`]), exceptions and their delivery through the IDT ([`fault`]), the instruction semantics
+//! grouped by family ([`exec`]), and the adapter to Kiln's engine boundary ([`EmuEngine`]).
+//!
+//! The interpreter runs one instruction per [`cpu::Cpu::step`]. An instruction either completes
+//! (all architectural effects applied) or raises an exception before any architectural effect
+//! (faults are precise: memory is written before registers and flags, and every page an
+//! access touches is translated before the first byte is written).
+//!
+//! What is not here yet: the local APIC and I/O APIC (an [`kiln_engine::IrqLine`] currently records
+//! one pending external vector), the x87 FPU and SSE, legacy (non-long-mode) paging and interrupt
+//! delivery, a decoded-block cache.
+
+pub mod cpu;
+mod engine;
+pub mod exec;
+pub mod fault;
+pub mod flags;
+pub mod mem;
+pub mod mmu;
+pub mod sandbox;
+
+pub use cpu::Cpu;
+pub use engine::{EmuEngine, EmuVcpu, EmuVm};
+pub use fault::{Exception, Vector};

@@ -1,0 +1,401 @@
+//! Focused tests of paging, exceptions, interrupt delivery and privilege changes, run in the
+//! sandbox machine (`kiln_emu::sandbox`).
+
+use iced_x86::code_asm::*;
+use kiln_emu::fault::StepError;
+use kiln_emu::sandbox::Sandbox;
+
+const CODE: u64 = 0x10_0000;
+
+fn assemble(ip: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+    f(&mut a).expect("test code assembles");
+    a.assemble(ip).expect("test code assembles")
+}
+
+fn load(sb: &mut Sandbox, ip: u64, code: &[u8]) {
+    sb.poke(ip, code);
+    sb.cpu.rip = ip;
+}
+
+/// The exception frame the CPU pushed at `top` (aligned), with or without an error code:
+/// returns (error code, rip, cs, rflags, rsp, ss).
+fn frame(sb: &Sandbox, top: u64, has_code: bool) -> (Option<u64>, u64, u64, u64, u64, u64) {
+    let mut at = top;
+    let code = if has_code {
+        let c = sb.peek_u64(at);
+        at += 8;
+        Some(c)
+    } else {
+        None
+    };
+    (
+        code,
+        sb.peek_u64(at),
+        sb.peek_u64(at + 8),
+        sb.peek_u64(at + 16),
+        sb.peek_u64(at + 24),
+        sb.peek_u64(at + 32),
+    )
+}
+
+#[test]
+fn a_loop_computes_fibonacci() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.mov(rax, 0u64)?;
+        a.mov(rbx, 1u64)?;
+        a.mov(ecx, 50u32)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.lea(rdx, qword_ptr(rax + rbx))?;
+        a.mov(rax, rbx)?;
+        a.mov(rbx, rdx)?;
+        a.loop_(top)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(10_000).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!(sb.cpu.gpr[0], 12_586_269_025); // fib(50)
+}
+
+#[test]
+fn user_write_to_read_only_page_faults_with_protection_code_and_cr2() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let target = 0x20_0000u64;
+    sb.set_pte_flags(target, 0x5); // present, user, read-only
+    let code = assemble(CODE, |a| {
+        a.mov(rax, target)?;
+        a.mov(rcx, qword_ptr(rax))?; // reads are fine
+        a.mov(qword_ptr(rax), rcx)?; // the write faults
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.enter_user();
+    sb.cpu.gpr[4] = 0x30_0000;
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(14));
+    assert_eq!(sb.cpu.cr2, target);
+    assert_eq!(sb.cpu.cpl(), 0);
+    // Privilege change: the frame is on the TSS RSP0 stack and holds the user context.
+    let top = sb::RSP0_TOP - 48;
+    assert_eq!(sb.cpu.gpr[4], top);
+    let (err, f_rip, f_cs, _fl, ursp, f_ss) = frame(&sb, top, true);
+    assert_eq!(err, Some(0x7), "P|W|U");
+    assert_eq!(f_rip, CODE + 10 + 3, "RIP of the faulting store");
+    assert_eq!(f_cs, u64::from(sb::USER_CS));
+    assert_eq!(ursp, 0x30_0000);
+    assert_eq!(f_ss, u64::from(sb::USER_DS));
+}
+
+use kiln_emu::sandbox as sb;
+
+#[test]
+fn kernel_read_of_not_present_page_faults_with_code_zero() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let target = 0x20_1008u64;
+    sb.set_pte_flags(target, 0);
+    let code = assemble(CODE, |a| {
+        a.mov(rax, target)?;
+        a.mov(rcx, qword_ptr(rax))?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(14));
+    assert_eq!(sb.cpu.cr2, target);
+    let (err, f_rip, f_cs, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0));
+    assert_eq!(f_rip, CODE + 10);
+    assert_eq!(f_cs, u64::from(sb::KERNEL_CS));
+}
+
+#[test]
+fn fetch_from_no_execute_page_faults_with_instruction_bit() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let target = 0x20_2000u64;
+    sb.poke(target, &[0x90, 0xf4]);
+    sb.set_pte_flags(target, 0x7 | (1 << 63));
+    let code = assemble(CODE, |a| {
+        a.mov(rax, target)?;
+        a.jmp(rax)
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(14));
+    assert_eq!(sb.cpu.cr2, target);
+    let (err, f_rip, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0x11), "P|I");
+    assert_eq!(f_rip, target);
+}
+
+#[test]
+fn reserved_bit_in_a_page_table_entry_faults_with_rsvd() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let target = 0x20_3000u64;
+    sb.poke_u64(Sandbox::pte_addr(target), target | 7 | (1 << 45));
+    let code = assemble(CODE, |a| {
+        a.mov(rax, target)?;
+        a.mov(qword_ptr(rax), rax)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(14));
+    let (err, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0xb), "P|W|RSVD");
+}
+
+#[test]
+fn divide_by_zero_is_delivered_to_vector_0_on_the_same_stack() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.xor(ecx, ecx)?;
+        a.mov(eax, 7u32)?;
+        a.div(ecx)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.cpu.gpr[4] = 0x6_0008; // misaligned on purpose: delivery aligns to 16
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(0));
+    assert_eq!(sb.cpu.gpr[4], 0x6_0000 - 40);
+    let (_, f_rip, f_cs, _, f_rsp, _) = frame(&sb, sb.cpu.gpr[4], false);
+    assert_eq!(f_rip, CODE + 7, "RIP of the DIV");
+    assert_eq!(f_cs, u64::from(sb::KERNEL_CS));
+    assert_eq!(f_rsp, 0x6_0008);
+    assert_eq!(sb.cpu.gpr[0], 7, "DIV left RAX alone");
+}
+
+#[test]
+fn ist_gate_switches_to_the_ist_stack() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    sb.set_gate(6, sb::STUBS + 6 * 16, 0xe, 0, 1);
+    let code = assemble(CODE, |a| a.ud2());
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(6));
+    assert_eq!(sb.cpu.gpr[4], sb::IST1_TOP - 40);
+    let (_, f_rip, ..) = frame(&sb, sb.cpu.gpr[4], false);
+    assert_eq!(f_rip, CODE);
+}
+
+#[test]
+fn exceptions_with_an_unusable_idt_end_in_a_triple_fault() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    sb.cpu.idtr.limit = 0;
+    let code = assemble(CODE, |a| a.ud2());
+    load(&mut sb, CODE, &code);
+    assert_eq!(sb.run(100), Err(StepError::TripleFault));
+}
+
+#[test]
+fn page_fault_during_page_fault_delivery_becomes_double_fault() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    sb.set_gate(8, sb::STUBS + 8 * 16, 0xe, 0, 1); // #DF on IST1 as Linux does
+    let code = assemble(CODE, |a| {
+        a.mov(rax, 0x20_4000u64)?;
+        a.mov(rcx, qword_ptr(rax))?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.set_pte_flags(0x20_4000, 0);
+    // The kernel stack is not mapped either: pushing the #PF frame faults.
+    sb.cpu.gpr[4] = 0x20_5000;
+    sb.set_pte_flags(0x20_4ff8, 0);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(8));
+    let (err, f_rip, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0));
+    assert_eq!(f_rip, CODE + 10);
+}
+
+#[test]
+fn accessed_and_dirty_bits_are_set_by_reads_and_writes() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let (r, w) = (0x20_6000u64, 0x20_7000u64);
+    sb.set_pte_flags(r, 7);
+    sb.set_pte_flags(w, 7);
+    let code = assemble(CODE, |a| {
+        a.mov(rax, r)?;
+        a.mov(rcx, qword_ptr(rax))?;
+        a.mov(rax, w)?;
+        a.mov(qword_ptr(rax), rcx)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    let pr = sb.peek_u64(Sandbox::pte_addr(r));
+    let pw = sb.peek_u64(Sandbox::pte_addr(w));
+    assert_eq!(pr & 0x60, 0x20, "read: accessed, not dirty");
+    assert_eq!(pw & 0x60, 0x60, "write: accessed and dirty");
+    assert_ne!(sb.peek_u64(sb::PML4) & 0x20, 0, "upper levels accessed");
+}
+
+#[test]
+fn invlpg_drops_a_stale_translation_and_cr3_reload_flushes() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let va = 0x20_8000u64;
+    sb.poke_u64(0x20_8000, 111);
+    sb.poke_u64(0x20_9000, 222);
+    let code = assemble(CODE, |a| {
+        a.mov(rax, va)?;
+        a.mov(rbx, qword_ptr(rax))?; // 111, now cached
+        a.mov(rdx, Sandbox::pte_addr(va))?;
+        a.mov(rcx, 0x20_9007u64)?;
+        a.mov(qword_ptr(rdx), rcx)?; // remap va -> 0x209000
+        a.mov(rsi, qword_ptr(rax))?; // still 111: stale TLB entry
+        a.invlpg(qword_ptr(rax))?;
+        a.mov(rdi, qword_ptr(rax))?; // 222
+        a.mov(rcx, 0x20_8007u64)?;
+        a.mov(qword_ptr(rdx), rcx)?; // map back
+        a.mov(rcx, cr3)?;
+        a.mov(cr3, rcx)?;
+        a.mov(r8, qword_ptr(rax))?; // 111 again
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!(sb.cpu.gpr[3], 111);
+    assert_eq!(sb.cpu.gpr[6], 111);
+    assert_eq!(sb.cpu.gpr[7], 222);
+    assert_eq!(sb.cpu.gpr[8], 111);
+}
+
+#[test]
+fn syscall_enters_the_kernel_and_sysret_returns_to_user() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let kentry = 0x11_0000u64;
+    let kcode = assemble(kentry, |a| {
+        a.mov(rbx, 42u64)?;
+        a.mov(r12, rsp)?;
+        a.sysretq()
+    });
+    sb.poke(kentry, &kcode);
+    let ucode = assemble(CODE, |a| {
+        a.syscall()?;
+        a.hlt() // privileged at CPL3: #GP
+    });
+    load(&mut sb, CODE, &ucode);
+    sb.cpu.msr.star = (u64::from(sb::USER32_CS - 3) << 48) | (u64::from(sb::KERNEL_CS) << 32);
+    sb.cpu.msr.lstar = kentry;
+    sb.cpu.msr.sfmask = 0x200;
+    sb.enter_user();
+    sb.cpu.gpr[4] = 0x30_0000;
+    sb.cpu.rflags |= 0x200;
+    sb.run(100).expect("runs");
+    assert_eq!(sb.cpu.gpr[3], 42, "kernel entry ran");
+    assert_eq!(sb.cpu.gpr[12], 0x30_0000, "syscall keeps RSP");
+    assert_eq!(sb.halted_vector(), Some(13));
+    let (err, f_rip, f_cs, f_fl, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0));
+    assert_eq!(f_rip, CODE + 2, "the user HLT after SYSCALL");
+    assert_eq!(f_cs, u64::from(sb::USER_CS));
+    assert_ne!(f_fl & 0x200, 0, "SYSRET restored IF from R11");
+}
+
+#[test]
+fn int_from_user_checks_gate_dpl_and_iretq_returns() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    // Gate 0x80 is DPL0: INT 0x80 from CPL3 raises #GP((0x80 << 3) | 2).
+    let ucode = assemble(CODE, |a| a.int(0x80));
+    load(&mut sb, CODE, &ucode);
+    sb.enter_user();
+    sb.cpu.gpr[4] = 0x30_0000;
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(13));
+    let (err, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0x402));
+
+    // Gate 0x80 with DPL3 to a handler that returns with IRETQ.
+    let mut sb = Sandbox::new().expect("sandbox");
+    let handler = 0x11_0000u64;
+    let h = assemble(handler, |a| {
+        a.mov(rbx, qword_ptr(rsp + 8))?; // the pushed CS
+        a.iretq()
+    });
+    sb.poke(handler, &h);
+    sb.set_gate(0x80, handler, 0xe, 3, 0);
+    let ucode = assemble(CODE, |a| {
+        a.int(0x80)?;
+        a.mov(rcx, rsp)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &ucode);
+    sb.enter_user();
+    sb.cpu.gpr[4] = 0x30_0000;
+    sb.run(100).expect("runs");
+    assert_eq!(sb.cpu.gpr[3], u64::from(sb::USER_CS));
+    assert_eq!(sb.cpu.gpr[1], 0x30_0000, "IRETQ restored the user stack");
+    assert_eq!(sb.halted_vector(), Some(13), "back at CPL3, HLT faults");
+}
+
+#[test]
+fn port_output_reaches_the_io_handler_and_user_port_io_faults() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.mov(al, 0x41)?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)?;
+        a.in_(eax, dx)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.cpu.gpr[0] = 0x1234_5678_0000_0000;
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    let w = sb.io.pio_writes.lock().expect("lock").clone();
+    assert_eq!(w, vec![(0x3f8, vec![0x41])]);
+    assert_eq!(sb.cpu.gpr[0], 0xffff_ffff, "IN EAX zero-extends");
+
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| a.out(0x80, al));
+    load(&mut sb, CODE, &code);
+    sb.enter_user();
+    sb.cpu.gpr[4] = 0x30_0000;
+    sb.run(10).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(13));
+}
+
+#[test]
+fn invalid_opcode_raises_ud_in_the_guest() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    // 0x0f 0xff is UD0 without ModRM in some decoders; 0x06 (PUSH ES) is invalid in 64-bit mode.
+    load(&mut sb, CODE, &[0x06]);
+    sb.run(10).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(6));
+}
+
+#[test]
+fn instruction_spanning_into_an_unmapped_page_faults_on_the_second_page() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let at = 0x20_afffu64; // the last byte of a page
+    sb.poke(at, &[0x48]); // REX.W; the rest would be on the next page
+    sb.set_pte_flags(0x20_b000, 0);
+    sb.cpu.rip = at;
+    sb.run(10).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(14));
+    assert_eq!(sb.cpu.cr2, 0x20_b000);
+}
+
+#[test]
+fn cpuid_advertises_long_mode_and_no_sse() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.mov(eax, 0x8000_0001u32)?;
+        a.cpuid()?;
+        a.mov(r8d, edx)?;
+        a.mov(eax, 1u32)?;
+        a.cpuid()?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_ne!(sb.cpu.gpr[8] & (1 << 29), 0, "LM");
+    assert_ne!(sb.cpu.gpr[8] & (1 << 11), 0, "SYSCALL");
+    assert_eq!(sb.cpu.gpr[2] & (1 << 26), 0, "no SSE2 yet");
+    assert_eq!(sb.cpu.gpr[2] & (1 << 24), 0, "no FXSR yet");
+}
