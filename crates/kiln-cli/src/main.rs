@@ -56,7 +56,9 @@ fn one_line_usage_error(rendered: &str) -> String {
     let parts: Vec<&str> = rendered
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
         .collect();
     format!("{} (see --help)", parts.join(" "))
 }

@@ -270,9 +270,25 @@ fn print_table(r: &Report<'_>) {
         p.hosts, p.host_vcpus, p.host_memory_gib, p.vcpu_overcommit, p.memory_overcommit
     );
     let header = [
-        "policy", "aging", "placement", "jobs", "never-fit", "backfilled", "wait mean s", "p95 s",
-        "p99 s", "max s", "bsld", "vCPU util", "mem util", "strand vCPU", "strand mem",
-        "packing", "active hosts", "makespan h", "decisions/s",
+        "policy",
+        "aging",
+        "placement",
+        "jobs",
+        "never-fit",
+        "backfilled",
+        "wait mean s",
+        "p95 s",
+        "p99 s",
+        "max s",
+        "bsld",
+        "vCPU util",
+        "mem util",
+        "strand vCPU",
+        "strand mem",
+        "packing",
+        "active hosts",
+        "makespan h",
+        "decisions/s",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let memory = |x: f64| if t.asks_memory { format!("{:.1}%", 100.0 * x) } else { "n/a".into() };

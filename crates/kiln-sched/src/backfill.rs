@@ -80,14 +80,12 @@ pub fn reserve(
                 found = need.fits_in(free);
             }
             // Everything else that ends at the same instant is also free then.
-            while found {
-                match iter.peek() {
-                    Some(&(&(end, _), &held)) if end.max(now) <= start => {
-                        free = free.plus(held);
-                        iter.next();
-                    }
-                    _ => break,
+            while let Some(&(&(end, _), &held)) = iter.peek().filter(|_| found) {
+                if end.max(now) > start {
+                    break;
                 }
+                free = free.plus(held);
+                iter.next();
             }
         }
         if found && best.map_or(true, |b| start < b.start) {
@@ -113,8 +111,8 @@ mod tests {
             Host { id: 10, total: Resources::new(4, 100) },
             Host { id: 11, total: Resources::new(4, 100) },
         ];
-        let mut pool = HostPool::new(&hosts, Overcommit::default(), Placement::FirstFit)
-            .expect("valid pool");
+        let mut pool =
+            HostPool::new(&hosts, Overcommit::default(), Placement::FirstFit).expect("valid pool");
         let mut ends = vec![HostEnds::new(), HostEnds::new()];
         // Host 0: 3 vCPUs until t=50, 1 until t=100. Host 1: 4 vCPUs until t=80.
         for (idx, id, v, end) in [(0, 1, 3, 50), (0, 2, 1, 100), (1, 3, 4, 80)] {

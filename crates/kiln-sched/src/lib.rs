@@ -21,7 +21,7 @@ pub mod policy;
 pub mod sim;
 
 pub use model::{
-    Allocation, Decision, Host, HostId, ModelError, OwnerId, Overcommit, Request, RequestId,
+    Allocation, Decision, Host, HostId, ModelError, Overcommit, OwnerId, Request, RequestId,
     Resources, Time,
 };
 pub use placement::{HostPool, HostState, Placement, PlacementError};

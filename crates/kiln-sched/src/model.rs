@@ -46,7 +46,9 @@ pub enum ModelError {
 }
 
 /// An amount of the two resources the scheduler packs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Resources {
     /// Virtual CPUs.
     pub vcpus: u64,

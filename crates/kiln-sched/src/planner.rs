@@ -321,7 +321,8 @@ impl Planner {
             let idx = match cluster.pool.find(need) {
                 Some(idx) => idx,
                 None if need.fits_in(reserved_free)
-                    && res.admit_on_reserved_host(need, now.saturating_add(req.expected_runtime)) =>
+                    && res
+                        .admit_on_reserved_host(need, now.saturating_add(req.expected_runtime)) =>
                 {
                     reserved
                 }
@@ -359,7 +360,11 @@ pub struct Plan {
 }
 
 /// Plan one round from a snapshot.
-pub fn plan(snapshot: &Snapshot, policy: Policy, placement: Placement) -> Result<Plan, PlannerError> {
+pub fn plan(
+    snapshot: &Snapshot,
+    policy: Policy,
+    placement: Placement,
+) -> Result<Plan, PlannerError> {
     let mut planner = Planner::new(&snapshot.hosts, snapshot.overcommit, policy, placement)?;
     for alloc in &snapshot.running {
         planner.insert_running(*alloc)?;
@@ -407,7 +412,10 @@ mod tests {
         p.submit(req(3, 1, 500, 2)).expect("valid"); // would end after the shadow time (100)
         p.submit(req(4, 1, 90, 3)).expect("valid"); // ends at 93 <= 100
         let d = p.plan(3);
-        assert_eq!(d.iter().map(|d| (d.request, d.backfilled)).collect::<Vec<_>>(), vec![(4, true)]);
+        assert_eq!(
+            d.iter().map(|d| (d.request, d.backfilled)).collect::<Vec<_>>(),
+            vec![(4, true)]
+        );
     }
 
     #[test]

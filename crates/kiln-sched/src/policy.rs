@@ -19,9 +19,9 @@
 //! with `rate` in score points per hour waited (`--aging RATE`). Ties go to the earlier submit time,
 //! then the smaller id.
 //!
-//! Because every queued request ages at the same rate, `effective(now) = (base - rate * submit / 3600)
-//! + rate * now / 3600`, and the second term is common to all: the *order* of the queue never changes
-//! with time. The planner therefore keeps the queue sorted once by the static part ([`QueueKey`]),
+//! Because every queued request ages at the same rate,
+//! `effective(now) = (base - rate * submit / 3600) + rate * now / 3600`, and the second term is
+//! common to all: the *order* of the queue never changes with time. The planner therefore keeps the queue sorted once by the static part ([`QueueKey`]),
 //! which is what lets it handle 100,000 queued requests without re-sorting at each decision.
 //!
 //! Bound: a request with base `b` that has waited `W` hours is ahead of every request submitted after

@@ -188,13 +188,16 @@ fn malformed(path: &Path, line: usize, reason: String) -> AzureError {
 pub fn parse_flavor_map(text: &str, path: &Path) -> Result<BTreeMap<char, Resources>, AzureError> {
     let mut map = BTreeMap::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let bad = |why: &str| malformed(path, n, format!("{why} (expected `<vCPUs>,<GB> <letter>`)"));
+        let bad =
+            |why: &str| malformed(path, n, format!("{why} (expected `<vCPUs>,<GB> <letter>`)"));
         let (size, letter) = line.trim().split_once(' ').ok_or_else(|| bad("no letter"))?;
         let (v, m) = size.split_once(',').ok_or_else(|| bad("no comma"))?;
         let v: u64 = v.parse().map_err(|_| bad("vCPUs not a whole number"))?;
         let m: f64 = m.parse().map_err(|_| bad("memory not a number"))?;
         let mut chars = letter.trim().chars();
-        let (Some(c), None) = (chars.next(), chars.next()) else { return Err(bad("not one letter")) };
+        let (Some(c), None) = (chars.next(), chars.next()) else {
+            return Err(bad("not one letter"));
+        };
         if v == 0 || !m.is_finite() || m < 0.0 {
             return Err(bad("empty or negative size"));
         }
@@ -248,9 +251,12 @@ pub fn parse_azure(
         let Some((ln, lline)) = life_lines.by_ref().find(|(_, l)| !l.trim().is_empty()) else {
             return Err(malformed(paths.1, n, "lifetime file ends before the flavor file".into()));
         };
-        let (ft, ftoks) = split_line(fline).ok_or_else(|| malformed(paths.0, n, "no timestamp".into()))?;
-        let (lt, ltoks) = split_line(lline).ok_or_else(|| malformed(paths.1, ln, "no timestamp".into()))?;
-        let t: Time = ft.parse().map_err(|_| malformed(paths.0, n, format!("bad timestamp {ft:?}")))?;
+        let (ft, ftoks) =
+            split_line(fline).ok_or_else(|| malformed(paths.0, n, "no timestamp".into()))?;
+        let (lt, ltoks) =
+            split_line(lline).ok_or_else(|| malformed(paths.1, ln, "no timestamp".into()))?;
+        let t: Time =
+            ft.parse().map_err(|_| malformed(paths.0, n, format!("bad timestamp {ft:?}")))?;
         if ft != lt || ftoks.len() != ltoks.len() {
             return Err(malformed(
                 paths.1,
@@ -276,15 +282,34 @@ pub fn parse_azure(
                 (Some(c), None) => tables.flavors.get(&c).copied(),
                 _ => None,
             }
-            .ok_or_else(|| malformed(paths.0, n, format!("unknown flavor {:?}", f.chars().take(24).collect::<String>())))?;
-            let bad_life = || malformed(paths.1, ln, format!("bad lifetime {:?} (expected U<bin> or C<bin>)", l.chars().take(24).collect::<String>()));
+            .ok_or_else(|| {
+                malformed(
+                    paths.0,
+                    n,
+                    format!("unknown flavor {:?}", f.chars().take(24).collect::<String>()),
+                )
+            })?;
+            let bad_life = || {
+                malformed(
+                    paths.1,
+                    ln,
+                    format!(
+                        "bad lifetime {:?} (expected U<bin> or C<bin>)",
+                        l.chars().take(24).collect::<String>()
+                    ),
+                )
+            };
             let (kind, bin) = l.split_at(l.len().min(1));
             let bin: usize = bin.parse().map_err(|_| bad_life())?;
             let left = tables.cut.saturating_sub(t);
             let runtime = match kind {
                 "U" => {
                     let d = bin_midpoint(&tables.bins, bin).ok_or_else(|| {
-                        malformed(paths.1, ln, format!("lifetime bin {bin} is not in the interval map"))
+                        malformed(
+                            paths.1,
+                            ln,
+                            format!("lifetime bin {bin} is not in the interval map"),
+                        )
                     })?;
                     if d > left {
                         w.adjust("uncensored lifetime capped at the cut");
@@ -354,10 +379,16 @@ mod tests {
     #[test]
     fn batches_become_owners_and_censored_vms_run_to_the_cut() {
         let w = parse("300 a,a,|,d,|\n1500 a,|\n", "300 U0,U2,|,C1,|\n1500 U3,|\n").expect("valid");
-        let got: Vec<_> =
-            w.jobs.iter().map(|j| (j.request.submit_time, j.request.vcpus, j.runtime, j.request.owner)).collect();
+        let got: Vec<_> = w
+            .jobs
+            .iter()
+            .map(|j| (j.request.submit_time, j.request.vcpus, j.runtime, j.request.owner))
+            .collect();
         // The last VM's midpoint (1200 s) is capped at cut - t = 500 s.
-        assert_eq!(got, vec![(300, 1, 150, 1), (300, 1, 900, 1), (300, 16, 1700, 2), (1500, 1, 500, 4)]);
+        assert_eq!(
+            got,
+            vec![(300, 1, 150, 1), (300, 1, 900, 1), (300, 16, 1700, 2), (1500, 1, 500, 4)]
+        );
         assert_eq!(w.jobs[2].request.memory_mib, 112 * 1024);
         assert_eq!(w.adjusted.values().sum::<u64>(), 2);
     }

@@ -177,9 +177,10 @@ pub fn simulate(workload: &Workload, config: &SimConfig) -> Result<SimResult, Si
         current = level(&planner);
     }
 
-    let physical = config.hosts.iter().fold((0u64, 0u64), |(v, m), h| {
-        (v + h.total.vcpus, m + h.total.memory_mib)
-    });
+    let physical = config
+        .hosts
+        .iter()
+        .fold((0u64, 0u64), |(v, m), h| (v + h.total.vcpus, m + h.total.memory_mib));
     let span = last_end.saturating_sub(first) as f64;
     let per = |x: f64, total: u64| {
         if span > 0.0 && total > 0 {
@@ -215,7 +216,11 @@ pub fn simulate(workload: &Workload, config: &SimConfig) -> Result<SimResult, Si
         stranded_vcpu_fraction: per(acc.stranded_vcpus, physical.0),
         stranded_memory_gib: if span > 0.0 { acc.stranded_memory / span / 1024.0 } else { 0.0 },
         stranded_memory_fraction: per(acc.stranded_memory, physical.1),
-        packing_density: if acc.active_vcpus > 0.0 { acc.used_vcpus / acc.active_vcpus } else { 0.0 },
+        packing_density: if acc.active_vcpus > 0.0 {
+            acc.used_vcpus / acc.active_vcpus
+        } else {
+            0.0
+        },
         active_hosts_mean: if span > 0.0 { acc.active_hosts / span } else { 0.0 },
         makespan: span,
         plan_calls,

@@ -127,8 +127,9 @@ fn parse_fields(text: &str) -> Result<[i64; 18], String> {
         if i >= 18 {
             return Err(format!("more than 18 fields (field {} is {:?})", i + 1, short(tok)));
         }
-        let v: f64 =
-            tok.parse().map_err(|_| format!("field {} is not a number: {:?}", i + 1, short(tok)))?;
+        let v: f64 = tok
+            .parse()
+            .map_err(|_| format!("field {} is not a number: {:?}", i + 1, short(tok)))?;
         if !v.is_finite() {
             return Err(format!("field {} is not a finite number: {:?}", i + 1, short(tok)));
         }
@@ -153,8 +154,17 @@ fn short(tok: &str) -> String {
 
 fn to_job(f: &[i64; 18], w: &mut Workload) -> Option<Job> {
     let field = |n: usize| f[n - 1];
-    let (id, submit, wait, run, alloc, req_procs, req_time, status, user) =
-        (field(1), field(2), field(3), field(4), field(5), field(8), field(9), field(11), field(12));
+    let (id, submit, wait, run, alloc, req_procs, req_time, status, user) = (
+        field(1),
+        field(2),
+        field(3),
+        field(4),
+        field(5),
+        field(8),
+        field(9),
+        field(11),
+        field(12),
+    );
     if status == 5 && run <= 0 {
         w.skip("cancelled before it started (status 5, run time <= 0)");
         return None;
@@ -223,7 +233,10 @@ mod tests {
         assert_eq!(w.jobs.len(), 1);
         let j = w.jobs[0];
         assert_eq!((j.request.id, j.request.submit_time, j.request.vcpus), (15, 599850, 4));
-        assert_eq!((j.runtime, j.request.expected_runtime, j.recorded_wait), (3477, 53940, Some(192180)));
+        assert_eq!(
+            (j.runtime, j.request.expected_runtime, j.recorded_wait),
+            (3477, 53940, Some(192180))
+        );
         assert_eq!((j.request.owner, j.request.priority), (12, 0));
     }
 
@@ -247,7 +260,8 @@ mod tests {
     fn malformed_line_reports_its_number() {
         let err = parse(&format!("{HEADER}1 2 3\n")).expect_err("too few fields");
         assert!(matches!(err, SwfError::Malformed { line: 3, .. }), "{err}");
-        let err = parse("1 0 0 x 4 -1 -1 4 100 -1 1 1 1 -1 -1 -1 -1 -1\n").expect_err("not a number");
+        let err =
+            parse("1 0 0 x 4 -1 -1 4 100 -1 1 1 1 -1 -1 -1 -1 -1\n").expect_err("not a number");
         assert!(err.to_string().contains(":1: malformed SWF line: field 4"), "{err}");
     }
 
