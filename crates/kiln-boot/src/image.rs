@@ -184,11 +184,12 @@ impl KernelImage {
         &self.path
     }
 
-    /// True if this is a Linux kernel (a bzImage, or an ELF with a Linux or PVH note).
+    /// True if this is a Linux kernel: a bzImage, or an ELF with a note owned by "Linux" (a PVH
+    /// note alone does not make a Linux kernel).
     pub fn is_linux(&self) -> bool {
         match self.format {
             KernelFormat::BzImage => true,
-            KernelFormat::Elf { linux, pvh } => linux || pvh,
+            KernelFormat::Elf { linux, .. } => linux,
         }
     }
 

@@ -11,31 +11,61 @@ pub struct ElfImage {
     pub code: Vec<u8>,
     /// Extra zeroed memory after the code (`p_memsz - p_filesz`).
     pub bss: u64,
-    /// Owner name of an ELF note to add (for example "Linux", as a vmlinux carries).
-    pub note_owner: Option<String>,
+    /// ELF notes to add.
+    pub notes: Vec<ElfNote>,
+}
+
+/// One ELF note.
+#[derive(Clone, Debug)]
+pub struct ElfNote {
+    /// Owner name ("Linux", "Xen").
+    pub owner: String,
+    /// Note type.
+    pub kind: u32,
+    /// Descriptor bytes.
+    pub desc: Vec<u8>,
+}
+
+impl ElfNote {
+    /// A note owned by "Linux", as every vmlinux carries.
+    pub fn linux() -> Self {
+        ElfNote { owner: "Linux".into(), kind: 6, desc: Vec::new() }
+    }
+
+    /// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH 32-bit entry point, which QEMU and Cloud Hypervisor
+    /// use to boot an ELF kernel.
+    pub fn pvh_entry(addr: u32) -> Self {
+        ElfNote { owner: "Xen".into(), kind: 18, desc: addr.to_le_bytes().to_vec() }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut name = self.owner.as_bytes().to_vec();
+        name.push(0);
+        let mut n = Vec::new();
+        n.extend((name.len() as u32).to_le_bytes());
+        n.extend((self.desc.len() as u32).to_le_bytes());
+        n.extend(self.kind.to_le_bytes());
+        name.resize(name.len().next_multiple_of(4), 0);
+        n.extend(name);
+        let mut desc = self.desc.clone();
+        desc.resize(desc.len().next_multiple_of(4), 0);
+        n.extend(desc);
+        n
+    }
 }
 
 impl ElfImage {
     /// An image of `code` loaded and entered at `base`.
     pub fn new(base: u64, code: Vec<u8>) -> Self {
-        ElfImage { base, code, bss: 0, note_owner: None }
+        ElfImage { base, code, bss: 0, notes: Vec::new() }
     }
 
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         const EHDR: usize = 64;
         const PHDR: usize = 56;
-        let note = self.note_owner.as_ref().map(|owner| {
-            let mut n = Vec::new();
-            let mut name = owner.as_bytes().to_vec();
-            name.push(0);
-            n.extend((name.len() as u32).to_le_bytes());
-            n.extend(0u32.to_le_bytes());
-            n.extend(6u32.to_le_bytes());
-            name.resize(name.len().next_multiple_of(4), 0);
-            n.extend(name);
-            n
-        });
+        let note = (!self.notes.is_empty())
+            .then(|| self.notes.iter().flat_map(ElfNote::to_bytes).collect::<Vec<u8>>());
         let phnum = 1 + usize::from(note.is_some());
         let note_offset = EHDR + phnum * PHDR;
         let code_offset = (note_offset + note.as_ref().map_or(0, Vec::len)).next_multiple_of(16);

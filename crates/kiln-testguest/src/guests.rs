@@ -78,6 +78,20 @@ pub fn reset_at_once() -> Result<Vec<u8>> {
     finish(a)
 }
 
+/// The start-up benchmark guest, runnable by Kiln (64-bit entry) and by QEMU (PVH 32-bit entry):
+/// its instructions encode the same in both modes. Writes `!` to COM1 (the first-instruction
+/// mark the benchmark times), the boot-timer magic, 0 to port 0xf4 (QEMU's `isa-debug-exit`,
+/// unclaimed in Kiln), then resets through the i8042.
+pub fn startup_probe() -> Result<Vec<u8>> {
+    let mut a = new_asm()?;
+    emit_print(&mut a, "!")?;
+    emit_boot_timer(&mut a)?;
+    a.mov(al, 0_u32)?;
+    a.out(0xf4, al)?;
+    emit_reset(&mut a)?;
+    finish(a)
+}
+
 /// Prints, then executes `ud2` with an empty IDT: #UD cannot be delivered, nor can the #DF that
 /// follows, so the CPU shuts down (a triple fault).
 pub fn triple_fault() -> Result<Vec<u8>> {

@@ -63,7 +63,7 @@ impl VmConfig {
         if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(args.vcpus));
         }
-        let memory_bytes = args.memory.checked_mul(1 << 20).unwrap_or(u64::MAX);
+        let memory_bytes = args.memory.saturating_mul(1 << 20);
         if memory_bytes < layout::MIN_MEMORY_BYTES {
             return Err(ConfigError::MemoryTooSmall { given: args.memory });
         }

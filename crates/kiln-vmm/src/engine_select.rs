@@ -54,8 +54,5 @@ pub fn select(choice: EngineChoice, kernel: &KernelImage) -> Result<Selection, S
 }
 
 fn emu() -> Result<Box<dyn Engine>, EngineError> {
-    Err(EngineError::Unavailable {
-        engine: "emu",
-        reason: "this build of kiln-vmm does not include the emu engine yet".into(),
-    })
+    Ok(Box::new(kiln_emu::EmuEngine::new()))
 }

@@ -1,6 +1,8 @@
 //! `kiln-vmm` as users run it: foreign kernel images, exit statuses, and bad input.
 
-use kiln_testguest::elf::ElfImage;
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should fail the test
+
+use kiln_testguest::elf::{ElfImage, ElfNote};
 use kiln_testguest::{guests, skip, GUEST_BASE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -95,7 +97,7 @@ fn linux_kernel_under_kvm_on_a_pvm_host_is_refused_with_advice() {
     }
     let dir = TempDir::new("pvm");
     let mut image = ElfImage::new(GUEST_BASE, guests::hello("must not run\n").unwrap());
-    image.note_owner = Some("Linux".into());
+    image.notes.push(ElfNote::linux());
     let kernel = dir.path("vmlinux");
     image.write(&kernel).unwrap();
     let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "kvm"]);

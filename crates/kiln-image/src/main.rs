@@ -1,0 +1,130 @@
+//! `kiln-image`: makes the Kiln guest.
+//!
+//! * `kiln-image kernel` builds the Kiln guest kernel from Debian's `linux-source-6.12` with the
+//!   config fragment `guest/kiln-kernel.config` (embedded in this binary), caches it by the hash
+//!   of its inputs, and prints the path of the `vmlinux` as its last line.
+//! * `kiln-image initramfs --out PATH` writes an initramfs of Debian's `busybox-static` and the
+//!   Kiln `/init` (which prints `KILN-GUEST-READY`), plus the user's files and init script.
+//!
+//! Missing host packages are installed with apt-get when running as root, or named in the error.
+
+mod cache;
+mod cpio;
+mod initramfs;
+mod kernel;
+mod packages;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Builds the Kiln guest kernel and initramfs.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-image", version)]
+struct Args {
+    /// Cache directory (default: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Builds (or finds in the cache) the Kiln guest kernel; prints the vmlinux path last.
+    Kernel {
+        /// Parallel compile jobs (default: the number of CPUs).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print the bzImage path instead of the vmlinux path.
+        #[arg(long)]
+        bzimage: bool,
+    },
+    /// Writes the Kiln initramfs (busybox, /init); prints its path last.
+    Initramfs {
+        /// Output file.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// A script to run as /init.user after the guest is ready (instead of a shell).
+        #[arg(long, value_name = "SCRIPT")]
+        init: Option<PathBuf>,
+        /// Add a host file to the image: SRC:DEST (DEST is an absolute path in the guest).
+        #[arg(long = "add", value_name = "SRC:DEST")]
+        add: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = cache::Cache::locate(args.cache_dir).and_then(|cache| match args.command {
+        Command::Kernel { jobs, bzimage } => {
+            kernel::build(&cache, jobs).map(
+                |built| {
+                    if bzimage {
+                        built.bzimage
+                    } else {
+                        built.vmlinux
+                    }
+                },
+            )
+        }
+        Command::Initramfs { out, init, add } => {
+            initramfs::build(&out, init.as_deref(), &add).map(|()| out)
+        }
+    });
+    match result {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiln-image: error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors of kiln-image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageToolError {
+    /// A host package is missing and could not be installed.
+    #[error(transparent)]
+    Packages(#[from] packages::PackageError),
+    /// A file operation failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A build step failed.
+    #[error("{0}")]
+    Build(String),
+    /// Bad user input.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Shorthand for an I/O error on a path.
+pub fn io_err(
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> ImageToolError {
+    let path = path.to_path_buf();
+    move |source| ImageToolError::Io { what, path, source }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
