@@ -210,8 +210,15 @@ fn xadd(c: &mut Ctx) -> R {
     let dest = c.read(0)? & mk;
     let src = c.read(1)? & mk;
     let sum = dest.wrapping_add(src) & mk;
-    c.write(0, sum)?;
-    c.write(1, dest)?;
+    // The sum is written last so that XADD r, r with the same register keeps it; a memory
+    // destination is written first so that a fault leaves the register untouched.
+    if c.i.op0_kind() == OpKind::Memory {
+        c.write(0, sum)?;
+        c.write(1, dest)?;
+    } else {
+        c.write(1, dest)?;
+        c.write(0, sum)?;
+    }
     c.cpu.set_arith(flags::add(dest, src, 0, sum, size));
     Ok(())
 }

@@ -1,0 +1,692 @@
+//! Random instruction sequences built from iced-x86's op-code tables, and the flags each
+//! instruction leaves undefined.
+
+use iced_x86::{
+    Code, Encoder, EncodingKind, Instruction, Mnemonic, OpCodeOperandKind as K, OpKind, Register,
+    RepPrefixKind,
+};
+
+/// A tiny xorshift64* generator: reproducible from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+    /// A value biased towards the edges of the operand ranges.
+    pub fn interesting(&mut self) -> u64 {
+        match self.below(10) {
+            0 => 0,
+            1 => *self.pick(&[1, u64::MAX, 0x7f, 0x80, 0xff, 0x7fff, 0x8000, 0xffff]),
+            2 => *self.pick(&[0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 63, (1 << 63) - 1]),
+            3 => self.below(64),
+            4 => self.next() & 0xff,
+            5 => self.next() & 0xffff_ffff,
+            _ => self.next(),
+        }
+    }
+}
+
+/// The instruction families the generator covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Alu,
+    Shift,
+    MulDiv,
+    Bits,
+    Data,
+    CondMove,
+    Stack,
+    String,
+    Branch,
+}
+
+pub const FAMILIES: [Family; 9] = [
+    Family::Alu,
+    Family::Shift,
+    Family::MulDiv,
+    Family::Bits,
+    Family::Data,
+    Family::CondMove,
+    Family::Stack,
+    Family::String,
+    Family::Branch,
+];
+
+fn family(m: Mnemonic) -> Option<Family> {
+    use Mnemonic as M;
+    Some(match m {
+        M::Add
+        | M::Adc
+        | M::Sub
+        | M::Sbb
+        | M::Cmp
+        | M::And
+        | M::Or
+        | M::Xor
+        | M::Test
+        | M::Inc
+        | M::Dec
+        | M::Neg
+        | M::Not => Family::Alu,
+        M::Shl
+        | M::Sal
+        | M::Shr
+        | M::Sar
+        | M::Rol
+        | M::Ror
+        | M::Rcl
+        | M::Rcr
+        | M::Shld
+        | M::Shrd => Family::Shift,
+        M::Mul | M::Imul | M::Div | M::Idiv => Family::MulDiv,
+        M::Bt
+        | M::Bts
+        | M::Btr
+        | M::Btc
+        | M::Bsf
+        | M::Bsr
+        | M::Tzcnt
+        | M::Lzcnt
+        | M::Popcnt
+        | M::Bswap
+        | M::Andn
+        | M::Bextr
+        | M::Blsi
+        | M::Blsmsk
+        | M::Blsr => Family::Bits,
+        M::Mov
+        | M::Movzx
+        | M::Movsx
+        | M::Movsxd
+        | M::Lea
+        | M::Xchg
+        | M::Cmpxchg
+        | M::Xadd
+        | M::Cmpxchg8b
+        | M::Cmpxchg16b
+        | M::Cbw
+        | M::Cwde
+        | M::Cdqe
+        | M::Cwd
+        | M::Cdq
+        | M::Cqo
+        | M::Lahf
+        | M::Sahf
+        | M::Clc
+        | M::Stc
+        | M::Cmc => Family::Data,
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg
+        | M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => Family::CondMove,
+        M::Push | M::Pop => Family::Stack,
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg
+        | M::Loop
+        | M::Loope
+        | M::Loopne
+        | M::Jrcxz => Family::Branch,
+        _ => return None,
+    })
+}
+
+fn operand_supported(k: K) -> bool {
+    matches!(
+        k,
+        K::r8_or_mem
+            | K::r16_or_mem
+            | K::r32_or_mem
+            | K::r64_or_mem
+            | K::r8_reg
+            | K::r8_opcode
+            | K::r16_reg
+            | K::r16_opcode
+            | K::r32_reg
+            | K::r32_opcode
+            | K::r32_vvvv
+            | K::r64_reg
+            | K::r64_opcode
+            | K::r64_vvvv
+            | K::al
+            | K::cl
+            | K::ax
+            | K::eax
+            | K::rax
+            | K::imm8
+            | K::imm8_const_1
+            | K::imm8sex16
+            | K::imm8sex32
+            | K::imm8sex64
+            | K::imm16
+            | K::imm32
+            | K::imm32sex64
+            | K::imm64
+            | K::mem
+            | K::br64_1
+    )
+}
+
+const R8: [Register; 15] = [
+    Register::AL,
+    Register::CL,
+    Register::DL,
+    Register::BL,
+    Register::AH,
+    Register::CH,
+    Register::DH,
+    Register::BH,
+    Register::BPL,
+    Register::SIL,
+    Register::DIL,
+    Register::R8L,
+    Register::R9L,
+    Register::R12L,
+    Register::R14L,
+];
+// Every general register except RSP (the stack) and R15 (the data base).
+const GPR_INDEXES: [u32; 14] = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+
+fn reg_of(size: u32, idx: u32) -> Register {
+    let base = match size {
+        2 => Register::AX,
+        4 => Register::EAX,
+        _ => Register::RAX,
+    };
+    // iced orders each register class contiguously, in encoding order.
+    Register::values().nth(base as usize + idx as usize).unwrap_or(base)
+}
+
+/// One generated program.
+pub struct Program {
+    pub code: Vec<u8>,
+    pub families: Vec<Family>,
+}
+
+/// The generator: op-code tables per family.
+pub struct Gen {
+    codes: Vec<(Family, Vec<Code>)>,
+}
+
+impl Gen {
+    pub fn new() -> Self {
+        let mut codes: Vec<(Family, Vec<Code>)> = FAMILIES.iter().map(|f| (*f, vec![])).collect();
+        for code in Code::values() {
+            let op = code.op_code();
+            if !op.is_instruction() || !op.mode64() {
+                continue;
+            }
+            if !matches!(op.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
+                continue;
+            }
+            let Some(fam) = family(op.mnemonic()) else {
+                continue;
+            };
+            if !op.op_kinds().iter().all(|k| operand_supported(*k)) {
+                continue;
+            }
+            // BSWAP r16 is undefined; the 16-bit branch forms truncate RIP.
+            if matches!(code, Code::Bswap_r16) || (fam == Family::Branch && op.operand_size() == 16)
+            {
+                continue;
+            }
+            if fam == Family::Branch
+                && !matches!(
+                    op.mnemonic(),
+                    Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne | Mnemonic::Jrcxz
+                )
+                && op.op_kind(0) != K::br64_1
+            {
+                continue;
+            }
+            if let Some(e) = codes.iter_mut().find(|(f, _)| *f == fam) {
+                e.1.push(code);
+            }
+        }
+        Gen { codes }
+    }
+
+    /// Counts of op-codes per family (for the report).
+    pub fn table_sizes(&self) -> Vec<(Family, usize)> {
+        self.codes.iter().map(|(f, c)| (*f, c.len())).collect()
+    }
+
+    /// A program of 1..=8 instructions (plus the preludes some of them need).
+    pub fn program(&self, rng: &mut Rng, ip: u64) -> Program {
+        let mut out = Program { code: vec![], families: vec![] };
+        let n = 1 + rng.below(8);
+        let mut emitted = 0;
+        while emitted < n {
+            let fam = *rng.pick(&FAMILIES);
+            let mut list: Vec<Instruction> = vec![];
+            let ok = if fam == Family::String {
+                self.string(rng, &mut list)
+            } else {
+                let Some((_, codes)) = self.codes.iter().find(|(f, _)| *f == fam) else {
+                    continue;
+                };
+                if codes.is_empty() {
+                    continue;
+                }
+                let code = *rng.pick(codes);
+                self.build(code, rng, &mut list)
+            };
+            if !ok {
+                continue;
+            }
+            // Encode; a branch skips a one-byte NOP that follows it.
+            let mut bytes = vec![];
+            let mut cur = ip + out.code.len() as u64;
+            let mut good = true;
+            for mut ins in list {
+                let is_branch = ins.op_count() == 1 && ins.op0_kind() == OpKind::NearBranch64;
+                if is_branch {
+                    ins.set_near_branch64(cur + 2 + 1);
+                }
+                let mut enc = Encoder::new(64);
+                match enc.encode(&ins, cur) {
+                    Ok(len) => {
+                        bytes.extend(enc.take_buffer());
+                        cur += len as u64;
+                        if is_branch {
+                            if len != 2 {
+                                good = false;
+                            }
+                            bytes.push(0x90);
+                            cur += 1;
+                        }
+                    }
+                    Err(e) => {
+                        if std::env::var_os("KILN_EMU_GEN_DEBUG").is_some() {
+                            eprintln!("cannot encode {:?}: {e}", ins.code());
+                        }
+                        good = false
+                    }
+                }
+            }
+            if !good {
+                continue;
+            }
+            out.code.extend(bytes);
+            out.families.push(fam);
+            emitted += 1;
+        }
+        out
+    }
+
+    fn reg(&self, rng: &mut Rng, size: u32) -> Register {
+        if size == 1 {
+            *rng.pick(&R8)
+        } else {
+            reg_of(size, *rng.pick(&GPR_INDEXES))
+        }
+    }
+
+    fn set_mem(ins: &mut Instruction, n: u32, disp: u64) {
+        ins.set_op_kind(n, OpKind::Memory);
+        ins.set_memory_base(Register::R15);
+        ins.set_memory_index(Register::None);
+        ins.set_memory_index_scale(1);
+        ins.set_memory_displacement64(disp);
+        ins.set_memory_displ_size(if disp < 0x80 { 1 } else { 8 });
+        ins.set_segment_prefix(Register::None);
+    }
+
+    fn build(&self, code: Code, rng: &mut Rng, out: &mut Vec<Instruction>) -> bool {
+        let op = code.op_code();
+        let m = op.mnemonic();
+        let mut ins = Instruction::default();
+        ins.set_code(code);
+        let mut mem_used = false;
+        let mut regs: Vec<Register> = vec![];
+        for n in 0..op.op_count() {
+            let k = op.op_kind(n);
+            let size = match k {
+                K::r8_or_mem | K::r8_reg | K::r8_opcode => 1,
+                K::r16_or_mem | K::r16_reg | K::r16_opcode => 2,
+                K::r32_or_mem | K::r32_reg | K::r32_opcode | K::r32_vvvv => 4,
+                _ => 8,
+            };
+            match k {
+                K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem => {
+                    if m == Mnemonic::Lea || rng.chance(35) {
+                        let disp = 0x400 + rng.below(0x1800);
+                        Self::set_mem(&mut ins, n, disp);
+                        mem_used = true;
+                    } else {
+                        let r = self.reg(rng, size);
+                        ins.set_op_kind(n, OpKind::Register);
+                        ins.set_op_register(n, r);
+                        regs.push(r);
+                    }
+                }
+                K::mem => {
+                    let align = if m == Mnemonic::Cmpxchg16b && rng.chance(90) { 16 } else { 1 };
+                    let disp = (0x400 + rng.below(0x1800)) & !(align - 1);
+                    Self::set_mem(&mut ins, n, disp);
+                    mem_used = true;
+                }
+                K::r8_reg
+                | K::r8_opcode
+                | K::r16_reg
+                | K::r16_opcode
+                | K::r32_reg
+                | K::r32_opcode
+                | K::r32_vvvv
+                | K::r64_reg
+                | K::r64_opcode
+                | K::r64_vvvv => {
+                    let r = self.reg(rng, size);
+                    ins.set_op_kind(n, OpKind::Register);
+                    ins.set_op_register(n, r);
+                    regs.push(r);
+                }
+                K::al | K::cl | K::ax | K::eax | K::rax => {
+                    let r = match k {
+                        K::al => Register::AL,
+                        K::cl => Register::CL,
+                        K::ax => Register::AX,
+                        K::eax => Register::EAX,
+                        _ => Register::RAX,
+                    };
+                    ins.set_op_kind(n, OpKind::Register);
+                    ins.set_op_register(n, r);
+                }
+                K::imm8 | K::imm8_const_1 => {
+                    ins.set_op_kind(n, OpKind::Immediate8);
+                    let v = if k == K::imm8_const_1 { 1 } else { rng.next() as u8 };
+                    ins.set_immediate8(v);
+                }
+                K::imm8sex16 | K::imm8sex32 | K::imm8sex64 => {
+                    ins.set_op_kind(
+                        n,
+                        match k {
+                            K::imm8sex16 => OpKind::Immediate8to16,
+                            K::imm8sex32 => OpKind::Immediate8to32,
+                            _ => OpKind::Immediate8to64,
+                        },
+                    );
+                    ins.set_immediate_i64(n, i64::from(rng.next() as i8));
+                }
+                K::imm16 => {
+                    ins.set_op_kind(n, OpKind::Immediate16);
+                    ins.set_immediate_u64(n, rng.interesting() & 0xffff);
+                }
+                K::imm32 => {
+                    ins.set_op_kind(n, OpKind::Immediate32);
+                    ins.set_immediate_u64(n, rng.interesting() & 0xffff_ffff);
+                }
+                K::imm32sex64 => {
+                    ins.set_op_kind(n, OpKind::Immediate32to64);
+                    ins.set_immediate_i64(n, i64::from(rng.interesting() as i32));
+                }
+                K::imm64 => {
+                    ins.set_op_kind(n, OpKind::Immediate64);
+                    ins.set_immediate_u64(n, rng.interesting());
+                }
+                K::br64_1 => {
+                    ins.set_op_kind(n, OpKind::NearBranch64);
+                }
+                _ => return false,
+            }
+        }
+        // AH..BH cannot be encoded with a REX prefix; let the encoder reject such mixes.
+        let _ = regs;
+        // Keep 16-bit SHLD/SHRD immediate counts within the defined range (masked count <= 16).
+        if matches!(m, Mnemonic::Shld | Mnemonic::Shrd)
+            && op.op_kind(0) == K::r16_or_mem
+            && ins.op2_kind() == OpKind::Immediate8
+        {
+            ins.set_immediate8((rng.below(17) + 32 * rng.below(8)) as u8);
+        }
+        if mem_used && ins.memory_base() != Register::R15 {
+            return false;
+        }
+        self.prelude(&ins, rng, out);
+        out.push(ins);
+        true
+    }
+
+    /// Instructions that put operands in a range the test can compare meaningfully.
+    fn prelude(&self, ins: &Instruction, rng: &mut Rng, out: &mut Vec<Instruction>) {
+        let m = ins.mnemonic();
+        let op = ins.code().op_code();
+        // A register bit offset into memory must stay inside the data area.
+        if matches!(m, Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc)
+            && ins.op0_kind() == OpKind::Memory
+            && ins.op1_kind() == OpKind::Register
+        {
+            let r = ins.op_register(1);
+            let v = rng.below(0x4000) as i64 - 0x2000;
+            let code = match r.size() {
+                2 => Code::Mov_r16_imm16,
+                4 => Code::Mov_r32_imm32,
+                _ => Code::Mov_rm64_imm32,
+            };
+            let v = if r.size() == 2 { v & 0xffff } else { v };
+            if let Ok(i) = Instruction::with2(code, r, v) {
+                out.push(i);
+            }
+        }
+        // Keep 16-bit SHLD/SHRD counts within the defined range.
+        if matches!(m, Mnemonic::Shld | Mnemonic::Shrd)
+            && op.op_kind(0) == K::r16_or_mem
+            && ins.op2_kind() == OpKind::Register
+        {
+            if let Ok(i) = Instruction::with2(
+                Code::Mov_r8_imm8,
+                Register::CL,
+                rng.below(17) as u32 + 32 * rng.below(2) as u32,
+            ) {
+                out.push(i);
+            }
+        }
+        // Make divisions mostly valid: a zero or sign-extended upper half.
+        if matches!(m, Mnemonic::Div | Mnemonic::Idiv) && rng.chance(70) {
+            let size = ins.code().op_code().operand_size();
+            let size = if size == 0 { 1 } else { size / 8 };
+            let i = match (m, size) {
+                (Mnemonic::Div, 1) => {
+                    Instruction::with2(Code::Movzx_r32_rm8, Register::EAX, Register::AL)
+                }
+                (Mnemonic::Div, _) => {
+                    Instruction::with2(Code::Xor_r32_rm32, Register::EDX, Register::EDX)
+                }
+                (_, 1) => Ok(Instruction::with(Code::Cbw)),
+                (_, 2) => Ok(Instruction::with(Code::Cwd)),
+                (_, 4) => Ok(Instruction::with(Code::Cdq)),
+                _ => Ok(Instruction::with(Code::Cqo)),
+            };
+            if let Ok(i) = i {
+                out.push(i);
+            }
+        }
+    }
+
+    fn string(&self, rng: &mut Rng, out: &mut Vec<Instruction>) -> bool {
+        let lea = |r: Register, d: u64| -> Option<Instruction> {
+            let mut i = Instruction::default();
+            i.set_code(Code::Lea_r64_m);
+            i.set_op0_kind(OpKind::Register);
+            i.set_op0_register(r);
+            Self::set_mem(&mut i, 1, d);
+            Some(i)
+        };
+        let (Some(a), Some(b)) = (
+            lea(Register::RSI, 0x400 + rng.below(0x1800)),
+            lea(Register::RDI, 0x400 + rng.below(0x1800)),
+        ) else {
+            return false;
+        };
+        out.push(a);
+        out.push(b);
+        if let Ok(i) = Instruction::with2(Code::Mov_r32_imm32, Register::ECX, rng.below(25) as u32)
+        {
+            out.push(i);
+        }
+        if rng.chance(30) {
+            out.push(Instruction::with(Code::Std));
+        } else if rng.chance(30) {
+            out.push(Instruction::with(Code::Cld));
+        }
+        let rep = match rng.below(3) {
+            0 => RepPrefixKind::None,
+            1 => RepPrefixKind::Repe,
+            _ => RepPrefixKind::Repne,
+        };
+        let seg = Register::None;
+        let i = match rng.below(20) {
+            0 => Instruction::with_movsb(64, seg, rep),
+            1 => Instruction::with_movsw(64, seg, rep),
+            2 => Instruction::with_movsd(64, seg, rep),
+            3 => Instruction::with_movsq(64, seg, rep),
+            4 => Instruction::with_cmpsb(64, seg, rep),
+            5 => Instruction::with_cmpsw(64, seg, rep),
+            6 => Instruction::with_cmpsd(64, seg, rep),
+            7 => Instruction::with_cmpsq(64, seg, rep),
+            8 => Instruction::with_scasb(64, rep),
+            9 => Instruction::with_scasw(64, rep),
+            10 => Instruction::with_scasd(64, rep),
+            11 => Instruction::with_scasq(64, rep),
+            12 => Instruction::with_lodsb(64, seg, rep),
+            13 => Instruction::with_lodsw(64, seg, rep),
+            14 => Instruction::with_lodsd(64, seg, rep),
+            15 => Instruction::with_lodsq(64, seg, rep),
+            16 => Instruction::with_stosb(64, rep),
+            17 => Instruction::with_stosw(64, rep),
+            18 => Instruction::with_stosd(64, rep),
+            _ => Instruction::with_stosq(64, rep),
+        };
+        match i {
+            Ok(i) => {
+                out.push(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+use kiln_emu::flags::{AF, CF, OF, PF, SF, ZF};
+
+/// The arithmetic flags instruction `i` leaves undefined, given the registers before it.
+pub fn undefined_flags(i: &Instruction, gpr: &[u64; 16]) -> u64 {
+    use Mnemonic as M;
+    let m = i.mnemonic();
+    let size = match i.op0_kind() {
+        OpKind::Register => i.op0_register().size() as u32,
+        OpKind::Memory => i.memory_size().size() as u32,
+        _ => 8,
+    };
+    let bits = size * 8;
+    let count = |n: u32| -> u32 {
+        let raw = match i.op_kind(n) {
+            OpKind::Register => gpr[1] & 0xff,
+            _ => i.immediate(n),
+        };
+        (raw & if size == 8 { 0x3f } else { 0x1f }) as u32
+    };
+    match m {
+        M::And | M::Or | M::Xor | M::Test => AF,
+        M::Shl | M::Sal | M::Shr | M::Sar => {
+            let c = count(1);
+            if c == 0 {
+                0
+            } else {
+                let mut u = AF;
+                if c != 1 {
+                    u |= OF;
+                }
+                if c >= bits {
+                    u |= CF;
+                }
+                u
+            }
+        }
+        M::Rol | M::Ror | M::Rcl | M::Rcr => {
+            let c = count(1);
+            if c != 1 && c != 0 {
+                OF
+            } else {
+                0
+            }
+        }
+        M::Shld | M::Shrd => {
+            let c = count(2);
+            if c == 0 {
+                0
+            } else if c == 1 {
+                AF
+            } else {
+                AF | OF
+            }
+        }
+        M::Mul | M::Imul => SF | ZF | AF | PF,
+        M::Div | M::Idiv => CF | OF | SF | ZF | AF | PF,
+        M::Bt | M::Bts | M::Btr | M::Btc => OF | SF | AF | PF,
+        M::Bsf | M::Bsr => CF | OF | SF | AF | PF,
+        M::Tzcnt | M::Lzcnt => OF | SF | AF | PF,
+        M::Andn | M::Blsi | M::Blsmsk | M::Blsr => AF | PF,
+        M::Bextr => AF | PF | SF,
+        _ => 0,
+    }
+}
