@@ -1,0 +1,97 @@
+//! `kiln-vmm` with the real Kiln guest kernel, built by `scripts/test` (`kiln-image kernel`) and
+//! passed in `KILN_GUEST_KERNEL` (vmlinux) and `KILN_GUEST_BZIMAGE`.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should fail the test
+
+use kiln_boot::{KernelFormat, KernelImage};
+use kiln_testguest::skip;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn guest_kernel(test: &str, var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) if PathBuf::from(&path).is_file() => Some(PathBuf::from(path)),
+        _ => {
+            skip::skip(test, &format!("{var} is not set to a kernel; scripts/test builds it"));
+            None
+        }
+    }
+}
+
+#[test]
+fn kiln_guest_vmlinux_is_a_linux_elf_with_a_pvh_note_and_bzimage_is_recognised() {
+    let test = "kiln-vmm::kiln_guest_kernel_formats";
+    let (Some(vmlinux), Some(bzimage)) =
+        (guest_kernel(test, "KILN_GUEST_KERNEL"), guest_kernel(test, "KILN_GUEST_BZIMAGE"))
+    else {
+        return;
+    };
+    let elf = KernelImage::open(&vmlinux).unwrap();
+    assert_eq!(elf.format(), KernelFormat::Elf { linux: true, pvh: true });
+    assert!(elf.memory_needed() > 0x100_0000, "vmlinux loads at 16 MiB and up");
+    let bz = KernelImage::open(&bzimage).unwrap();
+    assert_eq!(bz.format(), KernelFormat::BzImage);
+    assert!(bz.is_linux());
+}
+
+#[test]
+fn kiln_guest_under_kvm_on_a_pvm_host_is_refused_at_once() {
+    let test = "kiln-vmm::kiln_guest_refused_on_pvm";
+    if kiln_kvm::HostVirtualization::detect() != kiln_kvm::HostVirtualization::Pvm {
+        skip::skip(test, "this host's /dev/kvm is not PVM");
+        return;
+    }
+    for var in ["KILN_GUEST_KERNEL", "KILN_GUEST_BZIMAGE"] {
+        let Some(kernel) = guest_kernel(test, var) else { return };
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+            .args(["--engine", "kvm", "--kernel"])
+            .arg(&kernel)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("cannot boot a non-PVM Linux guest") && err.contains("--engine emu"));
+        assert!(started.elapsed() < Duration::from_secs(5), "refusal must be immediate");
+    }
+}
+
+#[test]
+fn kiln_guest_boots_under_hardware_kvm_runs_a_command_and_resets() {
+    let test = "kiln-vmm::kiln_guest_boots_under_kvm";
+    if !skip::require_hardware_kvm(test) {
+        return;
+    }
+    let Some(kernel) = guest_kernel(test, "KILN_GUEST_KERNEL") else { return };
+    let dir = std::env::temp_dir().join(format!("kiln-linux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("init.user");
+    std::fs::write(&script, "#!/bin/sh\necho KILN-SUM $(echo kiln | sha256sum)\n").unwrap();
+    let initrd = dir.join("initramfs.cpio");
+    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
+        .args(["initramfs", "--out"])
+        .arg(&initrd)
+        .arg("--init")
+        .arg(&script)
+        .status();
+    if !matches!(built, Ok(s) if s.success()) {
+        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--engine", "kvm", "--memory", "256", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    assert!(console.contains("KILN-GUEST-READY"), "{console}");
+    let sum = "ecdcbd502c7c341b7d547760cc09270a43d82db3257b8b0f96e98083e4e5643d"; // kiln\n
+    assert!(console.contains(&format!("KILN-SUM {sum}")), "{console}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
