@@ -10,6 +10,8 @@ pub enum ExitReason {
     GuestReset,
     /// The guest powered the machine off.
     GuestPowerOff,
+    /// The host asked the VMM to stop (SIGTERM or SIGINT).
+    HostStop(String),
     /// The guest crashed; the text says how.
     GuestCrash(String),
     /// The VMM failed; the text says how.

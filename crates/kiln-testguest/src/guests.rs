@@ -112,6 +112,19 @@ pub fn halt_forever() -> Result<Vec<u8>> {
     finish(a)
 }
 
+/// Prints `idle`, then idles with interrupts enabled and nothing to wake it, as an idle guest
+/// kernel does: the VMM must keep it alive until told to stop.
+pub fn idle_forever() -> Result<Vec<u8>> {
+    let mut a = new_asm()?;
+    emit_print(&mut a, "idle\n")?;
+    let mut idle = a.create_label();
+    a.set_label(&mut idle)?;
+    a.sti()?;
+    a.hlt()?;
+    a.jmp(idle)?;
+    finish(a)
+}
+
 /// Port and MMIO traffic with known values, for engine tests:
 /// `out 0x80, 0x42`; `in al, 0x81` then `out 0x82, al`; `mov dword [MMIO], 0x11223344`;
 /// `mov eax, [MMIO+0x10]` then `out 0x83, eax` (32-bit); reset.

@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod engine_select;
+mod signals;
 mod vm;
 
 use clap::Parser;
@@ -21,6 +22,7 @@ const EXIT_GUEST_CRASH: u8 = 3;
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    signals::block_stop_signals();
     let args = cli::Args::parse();
     match run(args, start) {
         Ok(code) => code,
@@ -44,6 +46,10 @@ fn run(args: cli::Args, start: Instant) -> Result<ExitCode, String> {
         }
         ExitReason::GuestPowerOff => {
             eprintln!("kiln-vmm: guest powered off after {elapsed:.1} ms; exiting");
+            ExitCode::SUCCESS
+        }
+        ExitReason::HostStop(signal) => {
+            eprintln!("kiln-vmm: stopped by {signal} after {elapsed:.1} ms; exiting");
             ExitCode::SUCCESS
         }
         ExitReason::GuestCrash(why) => {

@@ -105,6 +105,8 @@ pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result
     if config.console_input {
         spawn_console_input(serial, exit.clone())?;
     }
+    crate::signals::spawn_stop_watcher(exit.clone())
+        .map_err(|source| VmError::Thread { name: "kiln-signals".into(), source })?;
 
     let reason = exit.wait();
     for kicker in &kickers {

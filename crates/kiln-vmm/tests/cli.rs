@@ -165,3 +165,27 @@ fn usage_errors_exit_2() {
     let out = kiln_vmm(&["--vcpus", "two"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn sigterm_stops_a_running_guest_with_status_0() {
+    if !skip::require_kvm("kiln-vmm::sigterm_stop") {
+        return;
+    }
+    let dir = TempDir::new("sigterm");
+    let kernel = write_guest(&dir, "halt.elf", guests::idle_forever().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--kernel", p(&kernel), "--engine", "kvm"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut line = [0u8; 5];
+    std::io::Read::read_exact(&mut stdout, &mut line).unwrap(); // "idle\n": the guest runs
+                                                                // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("stopped by SIGTERM"), "{}", stderr(&out));
+}
