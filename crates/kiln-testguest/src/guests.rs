@@ -125,6 +125,25 @@ pub fn idle_forever() -> Result<Vec<u8>> {
     finish(a)
 }
 
+/// Echoes what arrives on COM1 back to COM1, polling the line status register, until it has
+/// echoed a `q`; then resets. Exercises the console input path.
+pub fn serial_echo() -> Result<Vec<u8>> {
+    let mut a = new_asm()?;
+    let mut poll = a.create_label();
+    a.set_label(&mut poll)?;
+    a.mov(dx, (SERIAL_PORT + 5) as u32)?; // line status register
+    a.in_(al, dx)?;
+    a.test(al, 1)?; // data ready
+    a.jz(poll)?;
+    a.mov(dx, SERIAL_PORT as u32)?;
+    a.in_(al, dx)?;
+    a.out(dx, al)?;
+    a.cmp(al, b'q' as i32)?;
+    a.jne(poll)?;
+    emit_reset(&mut a)?;
+    finish(a)
+}
+
 /// Port and MMIO traffic with known values, for engine tests:
 /// `out 0x80, 0x42`; `in al, 0x81` then `out 0x82, al`; `mov dword [MMIO], 0x11223344`;
 /// `mov eax, [MMIO+0x10]` then `out 0x83, eax` (32-bit); reset.

@@ -189,3 +189,24 @@ fn sigterm_stops_a_running_guest_with_status_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("stopped by SIGTERM"), "{}", stderr(&out));
 }
+
+#[test]
+fn stdin_reaches_the_guest_serial_console() {
+    if !skip::require_kvm("kiln-vmm::console_input") {
+        return;
+    }
+    let dir = TempDir::new("echo");
+    let kernel = write_guest(&dir, "echo.elf", guests::serial_echo().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--kernel", p(&kernel), "--engine", "kvm"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = b"typed into the console, longer than the 64-byte receive FIFO of the UART: q";
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, input);
+}
