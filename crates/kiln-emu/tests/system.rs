@@ -399,3 +399,103 @@ fn cpuid_advertises_long_mode_and_no_sse() {
     assert_eq!(sb.cpu.gpr[2] & (1 << 26), 0, "no SSE2 yet");
     assert_eq!(sb.cpu.gpr[2] & (1 << 24), 0, "no FXSR yet");
 }
+
+#[test]
+fn a_2mib_page_translates_and_gets_its_dirty_bit() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    // PD[1] (linear 2..4 MiB) becomes one 2 MiB page at guest-physical 4 MiB.
+    let pde = 0x3000 + 8;
+    sb.poke_u64(pde, 0x40_0000 | 0x80 | 7);
+    let code = assemble(CODE, |a| {
+        a.mov(rax, 0x21_2340u64)?;
+        a.mov(qword_ptr(rax), rax)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!(sb.peek_u64(0x41_2340), 0x21_2340);
+    assert_eq!(sb.peek_u64(pde) & 0x60, 0x60, "large page accessed and dirty");
+}
+
+#[test]
+fn global_pages_survive_a_cr3_reload_but_not_invlpg() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let va = 0x20_c000u64;
+    sb.poke_u64(0x20_c000, 1);
+    sb.poke_u64(0x20_d000, 2);
+    sb.set_pte_flags(va, 0x107); // global
+    let code = assemble(CODE, |a| {
+        a.mov(rax, va)?;
+        a.mov(rbx, qword_ptr(rax))?; // 1, cached as global
+        a.mov(rdx, Sandbox::pte_addr(va))?;
+        a.mov(rcx, 0x20_d107u64)?;
+        a.mov(qword_ptr(rdx), rcx)?;
+        a.mov(rcx, cr3)?;
+        a.mov(cr3, rcx)?;
+        a.mov(rsi, qword_ptr(rax))?; // still 1: global entries survive CR3 loads
+        a.invlpg(qword_ptr(rax))?;
+        a.mov(rdi, qword_ptr(rax))?; // 2
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!((sb.cpu.gpr[3], sb.cpu.gpr[6], sb.cpu.gpr[7]), (1, 1, 2));
+}
+
+#[test]
+fn lock_prefix_on_a_register_destination_is_undefined() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    load(&mut sb, CODE, &[0xf0, 0x01, 0xc0]); // lock add eax, eax
+    sb.run(10).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(6));
+}
+
+#[test]
+fn privileged_instructions_fault_at_cpl3() {
+    for code in [
+        &[0x0f, 0x22, 0xd8][..], // mov cr3, rax
+        &[0x0f, 0x30],           // wrmsr
+        &[0x0f, 0x32],           // rdmsr
+        &[0xfa],                 // cli
+        &[0x0f, 0x01, 0xf8],     // swapgs
+        &[0x0f, 0x07],           // sysret
+        &[0x0f, 0x01, 0x38],     // invlpg [rax]
+    ] {
+        let mut sb = Sandbox::new().expect("sandbox");
+        load(&mut sb, CODE, code);
+        sb.enter_user();
+        sb.cpu.gpr[4] = 0x30_0000;
+        sb.run(10).expect("runs");
+        assert_eq!(sb.halted_vector(), Some(13), "{code:02x?}");
+        let (err, f_rip, ..) = frame(&sb, sb.cpu.gpr[4], true);
+        assert_eq!((err, f_rip), (Some(0), CODE), "{code:02x?}");
+    }
+}
+
+#[test]
+fn msrs_round_trip_and_unknown_msrs_fault() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.mov(ecx, 0xc000_0102u32)?; // KERNEL_GS_BASE
+        a.mov(eax, 0x89ab_cdefu32)?;
+        a.mov(edx, 0xffff_8000u32)?;
+        a.wrmsr()?;
+        a.xor(eax, eax)?;
+        a.xor(edx, edx)?;
+        a.swapgs()?;
+        a.mov(ecx, 0xc000_0101u32)?; // GS_BASE now holds it
+        a.rdmsr()?;
+        a.mov(r8, rdx)?;
+        a.mov(r9, rax)?;
+        a.mov(ecx, 0x1234u32)?;
+        a.rdmsr()?; // #GP(0)
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!((sb.cpu.gpr[8], sb.cpu.gpr[9]), (0xffff_8000, 0x89ab_cdef));
+    assert_eq!(sb.cpu.seg[kiln_emu::cpu::GS].base, 0xffff_8000_89ab_cdef);
+    assert_eq!(sb.halted_vector(), Some(13));
+}

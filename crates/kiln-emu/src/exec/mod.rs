@@ -22,6 +22,9 @@ use crate::mmu::{Access, Priv};
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use kiln_engine::IoHandler;
 
+/// Serializes locked read-modify-write instructions of all vCPUs.
+static ATOMIC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The result type of instruction handlers.
 pub type R<T = ()> = Result<T, ExecError>;
 
@@ -53,6 +56,16 @@ impl Cpu {
     pub fn execute_one(&mut self, io: &dyn IoHandler) -> R {
         let instr = self.fetch_decode(io)?;
         self.interrupt_shadow = false;
+        // Locked read-modify-writes (LOCK prefix, XCHG with memory) are atomic with respect to
+        // each other across vCPUs: they serialize on one lock for the whole VM process.
+        let _locked = if instr.has_lock_prefix()
+            || (instr.mnemonic() == Mnemonic::Xchg
+                && (instr.op0_kind() == OpKind::Memory || instr.op1_kind() == OpKind::Memory))
+        {
+            Some(ATOMIC.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        } else {
+            None
+        };
         let mut c = Ctx { next_rip: instr.next_ip(), cpu: self, io, i: &instr };
         dispatch(&mut c)?;
         let next = c.next_rip;

@@ -92,6 +92,7 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
         M::Popf | M::Popfd | M::Popfq => popf(c),
         M::In | M::Out => port_io(c, m == M::In),
         M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::ud().into()),
+        M::Lsl | M::Lar => lsl_lar(c, m == M::Lsl),
         M::Verw | M::Verr => {
             // No segment is reported accessible: ZF clear (used by Linux only for buffer clearing).
             c.cpu.set_flags(flags::ZF, 0);
@@ -702,5 +703,38 @@ fn iret(c: &mut Ctx, m: Mnemonic) -> R {
         }
     }
     c.next_rip = if to64 { new_rip } else { new_rip & 0xffff_ffff };
+    Ok(())
+}
+
+/// LSL and LAR: the limit or access rights of a descriptor, ZF set if it is visible at the
+/// current privilege.
+fn lsl_lar(c: &mut Ctx, lsl: bool) -> R {
+    if c.cpu.cr0 & cpu::CR0_PE == 0 || c.cpu.flag(flags::VM) {
+        return Err(Exception::ud().into());
+    }
+    let sel = (c.read(1)? & 0xffff) as u16;
+    let raw = if sel & !3 == 0 { None } else { c.cpu.read_descriptor_raw(c.io, sel, 0).ok() };
+    let visible = raw.and_then(|raw| {
+        let d = Segment::from_gdt_entry(sel, raw);
+        let conforming_code = d.s && d.type_ & 0xc == 0xc;
+        let type_ok = if d.s {
+            true
+        } else if lsl {
+            matches!(d.type_, 1 | 2 | 3 | 9 | 0xb)
+        } else {
+            matches!(d.type_, 1 | 2 | 3 | 4 | 9 | 0xb | 0xc)
+        };
+        let rpl = (sel & 3) as u8;
+        let priv_ok = conforming_code || (d.dpl >= c.cpu.cpl() && d.dpl >= rpl);
+        (type_ok && priv_ok).then_some((d, raw))
+    });
+    match visible {
+        Some((d, raw)) => {
+            let v = if lsl { u64::from(d.limit) } else { (raw >> 32) & 0x00f0_ff00 };
+            c.write(0, v)?;
+            c.cpu.set_flags(flags::ZF, flags::ZF);
+        }
+        None => c.cpu.set_flags(flags::ZF, 0),
+    }
     Ok(())
 }
