@@ -3,7 +3,7 @@
 //! ```text
 //! 0x0000_0500  GDT                    0x0000_7000  zero page (boot_params)
 //! 0x0000_8ff0  boot stack top         0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 PDs
-//! 0x0002_0000  kernel command line    0x0009_fc00  EBDA (reserved)
+//! 0x0002_0000  kernel command line    0x0009_fc00  EBDA (reserved): MP table
 //! 0x0010_0000  kernel (HIMEM_START)   ...          initrd at the top of low RAM
 //! 0xc000_0000  MMIO hole (1 GiB) for device registers, up to 4 GiB
 //! 0x1_0000_0000 RAM above 3 GiB continues here
@@ -31,6 +31,8 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 /// Start of the extended BIOS data area, reserved in the e820 map.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP table lives at the start of the EBDA, where Linux looks for it.
+pub const MPTABLE_START: u64 = EBDA_START;
 /// Where kernels are loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the MMIO hole below 4 GiB.

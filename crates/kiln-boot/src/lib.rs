@@ -5,11 +5,12 @@
 //! `bzImage`); [`load_guest`] places the command line, initrd and zero page and returns the
 //! [`kiln_engine::BootCpuState`] of the boot processor: 64-bit long mode with identity-mapped page
 //! tables, `rsi` pointing at the zero page, as `Documentation/arch/x86/boot.rst` prescribes for the
-//! 64-bit entry point.
+//! 64-bit entry point. The [`mptable`] tells the guest its CPUs and I/O APIC.
 
 pub mod image;
 pub mod layout;
 pub mod long_mode;
+pub mod mptable;
 mod zero_page;
 
 pub use image::{KernelFormat, KernelImage};
@@ -71,6 +72,8 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     /// Guest RAM size in bytes.
     pub memory_bytes: u64,
+    /// Number of vCPUs, announced to the guest in the MP table.
+    pub vcpus: u32,
 }
 
 /// Loads kernel, initrd, command line and boot structures, and returns the boot vCPU's state.
@@ -89,6 +92,7 @@ pub fn load_guest(
     let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
     zero_page::write(memory, &loaded, cmdline_len, initrd, spec.memory_bytes)?;
     long_mode::write_tables(memory)?;
+    mptable::write(memory, spec.vcpus)?;
     Ok(long_mode::boot_cpu_state(loaded.entry.0, layout::ZERO_PAGE_START))
 }
 

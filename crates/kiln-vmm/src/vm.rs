@@ -69,6 +69,7 @@ pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result
         initrd: config.initrd.as_deref(),
         cmdline: &config.cmdline,
         memory_bytes: config.memory_bytes,
+        vcpus: config.vcpus,
     };
     let boot_state = kiln_boot::load_guest(&memory, &spec)?;
     let vm = engine.create_vm(&VmSpec { vcpus: config.vcpus }, &memory)?;
