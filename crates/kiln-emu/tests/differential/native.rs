@@ -58,6 +58,18 @@ impl Native {
         if p == libc::MAP_FAILED || p as u64 != BASE {
             return Err(os_err("mapping the oracle region at 0x300000"));
         }
+        // Data and stack are not executable (before fork, so the child inherits it).
+        // SAFETY: changes the protection of pages of the mapping made just above.
+        let rc = unsafe {
+            libc::mprotect(
+                DATA as *mut libc::c_void,
+                LEN - 0x1000,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(os_err("mprotect of the oracle data pages"));
+        }
         // SAFETY: the child only makes async-signal-safe calls (ptrace, raise, _exit) and is then
         // driven entirely by the parent through ptrace.
         let pid = unsafe { libc::fork() };

@@ -1,0 +1,29 @@
+//! Interpreter speed, measured on a tight integer loop. Ignored by default (it measures, it does
+//! not assert); run with `cargo test -p kiln-emu --release --test speed -- --ignored --nocapture`.
+
+use iced_x86::code_asm::*;
+use kiln_emu::sandbox::Sandbox;
+
+#[test]
+#[ignore = "a measurement, not a check"]
+fn interpreter_speed_on_an_integer_loop() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let ip = 0x10_0000u64;
+    let mut a = CodeAssembler::new(64).expect("assembler");
+    let mut top = a.create_label();
+    a.mov(ecx, 2_000_000u32).expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.add(rax, rcx).expect("asm");
+    a.xor(rbx, rax).expect("asm");
+    a.mov(qword_ptr(0x20_0000u64), rbx).expect("asm");
+    a.dec(ecx).expect("asm");
+    a.jnz(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(ip).expect("asm");
+    sb.poke(ip, &code);
+    sb.cpu.rip = ip;
+    let t = std::time::Instant::now();
+    let n = sb.run(u64::MAX).expect("runs");
+    let s = t.elapsed().as_secs_f64();
+    println!("{n} instructions in {s:.3} s: {:.1} MIPS", n as f64 / s / 1e6);
+}
