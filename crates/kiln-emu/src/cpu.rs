@@ -96,6 +96,37 @@ pub struct Msrs {
     pub misc_enable: u64,
 }
 
+/// The x87 FPU state that FXSAVE/FXRSTOR carry. Only the control instructions (FNINIT, FNSTSW,
+/// FNSTCW, FLDCW, FNCLEX, FWAIT) act on it; x87 arithmetic is not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fpu {
+    /// Control word.
+    pub fcw: u16,
+    /// Status word.
+    pub fsw: u16,
+    /// Abridged tag word (one bit per register, 1 = valid).
+    pub ftw: u8,
+    /// Last opcode.
+    pub fop: u16,
+    /// Last instruction pointer.
+    pub fip: u64,
+    /// Last data pointer.
+    pub fdp: u64,
+    /// ST0-ST7 as stored by FXSAVE (80 bits each, padded to 16 bytes).
+    pub st: [[u8; 16]; 8],
+}
+
+impl Default for Fpu {
+    fn default() -> Self {
+        Fpu { fcw: 0x37f, fsw: 0, ftw: 0, fop: 0, fip: 0, fdp: 0, st: [[0; 16]; 8] }
+    }
+}
+
+/// The reset value of MXCSR.
+pub const MXCSR_DEFAULT: u32 = 0x1f80;
+/// The MXCSR bits software may set (DAZ supported).
+pub const MXCSR_MASK: u32 = 0xffff;
+
 /// The power-on value of IA32_PAT.
 pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 
@@ -131,6 +162,12 @@ pub struct Cpu {
     pub efer: u64,
     /// Debug registers DR0-DR7 (stored; breakpoints are not implemented).
     pub dr: [u64; 8],
+    /// XMM0-XMM15.
+    pub xmm: [u128; 16],
+    /// MXCSR.
+    pub mxcsr: u32,
+    /// The x87 state that FXSAVE/FXRSTOR carry (x87 arithmetic is not implemented).
+    pub fpu: Fpu,
     /// Other MSRs.
     pub msr: Msrs,
     /// Instructions retired since creation: the time base of the TSC.
@@ -139,6 +176,9 @@ pub struct Cpu {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub interrupt_shadow: bool,
+    /// Report FPU, FXSR, SSE and SSE2 in CPUID and accept CR4.OSFXSR/OSXMMEXCPT. Off by default:
+    /// only the subset in `exec::sse` is implemented (no x87 or SSE floating-point arithmetic).
+    pub advertise_simd: bool,
     /// This CPU's APIC id (CPUID leaf 1 EBX[31:24]).
     pub apic_id: u32,
     pub(crate) tlb: Tlb,
@@ -182,11 +222,15 @@ impl Cpu {
             cr8: 0,
             efer: 0,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            xmm: [0; 16],
+            mxcsr: MXCSR_DEFAULT,
+            fpu: Fpu::default(),
             msr: Msrs { pat: PAT_DEFAULT, apic_base: 0xfee0_0900, ..Msrs::default() },
             icount: 0,
             halted: false,
             interrupt_shadow: false,
             apic_id: 0,
+            advertise_simd: false,
             tlb: Tlb::new(),
             mem,
         }

@@ -499,3 +499,24 @@ fn msrs_round_trip_and_unknown_msrs_fault() {
     assert_eq!(sb.cpu.seg[kiln_emu::cpu::GS].base, 0xffff_8000_89ab_cdef);
     assert_eq!(sb.halted_vector(), Some(13));
 }
+
+#[test]
+fn trap_flag_raises_a_debug_trap_after_the_next_instruction() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.pushfq()?;
+        a.or(qword_ptr(rsp), 0x100)?;
+        a.popfq()?; // TF takes effect after this instruction
+        a.mov(eax, 1u32)?; // trapped after this one
+        a.mov(eax, 2u32)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(1));
+    assert_eq!(sb.cpu.gpr[0], 1);
+    let (_, f_rip, _, f_fl, ..) = frame(&sb, sb.cpu.gpr[4], false);
+    assert_eq!(f_rip, CODE + 1 + 8 + 1 + 5, "RIP after the trapped MOV");
+    assert_ne!(f_fl & 0x100, 0, "the pushed RFLAGS still has TF");
+    assert_ne!(sb.cpu.dr[6] & (1 << 14), 0, "DR6.BS");
+}

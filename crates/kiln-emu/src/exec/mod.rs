@@ -12,6 +12,7 @@ mod data;
 mod muldiv;
 mod seg;
 mod shift;
+mod sse;
 mod string;
 mod system;
 
@@ -43,8 +44,27 @@ pub struct Ctx<'a> {
 impl Cpu {
     /// Executes one instruction and delivers the exception it raises, if any.
     pub fn step(&mut self, io: &dyn IoHandler) -> Result<(), StepError> {
+        let single_step = self.rflags & flags::TF != 0;
         match self.execute_one(io) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A single-step trap after an instruction that began with TF set (software
+                // interrupts clear TF on entry and are not trapped).
+                if single_step && self.rflags & flags::TF != 0 {
+                    self.dr[6] |= 1 << 14;
+                    let rip = self.rip;
+                    return match self.deliver(
+                        io,
+                        Vector::DB as u8,
+                        crate::fault::EventKind::Exception(None),
+                        rip,
+                    ) {
+                        Ok(()) => Ok(()),
+                        Err(ExecError::Fault(e)) => self.raise(io, e),
+                        Err(ExecError::Unsupported(w)) => Err(StepError::Unsupported(w)),
+                    };
+                }
+                Ok(())
+            }
             Err(ExecError::Fault(e)) => self.raise(io, e),
             Err(ExecError::Unsupported(w)) => Err(StepError::Unsupported(w)),
         }
@@ -320,7 +340,8 @@ fn dispatch(c: &mut Ctx) -> R {
         M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => bits::scan(c, m),
         M::Bswap => bits::bswap(c),
         M::Andn | M::Bextr | M::Blsi | M::Blsmsk | M::Blsr => bits::bmi1(c, m),
-        M::Movsd | M::Cmpsd if !is_string_form(c.i) => Err(Exception::ud().into()),
+        M::Movsd if !is_string_form(c.i) => sse::exec(c, m).unwrap_or(Err(Exception::ud().into())),
+        M::Cmpsd if !is_string_form(c.i) => Err(Exception::ud().into()),
         M::Movsb
         | M::Movsw
         | M::Movsd
@@ -355,6 +376,9 @@ fn dispatch(c: &mut Ctx) -> R {
                 return r;
             }
             if let Some(r) = system::exec(c, m) {
+                return r;
+            }
+            if let Some(r) = sse::exec(c, m) {
                 return r;
             }
             Err(Exception::ud().into())

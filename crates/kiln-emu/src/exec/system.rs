@@ -250,7 +250,8 @@ const CR4_SUPPORTED: u64 =
     (1 << 2) | cpu::CR4_PSE | cpu::CR4_PAE | cpu::CR4_PGE | (1 << 8) | (1 << 6);
 
 fn write_cr4(cpu: &mut Cpu, v: u64) -> R {
-    if v & !CR4_SUPPORTED != 0 {
+    let simd = if cpu.advertise_simd { cpu::CR4_OSFXSR | cpu::CR4_OSXMMEXCPT } else { 0 };
+    if v & !(CR4_SUPPORTED | simd) != 0 {
         return Err(Exception::gp(0).into());
     }
     if cpu.long_mode() && v & cpu::CR4_PAE == 0 {
@@ -503,7 +504,13 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             let eax = 0x0000_0601; // family 6, model 0, stepping 1
             let ebx = (cpu.apic_id << 24) | (1 << 16) | (8 << 8);
             let ecx = (1 << 13) | (1 << 23) | (1 << 31); // CX16, POPCNT, hypervisor
-            let edx = (1 << 4) // TSC
+            let simd = if cpu.advertise_simd {
+                1 | (1 << 24) | (1 << 25) | (1 << 26) // FPU, FXSR, SSE, SSE2
+            } else {
+                0
+            };
+            let edx = simd
+                | (1 << 4) // TSC
                 | (1 << 5) // MSR
                 | (1 << 6) // PAE
                 | (1 << 8) // CX8
