@@ -174,7 +174,15 @@ fn is_xmm(r: Register) -> bool {
     (Register::XMM0 as u32..=Register::XMM15 as u32).contains(&(r as u32))
 }
 
-/// Reads operand `n` as up to 128 bits (memory: the instruction's memory size).
+/// Legacy SSE requires 16-byte memory operands to be aligned, except for the explicitly
+/// unaligned moves.
+fn must_align(c: &Ctx) -> bool {
+    c.i.memory_size().size() == 16
+        && !matches!(c.i.mnemonic(), Mnemonic::Movdqu | Mnemonic::Movups | Mnemonic::Movupd)
+}
+
+/// Reads operand `n` as up to 128 bits (memory: the instruction's memory size, with the
+/// alignment check of legacy SSE).
 fn read_x(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
     match c.i.op_kind(n) {
         OpKind::Register => {
@@ -187,6 +195,9 @@ fn read_x(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
         }
         OpKind::Memory => {
             let la = c.mem_lin()?;
+            if must_align(c) && la % 16 != 0 {
+                return Err(Exception::gp(0));
+            }
             let size = c.i.memory_size().size().min(16);
             let mut b = [0u8; 16];
             c.cpu.read_lin(c.io, la, &mut b[..size], Priv::Current)?;
@@ -194,15 +205,6 @@ fn read_x(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
         }
         _ => Ok(u128::from(c.i.immediate(n))),
     }
-}
-
-/// Reads a 128-bit memory or register operand with the 16-byte alignment check of the
-/// aligned forms.
-fn read_x_aligned(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
-    if c.i.op_kind(n) == OpKind::Memory && c.mem_lin()? % 16 != 0 {
-        return Err(Exception::gp(0));
-    }
-    read_x(c, n)
 }
 
 /// Writes `bytes` bytes of `v` to memory operand `n`.
@@ -283,7 +285,7 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
                 write_mem_x(c, v, 16, aligned)?;
             } else {
                 let d = dst_xmm(c)?;
-                let v = if aligned { read_x_aligned(c, 1)? } else { read_x(c, 1)? };
+                let v = if aligned { read_x(c, 1)? } else { read_x(c, 1)? };
                 c.cpu.xmm[d] = v;
             }
         }
@@ -436,7 +438,7 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
         }
         _ => {
             let d = dst_xmm(c)?;
-            let b = read_x_aligned(c, 1)?;
+            let b = read_x(c, 1)?;
             let a = c.cpu.xmm[d];
             c.cpu.xmm[d] = binary(m, a, b)?;
         }
@@ -553,11 +555,28 @@ fn x87_control(c: &mut Ctx, m: Mnemonic) -> R {
         }
         M::Fldcw => {
             let v = c.read(0)? as u16;
-            c.cpu.fpu.fcw = v | 0x40;
+            c.cpu.fpu.fcw = sanitize_fcw(v);
+            c.cpu.fpu.fsw = summarize_fsw(c.cpu.fpu.fsw, c.cpu.fpu.fcw);
         }
         _ => {}
     }
     Ok(())
+}
+
+/// FCW with its reserved bits as the hardware keeps them (bit 6 set; 7, 13-15 clear).
+fn sanitize_fcw(v: u16) -> u16 {
+    (v & 0x1f3f) | 0x40
+}
+
+/// FSW with ES and B recomputed: set while an exception flag is unmasked in `fcw`.
+fn summarize_fsw(fsw: u16, fcw: u16) -> u16 {
+    let pending = fsw & !fcw & 0x3f != 0;
+    let fsw = fsw & !0x8080;
+    if pending {
+        fsw | 0x8080
+    } else {
+        fsw
+    }
 }
 
 /// FXSAVE/FXRSTOR (and their 64-bit forms) on the 512-byte legacy area.
@@ -594,8 +613,9 @@ fn fxsave(c: &mut Ctx, m: Mnemonic) -> R {
                 b[160 + 16 * k..176 + 16 * k].copy_from_slice(&c.cpu.xmm[k].to_le_bytes());
             }
         }
-        // Bytes 464..512 are available to software and not written.
-        c.cpu.write_lin(c.io, la, &b[..464], Priv::Current)?;
+        // Bytes 416..512 (reserved and available to software) are not written.
+        c.cpu.probe_write(la, 512, Priv::Current)?;
+        c.cpu.write_lin(c.io, la, &b[..416], Priv::Current)?;
     } else {
         let mut b = [0u8; 512];
         c.cpu.read_lin(c.io, la, &mut b, Priv::Current)?;
@@ -613,9 +633,10 @@ fn fxsave(c: &mut Ctx, m: Mnemonic) -> R {
         for (k, s) in st.iter_mut().enumerate() {
             s[..10].copy_from_slice(&b[32 + 16 * k..42 + 16 * k]);
         }
+        let fcw = sanitize_fcw(u16_at(0));
         c.cpu.fpu = crate::cpu::Fpu {
-            fcw: u16_at(0),
-            fsw: u16_at(2),
+            fcw,
+            fsw: summarize_fsw(u16_at(2), fcw),
             ftw: b[4],
             fop: u16_at(6),
             fip: u64_at(8),

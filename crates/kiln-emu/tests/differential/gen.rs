@@ -56,9 +56,11 @@ pub enum Family {
     Stack,
     String,
     Branch,
+    Sse,
 }
 
-pub const FAMILIES: [Family; 9] = [
+pub const FAMILIES: [Family; 10] = [
+    Family::Sse,
     Family::Alu,
     Family::Shift,
     Family::MulDiv,
@@ -186,6 +188,106 @@ fn family(m: Mnemonic) -> Option<Family> {
         | M::Loope
         | M::Loopne
         | M::Jrcxz => Family::Branch,
+        M::Movdqa
+        | M::Movdqu
+        | M::Movaps
+        | M::Movups
+        | M::Movapd
+        | M::Movupd
+        | M::Movntdq
+        | M::Movntps
+        | M::Movntpd
+        | M::Movnti
+        | M::Movd
+        | M::Movq
+        | M::Movss
+        | M::Movsd
+        | M::Movlps
+        | M::Movhps
+        | M::Movlpd
+        | M::Movhpd
+        | M::Movhlps
+        | M::Movlhps
+        | M::Pxor
+        | M::Por
+        | M::Pand
+        | M::Pandn
+        | M::Xorps
+        | M::Xorpd
+        | M::Orps
+        | M::Orpd
+        | M::Andps
+        | M::Andpd
+        | M::Andnps
+        | M::Andnpd
+        | M::Paddb
+        | M::Paddw
+        | M::Paddd
+        | M::Paddq
+        | M::Psubb
+        | M::Psubw
+        | M::Psubd
+        | M::Psubq
+        | M::Pcmpeqb
+        | M::Pcmpeqw
+        | M::Pcmpeqd
+        | M::Pcmpgtb
+        | M::Pcmpgtw
+        | M::Pcmpgtd
+        | M::Pminub
+        | M::Pmaxub
+        | M::Pminsw
+        | M::Pmaxsw
+        | M::Paddusb
+        | M::Paddusw
+        | M::Psubusb
+        | M::Psubusw
+        | M::Paddsb
+        | M::Paddsw
+        | M::Psubsb
+        | M::Psubsw
+        | M::Pavgb
+        | M::Pavgw
+        | M::Pmullw
+        | M::Pmulhw
+        | M::Pmulhuw
+        | M::Pmuludq
+        | M::Pmovmskb
+        | M::Movmskps
+        | M::Movmskpd
+        | M::Punpcklbw
+        | M::Punpcklwd
+        | M::Punpckldq
+        | M::Punpcklqdq
+        | M::Punpckhbw
+        | M::Punpckhwd
+        | M::Punpckhdq
+        | M::Punpckhqdq
+        | M::Pshufd
+        | M::Pshuflw
+        | M::Pshufhw
+        | M::Shufps
+        | M::Shufpd
+        | M::Psllw
+        | M::Pslld
+        | M::Psllq
+        | M::Psrlw
+        | M::Psrld
+        | M::Psrlq
+        | M::Psraw
+        | M::Psrad
+        | M::Pslldq
+        | M::Psrldq
+        | M::Packsswb
+        | M::Packuswb
+        | M::Packssdw
+        | M::Ldmxcsr
+        | M::Stmxcsr
+        | M::Fxsave64
+        | M::Fxrstor64
+        | M::Fnstsw
+        | M::Fnstcw
+        | M::Fninit => Family::Sse,
         _ => return None,
     })
 }
@@ -225,6 +327,9 @@ fn operand_supported(k: K) -> bool {
             | K::br64_1
             | K::br64_4
             | K::seg_rBX_al
+            | K::xmm_reg
+            | K::xmm_rm
+            | K::xmm_or_mem
     )
 }
 
@@ -258,6 +363,10 @@ fn reg_of(size: u32, idx: u32) -> Register {
     Register::values().nth(base as usize + idx as usize).unwrap_or(base)
 }
 
+fn reg_xmm(idx: u32) -> Register {
+    Register::values().nth(Register::XMM0 as usize + idx as usize).unwrap_or(Register::XMM0)
+}
+
 /// One generated program.
 pub struct Program {
     pub code: Vec<u8>,
@@ -278,6 +387,10 @@ impl Gen {
                 continue;
             }
             if !matches!(op.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
+                continue;
+            }
+            // SIMD: only the legacy SSE encodings (VEX forms are AVX).
+            if family(op.mnemonic()) == Some(Family::Sse) && op.encoding() != EncodingKind::Legacy {
                 continue;
             }
             let Some(fam) = family(op.mnemonic()) else {
@@ -430,9 +543,34 @@ impl Gen {
                         regs.push(r);
                     }
                 }
+                K::xmm_reg | K::xmm_rm => {
+                    ins.set_op_kind(n, OpKind::Register);
+                    ins.set_op_register(n, reg_xmm(rng.below(16) as u32));
+                }
+                K::xmm_or_mem => {
+                    if rng.chance(40) {
+                        let align = if rng.chance(85) { 16 } else { 1 };
+                        let disp = (0x400 + rng.below(0x1800)) & !(align - 1);
+                        Self::set_mem(&mut ins, n, disp);
+                        mem_used = true;
+                    } else {
+                        ins.set_op_kind(n, OpKind::Register);
+                        ins.set_op_register(n, reg_xmm(rng.below(16) as u32));
+                    }
+                }
                 K::mem => {
-                    let align = if m == Mnemonic::Cmpxchg16b && rng.chance(90) { 16 } else { 1 };
-                    let disp = (0x400 + rng.below(0x1800)) & !(align - 1);
+                    let wants16 = matches!(
+                        m,
+                        Mnemonic::Cmpxchg16b
+                            | Mnemonic::Fxsave64
+                            | Mnemonic::Fxrstor64
+                            | Mnemonic::Movntdq
+                            | Mnemonic::Movntps
+                            | Mnemonic::Movntpd
+                    );
+                    let align = if wants16 && rng.chance(90) { 16 } else { 1 };
+                    let span = if wants16 { 0x1000 } else { 0x1800 };
+                    let disp = (0x400 + rng.below(span)) & !(align - 1);
                     Self::set_mem(&mut ins, n, disp);
                     mem_used = true;
                 }

@@ -156,6 +156,37 @@ impl Native {
         Ok(())
     }
 
+    /// The child's x87/SSE registers.
+    pub fn get_fpregs(&self) -> io::Result<libc::user_fpregs_struct> {
+        // SAFETY: user_fpregs_struct is plain old data.
+        let mut r: libc::user_fpregs_struct = unsafe { std::mem::zeroed() };
+        // SAFETY: PTRACE_GETFPREGS writes one user_fpregs_struct to the given pointer.
+        let rc = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETFPREGS,
+                self.pid,
+                0,
+                &mut r as *mut libc::user_fpregs_struct,
+            )
+        };
+        if rc < 0 {
+            return Err(os_err("PTRACE_GETFPREGS"));
+        }
+        Ok(r)
+    }
+
+    /// Sets the child's x87/SSE registers.
+    pub fn set_fpregs(&self, r: &libc::user_fpregs_struct) -> io::Result<()> {
+        // SAFETY: PTRACE_SETFPREGS reads one user_fpregs_struct from the given pointer.
+        let rc = unsafe {
+            libc::ptrace(libc::PTRACE_SETFPREGS, self.pid, 0, r as *const libc::user_fpregs_struct)
+        };
+        if rc < 0 {
+            return Err(os_err("PTRACE_SETFPREGS"));
+        }
+        Ok(())
+    }
+
     /// Executes one instruction (or one iteration of a REP string instruction).
     pub fn step(&self) -> io::Result<Stop> {
         // SAFETY: resumes our stopped child for one instruction, suppressing any pending signal.
