@@ -284,9 +284,9 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
                 let v = read_x(c, 1)?;
                 write_mem_x(c, v, 16, aligned)?;
             } else {
+                // read_x checks alignment for the aligned forms.
                 let d = dst_xmm(c)?;
-                let v = if aligned { read_x(c, 1)? } else { read_x(c, 1)? };
-                c.cpu.xmm[d] = v;
+                c.cpu.xmm[d] = read_x(c, 1)?;
             }
         }
         M::Movntdq | M::Movntps | M::Movntpd => {
