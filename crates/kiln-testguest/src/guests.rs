@@ -144,6 +144,22 @@ pub fn serial_echo() -> Result<Vec<u8>> {
     finish(a)
 }
 
+/// Reads the 32-bit register at `addr` and prints its four bytes (little-endian) to COM1, then
+/// resets. At a virtio-mmio window this prints `virt`, the transport's magic value.
+pub fn print_mmio_word(addr: u64) -> Result<Vec<u8>> {
+    let mut a = new_asm()?;
+    a.mov(rbx, addr)?;
+    a.mov(ecx, dword_ptr(rbx))?;
+    a.mov(dx, SERIAL_PORT as u32)?;
+    for _ in 0..4 {
+        a.mov(al, cl)?;
+        a.out(dx, al)?;
+        a.shr(ecx, 8)?;
+    }
+    emit_reset(&mut a)?;
+    finish(a)
+}
+
 /// Port and MMIO traffic with known values, for engine tests:
 /// `out 0x80, 0x42`; `in al, 0x81` then `out 0x82, al`; `mov dword [MMIO], 0x11223344`;
 /// `mov eax, [MMIO+0x10]` then `out 0x83, eax` (32-bit); reset.

@@ -45,4 +45,11 @@ pub struct Args {
     /// Do not forward stdin to the guest's serial console.
     #[arg(long)]
     pub no_console_input: bool,
+    /// A virtio-blk disk backed by a raw image: PATH[,ro][,serial=ID]. Repeat for more disks;
+    /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
+    #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
+    pub disk: Vec<String>,
+    /// A virtio-rng entropy device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
 }

@@ -6,6 +6,49 @@ use std::path::PathBuf;
 
 /// The most vCPUs a VM can have: APIC IDs 0-254 of the xAPIC, 255 is broadcast.
 pub const MAX_VCPUS: u32 = 254;
+/// Virtio devices use GSIs 5-23 of the I/O APIC, one each.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
+/// One `--disk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+    /// Serial reported to the guest (GET_ID).
+    pub serial: String,
+}
+
+impl DiskSpec {
+    /// Parses `PATH[,ro][,serial=ID]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad =
+            |problem: &str| ConfigError::Disk { spec: spec.to_string(), problem: problem.into() };
+        let mut parts = spec.split(',');
+        let path = PathBuf::from(
+            parts
+                .next()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| bad("give the image path first"))?,
+        );
+        let mut disk = DiskSpec { path, read_only: false, serial: String::new() };
+        for part in parts {
+            match part.split_once('=') {
+                None if part == "ro" => disk.read_only = true,
+                Some(("serial", id)) if id.len() <= 20 && id.is_ascii() => {
+                    disk.serial = id.to_string()
+                }
+                Some(("serial", _)) => return Err(bad("serial must be at most 20 ASCII bytes")),
+                _ => return Err(bad(&format!("unknown option {part:?}; use ro or serial=ID"))),
+            }
+        }
+        if !disk.path.is_file() {
+            return Err(bad("the image does not exist or is not a regular file"));
+        }
+        Ok(disk)
+    }
+}
 
 /// Bad input, each naming the option at fault and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +76,17 @@ pub enum ConfigError {
     /// The initrd is missing.
     #[error("initrd {0} does not exist or is not a regular file")]
     Initrd(PathBuf),
+    /// A `--disk` value is malformed or names a missing image.
+    #[error("--disk {spec:?}: {problem}")]
+    Disk {
+        /// The value given.
+        spec: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// More virtio devices than interrupt lines.
+    #[error("too many virtio devices ({0}); at most {MAX_VIRTIO_DEVICES} fit")]
+    TooManyDevices(usize),
     /// Kernel or initrd do not fit in the memory given.
     #[error(transparent)]
     Fit(#[from] BootError),
@@ -55,6 +109,10 @@ pub struct VmConfig {
     pub engine: EngineChoice,
     /// Forward stdin to the serial console.
     pub console_input: bool,
+    /// Disks, in guest order.
+    pub disks: Vec<DiskSpec>,
+    /// Attach a virtio-rng device.
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -79,6 +137,11 @@ impl VmConfig {
             }
         }
         kiln_boot::check_fit(&kernel, args.initrd.as_deref(), memory_bytes)?;
+        let disks = args.disk.iter().map(|d| DiskSpec::parse(d)).collect::<Result<Vec<_>, _>>()?;
+        let devices = disks.len() + usize::from(args.rng);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
         Ok(VmConfig {
             kernel,
             initrd: args.initrd,
@@ -87,6 +150,8 @@ impl VmConfig {
             memory_bytes,
             engine: args.engine,
             console_input: !args.no_console_input,
+            disks,
+            rng: args.rng,
         })
     }
 }

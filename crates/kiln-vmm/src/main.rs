@@ -36,8 +36,7 @@ fn main() -> ExitCode {
 fn run(args: cli::Args, start: Instant) -> Result<ExitCode, String> {
     let config = config::VmConfig::from_args(args).map_err(|e| chain(&e))?;
     let selection = engine_select::select(config.engine, &config.kernel).map_err(|e| chain(&e))?;
-    eprintln!("kiln-vmm: engine {}", selection.reason);
-    let outcome = vm::run(&config, selection.engine.as_ref(), start).map_err(|e| chain(&e))?;
+    let outcome = vm::run(&config, &selection, start).map_err(|e| chain(&e))?;
     let elapsed = start.elapsed().as_secs_f64() * 1000.0;
     Ok(match outcome.reason {
         ExitReason::GuestReset => {

@@ -6,19 +6,29 @@
 //! kicks every vCPU out of its run loop, joins them and returns the [`Outcome`].
 
 use crate::config::VmConfig;
+use crate::engine_select::Selection;
 use kiln_boot::{layout, BootError, BootSpec};
 use kiln_devices::boot_timer::{BootTimer, ReadyTime, BOOT_TIMER_PORT};
 use kiln_devices::bus::BusError;
 use kiln_devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
 use kiln_devices::{DeviceManager, ExitReason, ExitSignal};
-use kiln_engine::{Engine, EngineError, Kick, Vcpu, VcpuStop, VmSpec};
+use kiln_engine::{EngineError, Kick, Vcpu, VcpuStop, VmSpec};
+use kiln_virtio::block::Block;
+use kiln_virtio::mmio::{MmioTransport, MMIO_WINDOW};
+use kiln_virtio::rng::Rng;
+use kiln_virtio::VirtioDevice;
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
+
+/// First virtio-mmio window, at the start of the MMIO hole.
+const VIRTIO_MMIO_BASE: u64 = layout::MMIO_HOLE_START + 0x1000_0000;
+/// Interrupt of the first virtio device.
+const VIRTIO_FIRST_GSI: u32 = 5;
 
 /// Errors of building a VM (before the guest runs).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,9 @@ pub enum VmError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A disk image cannot be attached.
+    #[error(transparent)]
+    Disk(#[from] kiln_virtio::block::BlockError),
     /// The device layout is inconsistent (a VMM bug).
     #[error("device layout")]
     Bus(#[from] BusError),
@@ -60,19 +73,29 @@ pub struct Outcome {
 }
 
 /// Builds the VM described by `config` on `engine` and runs it to its end.
-pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result<Outcome, VmError> {
+/// The engine line is logged once the VM is fully built, so a VM that fails to build reports
+/// only its one error line.
+pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<Outcome, VmError> {
     let mib = config.memory_bytes >> 20;
     let memory = GuestMemoryMmap::<()>::from_ranges(&layout::ram_ranges(config.memory_bytes))
         .map_err(|source| VmError::Memory { mib, source })?;
+    let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if config.rng {
+        virtio.push(Box::new(Rng));
+    }
+    for disk in &config.disks {
+        virtio.push(Box::new(Block::open(&disk.path, disk.read_only, &disk.serial)?));
+    }
+    let cmdline = virtio_cmdline(&config.cmdline, virtio.len());
     let spec = BootSpec {
         kernel: &config.kernel,
         initrd: config.initrd.as_deref(),
-        cmdline: &config.cmdline,
+        cmdline: &cmdline,
         memory_bytes: config.memory_bytes,
         vcpus: config.vcpus,
     };
     let boot_state = kiln_boot::load_guest(&memory, &spec)?;
-    let vm = engine.create_vm(&VmSpec { vcpus: config.vcpus }, &memory)?;
+    let vm = engine.engine.create_vm(&VmSpec { vcpus: config.vcpus }, &memory)?;
 
     let exit = Arc::new(ExitSignal::new());
     let mut devices = DeviceManager::new(exit.clone());
@@ -87,6 +110,11 @@ pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result
     });
     let timer = BootTimer::new(vmm_start, ReadyTime::default(), report);
     devices.pio.insert(BOOT_TIMER_PORT, 1, Arc::new(Mutex::new(timer)))?;
+    for (slot, device) in virtio.into_iter().enumerate() {
+        let (base, gsi) = virtio_slot(slot);
+        let transport = MmioTransport::new(device, memory.clone(), vm.irq_line(gsi)?);
+        devices.mmio.insert(base, MMIO_WINDOW, Arc::new(Mutex::new(transport)))?;
+    }
     let devices = Arc::new(devices);
 
     let mut vcpus = Vec::new();
@@ -98,6 +126,7 @@ pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result
         vcpus.push(vcpu);
     }
     let kickers: Vec<Arc<dyn Kick>> = vcpus.iter().map(|v| v.kicker()).collect();
+    eprintln!("kiln-vmm: engine {}", engine.reason);
     let halted = Arc::new(AtomicU32::new(0));
     let mut threads = Vec::new();
     for vcpu in vcpus {
@@ -119,6 +148,22 @@ pub fn run(config: &VmConfig, engine: &dyn Engine, vmm_start: Instant) -> Result
     }
     drop(vm);
     Ok(Outcome { reason })
+}
+
+/// Where virtio device `slot` lives: its MMIO window and its interrupt (GSIs 5 and up).
+fn virtio_slot(slot: usize) -> (u64, u32) {
+    (VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW, VIRTIO_FIRST_GSI + slot as u32)
+}
+
+/// The user's command line plus one `virtio_mmio.device=` per device, which is how the Kiln
+/// kernel (`VIRTIO_MMIO_CMDLINE_DEVICES`) discovers them.
+fn virtio_cmdline(user: &str, devices: usize) -> String {
+    let mut cmdline = user.trim().to_string();
+    for slot in 0..devices {
+        let (base, gsi) = virtio_slot(slot);
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    }
+    cmdline
 }
 
 fn ms(d: Duration) -> f64 {
@@ -195,4 +240,18 @@ fn spawn_console_input(
         })
         .map(|_| ())
         .map_err(|source| VmError::Thread { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_virtio_device_is_announced_on_the_command_line() {
+        let cmdline = virtio_cmdline("console=ttyS0 ", 2);
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+    }
 }

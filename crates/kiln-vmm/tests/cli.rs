@@ -210,3 +210,43 @@ fn stdin_reaches_the_guest_serial_console() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(out.stdout, input);
 }
+
+#[test]
+fn virtio_devices_appear_in_the_mmio_hole_on_both_engines() {
+    let dir = TempDir::new("virtio");
+    let kernel = write_guest(&dir, "magic.elf", guests::print_mmio_word(0xd000_0000).unwrap());
+    let disk = dir.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut engines = vec!["emu"];
+    if skip::require_kvm("kiln-vmm::virtio_devices_kvm") {
+        engines.push("kvm");
+    }
+    for engine in engines {
+        let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", engine, "--disk", p(&disk)]);
+        assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "virt", "{engine}");
+    }
+    // Without a device the window reads as all ones.
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "emu"]);
+    assert_eq!(out.stdout, [0xff; 4]);
+}
+
+#[test]
+fn disk_errors_name_the_disk_and_what_to_do() {
+    let dir = TempDir::new("diskerr");
+    let good = write_guest(&dir, "good.elf", guests::hello("x").unwrap());
+    let disk = dir.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    assert_bad_input(
+        &["--kernel", p(&good), "--disk", p(&dir.path("none.img"))],
+        &["--disk", "does not exist"],
+    );
+    let bad_option = format!("{},rw", p(&disk));
+    assert_bad_input(&["--kernel", p(&good), "--disk", &bad_option], &["unknown option \"rw\""]);
+    let held = kiln_virtio::block::Block::open(&disk, false, "").unwrap();
+    assert_bad_input(
+        &["--kernel", p(&good), "--engine", "emu", "--disk", p(&disk)],
+        &["in use by another VM"],
+    );
+    drop(held);
+}

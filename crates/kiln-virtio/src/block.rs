@@ -1,0 +1,226 @@
+//! virtio-blk over a raw image file.
+//!
+//! Requests are served synchronously: reads and writes with `pread`/`pwrite` at the request's
+//! sector, FLUSH with `fsync` (so data the guest synced survives a kill of the VMM), GET_ID with
+//! the disk's serial. The image is locked with `flock`: exclusively when writable, shared when
+//! read-only, so an image in use by one VM cannot be opened writable by a second.
+
+use crate::{device_type, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+/// Length of the serial returned by GET_ID.
+pub const SERIAL_LEN: usize = 20;
+/// The largest transfer served per request.
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Errors of opening a disk image.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image cannot be opened.
+    #[error("cannot open disk image {path}")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the image's lock.
+    #[error("disk image {path} is in use by another VM (it is locked); stop that VM or use another image")]
+    Locked {
+        /// The image.
+        path: PathBuf,
+    },
+    /// The image is smaller than one sector.
+    #[error("disk image {path} has {size} bytes; a disk needs at least {SECTOR_SIZE}")]
+    TooSmall {
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The serial is too long.
+    #[error("disk serial {0:?} is longer than {SERIAL_LEN} bytes")]
+    Serial(String),
+}
+
+/// The request header every virtio-blk request starts with.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct RequestHeader {
+    kind: u32,
+    reserved: u32,
+    sector: u64,
+}
+
+// SAFETY: RequestHeader is repr(C) plain integers without padding; every bit pattern is valid.
+unsafe impl ByteValued for RequestHeader {}
+
+/// A virtio block device.
+pub struct Block {
+    file: File,
+    read_only: bool,
+    capacity_bytes: u64,
+    serial: [u8; SERIAL_LEN],
+    config: [u8; 8],
+}
+
+impl Block {
+    /// Opens and locks `path`. The capacity is the image size rounded down to whole sectors.
+    pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Self, BlockError> {
+        if serial.len() > SERIAL_LEN {
+            return Err(BlockError::Serial(serial.to_string()));
+        }
+        let open_err = |source| BlockError::Open { path: path.to_path_buf(), source };
+        let file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(open_err)?;
+        let lock = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), lock | libc::LOCK_NB) } != 0 {
+            return Err(BlockError::Locked { path: path.to_path_buf() });
+        }
+        let size = file.metadata().map_err(open_err)?.len();
+        if size < SECTOR_SIZE {
+            return Err(BlockError::TooSmall { path: path.to_path_buf(), size });
+        }
+        let capacity_bytes = size - size % SECTOR_SIZE;
+        let mut id = [0u8; SERIAL_LEN];
+        id[..serial.len()].copy_from_slice(serial.as_bytes());
+        let config = (capacity_bytes / SECTOR_SIZE).to_le_bytes();
+        Ok(Block { file, read_only, capacity_bytes, serial: id, config })
+    }
+
+    /// Serves one request; returns the status byte and the bytes written to the driver.
+    fn serve<R: Read, W: Write>(
+        &mut self,
+        header: RequestHeader,
+        data_in: &mut R,
+        in_len: usize,
+        data_out: &mut W,
+        out_len: usize,
+    ) -> (u8, usize) {
+        let offset = header.sector.checked_mul(SECTOR_SIZE);
+        let in_bounds = |len: usize| {
+            offset
+                .and_then(|o| o.checked_add(len as u64))
+                .is_some_and(|end| end <= self.capacity_bytes)
+        };
+        match header.kind {
+            VIRTIO_BLK_T_IN => {
+                let len = out_len.min(MAX_REQUEST_BYTES);
+                if !in_bounds(len) {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                }
+                let mut buf = vec![0u8; len];
+                let ok = offset.is_some_and(|o| self.file.read_exact_at(&mut buf, o).is_ok())
+                    && data_out.write_all(&buf).is_ok();
+                if ok {
+                    (VIRTIO_BLK_S_OK, len)
+                } else {
+                    (VIRTIO_BLK_S_IOERR, 0)
+                }
+            }
+            VIRTIO_BLK_T_OUT => {
+                let len = in_len.min(MAX_REQUEST_BYTES);
+                if self.read_only || !in_bounds(len) {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                }
+                let mut buf = vec![0u8; len];
+                let ok = data_in.read_exact(&mut buf).is_ok()
+                    && offset.is_some_and(|o| self.file.write_all_at(&buf, o).is_ok());
+                (if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR }, 0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                let ok = self.read_only || self.file.sync_all().is_ok();
+                (if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR }, 0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let len = out_len.min(SERIAL_LEN);
+                match data_out.write_all(&self.serial[..len]) {
+                    Ok(()) => (VIRTIO_BLK_S_OK, len),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                }
+            }
+            _ => (VIRTIO_BLK_S_UNSUPP, 0),
+        }
+    }
+}
+
+impl Block {
+    /// Serves one descriptor chain: header and data to read, then data to write and the status
+    /// byte last. Returns the bytes written to the driver; a chain without room for a status is
+    /// returned unserved (0 bytes).
+    fn serve_chain(
+        &mut self,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        memory: &GuestMemoryMmap,
+    ) -> u32 {
+        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(memory), chain.writer(memory))
+        else {
+            return 0;
+        };
+        let Some(data_len) = writer.available_bytes().checked_sub(1) else { return 0 };
+        let Ok(mut status) = writer.split_at(data_len) else { return 0 };
+        let (code, written) = match reader.read_obj::<RequestHeader>() {
+            Ok(header) => {
+                let in_len = reader.available_bytes();
+                self.serve(header, &mut reader, in_len, &mut writer, data_len)
+            }
+            Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+        };
+        let _ = status.write_all(&[code]);
+        written as u32 + 1
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[256]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | if self.read_only { VIRTIO_BLK_F_RO } else { 0 }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let written = self.serve_chain(chain, memory);
+            if queue.add_used(memory, head, written).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+}
