@@ -16,7 +16,7 @@
 //!    request larger than the pool-wide free maximum, so a round costs O(started * log hosts) plus at
 //!    most one O(1) check per queued request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use crate::backfill::{reserve, HostEnds, Reservation};
@@ -103,6 +103,8 @@ struct Queue {
     keys: HashMap<RequestId, QueueKey>,
     vcpus: BTreeMap<u64, usize>,
     memory: BTreeMap<u64, usize>,
+    /// The queue split by request shape, each part in policy order (for backfilling).
+    by_shape: BTreeMap<Resources, BTreeSet<QueueKey>>,
 }
 
 impl Queue {
@@ -110,12 +112,19 @@ impl Queue {
         *self.vcpus.entry(req.vcpus).or_default() += 1;
         *self.memory.entry(req.memory_mib).or_default() += 1;
         self.keys.insert(req.id, key);
+        self.by_shape.entry(req.resources()).or_default().insert(key);
         self.order.insert(key, req);
     }
 
     fn remove(&mut self, key: &QueueKey) -> Option<Request> {
         let req = self.order.remove(key)?;
         self.keys.remove(&req.id);
+        if let Some(set) = self.by_shape.get_mut(&req.resources()) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_shape.remove(&req.resources());
+            }
+        }
         for (set, v) in [(&mut self.vcpus, req.vcpus), (&mut self.memory, req.memory_mib)] {
             if let Some(n) = set.get_mut(&v) {
                 *n -= 1;
@@ -279,61 +288,105 @@ impl Planner {
                 }
             }
         }
-        if let (Some((head_key, head)), Backfill::Easy) = (head, self.policy.backfill()) {
-            self.backfill(head_key, &head, now, &mut decisions, &mut started);
-        }
         for key in &started {
             self.queue.remove(key);
+        }
+        if let (Some((head_key, head)), Backfill::Easy) = (head, self.policy.backfill()) {
+            self.backfill(head_key, &head, now, &mut decisions);
         }
         decisions
     }
 
+    /// EASY's second pass: repeatedly start the earliest request (in policy order, behind the head)
+    /// that can start now without delaying the head's reservation, until none can.
+    ///
+    /// Instead of walking the whole queue, it walks the distinct request *shapes* (vCPUs, memory):
+    /// for each shape, the earliest queued request of that shape is the only candidate on the
+    /// unreserved hosts, so one placement query per shape finds the next decision. Free room only
+    /// shrinks during a round, so a shape that found no host is never queried again in the round.
+    /// On the reserved host, where the declared run time matters (it must end by the shadow time
+    /// unless it fits the extra room), at most [`RESERVED_HOST_SCAN`] requests per shape are
+    /// examined per round, which can miss a backfill but never delays the head.
     fn backfill(
         &mut self,
         head_key: QueueKey,
         head: &Request,
         now: Time,
         decisions: &mut Vec<Decision>,
-        started: &mut Vec<QueueKey>,
     ) {
         let cluster = &mut self.cluster;
         let Some(mut res) = reserve(&cluster.pool, &cluster.ends, head.resources(), now) else {
             return;
         };
-        let Some(smallest) = self.queue.min_need() else { return };
         let reserved = res.host_index;
         cluster.pool.set_masked(reserved, true);
-        let rest = self.queue.order.range((Bound::Excluded(head_key), Bound::Unbounded));
-        for (key, req) in rest {
-            let need = req.resources();
+        let after_head = (Bound::Excluded(head_key), Bound::Unbounded);
+        let mut failed: Vec<Resources> = Vec::new();
+        let mut scanned: BTreeMap<Resources, (QueueKey, usize)> = BTreeMap::new();
+        loop {
             let reserved_free = cluster.pool.hosts()[reserved].free();
-            let room = cluster.pool.max_free();
-            let room = Resources::new(
-                room.vcpus.max(reserved_free.vcpus),
-                room.memory_mib.max(reserved_free.memory_mib),
-            );
-            if !smallest.fits_in(room) {
-                break;
-            }
-            if !need.fits_in(room) {
-                continue;
-            }
-            let idx = match cluster.pool.find(need) {
-                Some(idx) => idx,
-                None if need.fits_in(reserved_free)
-                    && res
-                        .admit_on_reserved_host(need, now.saturating_add(req.expected_runtime)) =>
-                {
-                    reserved
+            let mut best: Option<(QueueKey, usize)> = None;
+            for (&shape, keys) in &self.queue.by_shape {
+                let Some(&first) = keys.range(after_head).next() else { continue };
+                if best.is_some_and(|(b, _)| first >= b) {
+                    continue;
                 }
-                None => continue,
-            };
-            decisions.push(cluster.start(req, idx, now, true));
-            started.push(*key);
+                if !failed.iter().any(|f| f.fits_in(shape)) {
+                    match cluster.pool.find(shape) {
+                        Some(idx) => {
+                            best = Some((first, idx));
+                            continue;
+                        }
+                        None => {
+                            failed.retain(|f| !shape.fits_in(*f));
+                            failed.push(shape);
+                        }
+                    }
+                }
+                if !shape.fits_in(reserved_free) {
+                    continue;
+                }
+                if shape.fits_in(res.extra) {
+                    best = Some((first, reserved));
+                    continue;
+                }
+                // Only requests that end by the shadow time may use the reserved host.
+                let (from, budget) = scanned.get(&shape).copied().unwrap_or((head_key, 0));
+                let mut budget = budget;
+                for &key in keys.range((Bound::Excluded(from), Bound::Unbounded)) {
+                    if best.is_some_and(|(b, _)| key >= b) || budget >= RESERVED_HOST_SCAN {
+                        break;
+                    }
+                    budget += 1;
+                    let ends_in_time = self
+                        .queue
+                        .order
+                        .get(&key)
+                        .is_some_and(|r| now.saturating_add(r.expected_runtime) <= res.start);
+                    if ends_in_time {
+                        best = Some((key, reserved));
+                        break;
+                    }
+                    scanned.insert(shape, (key, budget));
+                }
+            }
+            let Some((key, idx)) = best else { break };
+            let Some(req) = self.queue.remove(&key) else { break };
+            if idx == reserved {
+                let admitted = res.admit_on_reserved_host(
+                    req.resources(),
+                    now.saturating_add(req.expected_runtime),
+                );
+                debug_assert!(admitted, "candidate was checked against the reservation");
+            }
+            decisions.push(cluster.start(&req, idx, now, true));
         }
         cluster.pool.set_masked(reserved, false);
     }
 }
+
+/// Per shape and round, how many requests EASY examines for the reserved host (see `backfill`).
+const RESERVED_HOST_SCAN: usize = 256;
 
 /// Everything the stateless [`plan`] needs.
 #[derive(Debug, Clone)]
