@@ -183,6 +183,7 @@ pub struct Cpu {
     pub apic_id: u32,
     pub(crate) tlb: Tlb,
     pub(crate) mem: PhysMem,
+    pub(crate) dcache: crate::exec::DecodeCache,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -233,6 +234,7 @@ impl Cpu {
             advertise_simd: false,
             tlb: Tlb::new(),
             mem,
+            dcache: crate::exec::DecodeCache::new(),
         }
     }
 

@@ -368,7 +368,7 @@ impl Cpu {
         who: Priv,
     ) -> Result<u64, Exception> {
         let mut b = [0u8; 8];
-        self.read_lin(io, la, &mut b[..size as usize], who)?;
+        self.read_lin(io, la, &mut b[..(size as usize).min(8)], who)?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -382,7 +382,7 @@ impl Cpu {
         v: u64,
         who: Priv,
     ) -> Result<(), Exception> {
-        self.write_lin(io, la, &v.to_le_bytes()[..size as usize], who)
+        self.write_lin(io, la, &v.to_le_bytes()[..(size as usize).min(8)], who)
     }
 
     /// Forgets cached translations after a CR3 load.

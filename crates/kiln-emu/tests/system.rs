@@ -520,3 +520,46 @@ fn trap_flag_raises_a_debug_trap_after_the_next_instruction() {
     assert_ne!(f_fl & 0x100, 0, "the pushed RFLAGS still has TF");
     assert_ne!(sb.cpu.dr[6] & (1 << 14), 0, "DR6.BS");
 }
+
+#[test]
+fn code_the_guest_rewrites_is_decoded_again() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    // top: mov eax, imm32 (5 bytes at CODE + 5); then patch the immediate and loop once more.
+    let code = assemble(CODE, |a| {
+        a.mov(ecx, 2u32)?; // 5 bytes
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, 1u32)?; // at CODE + 5, immediate at CODE + 6
+        a.mov(byte_ptr(CODE + 6), 7u32)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!(sb.cpu.gpr[0], 7, "the second pass ran the patched instruction");
+}
+
+#[test]
+fn lretq_reloads_cs_as_the_kernel_does_after_lgdt() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        let mut next = a.create_label();
+        a.mov(rax, u64::from(sb::KERNEL_CS))?;
+        a.push(rax)?;
+        a.lea(rax, ptr(next))?;
+        a.push(rax)?;
+        a.db(&[0x48, 0xcb])?; // lretq
+        a.set_label(&mut next)?;
+        a.mov(rbx, 5u64)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.cpu.seg[kiln_emu::cpu::CS].selector = 0x08;
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!(sb.cpu.gpr[3], 5);
+    assert_eq!(sb.cpu.gpr[4], sb::RSP0_TOP, "both words popped");
+    assert_eq!(sb.cpu.seg[kiln_emu::cpu::CS].selector, sb::KERNEL_CS);
+}

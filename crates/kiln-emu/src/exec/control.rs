@@ -150,7 +150,11 @@ fn ret(c: &mut Ctx) -> R {
 
 /// RETF: same-privilege and outer-privilege far returns in protected and long mode.
 fn retf(c: &mut Ctx) -> R {
-    let size = c.stack_op_size();
+    let size = match c.i.code() {
+        Code::Retfq | Code::Retfq_imm16 => 8,
+        Code::Retfw | Code::Retfw_imm16 => 2,
+        _ => 4,
+    };
     let extra = if c.i.op_count() > 0 { u64::from(c.i.immediate16()) } else { 0 };
     let rip = c.peek(0, size)? & mask(size);
     let sel = (c.peek(u64::from(size), size)? & 0xffff) as u16;

@@ -23,6 +23,36 @@ use crate::mmu::{Access, Priv};
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use kiln_engine::IoHandler;
 
+/// Entries of the per-CPU decode cache.
+pub(crate) const DECODE_CACHE_SIZE: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Decoded {
+    rip: u64,
+    bitness: u32,
+    len: u8,
+    bytes: [u8; 15],
+    instr: Instruction,
+}
+
+/// Recently decoded instructions by RIP, validated against the current bytes on every use.
+pub(crate) struct DecodeCache {
+    entries: Box<[Decoded]>,
+}
+
+impl DecodeCache {
+    pub(crate) fn new() -> Self {
+        let empty = Decoded {
+            rip: u64::MAX,
+            bitness: 0,
+            len: 0,
+            bytes: [0; 15],
+            instr: Instruction::default(),
+        };
+        DecodeCache { entries: vec![empty; DECODE_CACHE_SIZE].into_boxed_slice() }
+    }
+}
+
 /// Serializes locked read-modify-write instructions of all vCPUs.
 static ATOMIC: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -121,6 +151,18 @@ impl Cpu {
                 Err(f) => second_fault = Some(f),
             }
         }
+        // Decoding is a pure function of (bytes, RIP, bitness): reuse the last decode at this
+        // RIP if the bytes are still the same (code the guest rewrote is decoded again).
+        let slot = (self.rip as usize ^ (self.rip >> 12) as usize) % DECODE_CACHE_SIZE;
+        let cached = &self.dcache.entries[slot];
+        if cached.rip == self.rip
+            && cached.len != 0
+            && cached.bitness == bitness
+            && usize::from(cached.len) <= len
+            && cached.bytes[..usize::from(cached.len)] == bytes[..usize::from(cached.len)]
+        {
+            return Ok(cached.instr);
+        }
         let mut dec = Decoder::with_ip(bitness, &bytes[..len], self.rip, DecoderOptions::NONE);
         let instr = dec.decode();
         if instr.is_invalid() {
@@ -134,6 +176,13 @@ impl Cpu {
             }
             return Err(Exception::ud());
         }
+        let n = instr.len().min(15);
+        let e = &mut self.dcache.entries[slot];
+        e.rip = self.rip;
+        e.bitness = bitness;
+        e.len = n as u8;
+        e.bytes[..n].copy_from_slice(&bytes[..n]);
+        e.instr = instr;
         Ok(instr)
     }
 
