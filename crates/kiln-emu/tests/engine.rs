@@ -142,14 +142,16 @@ fn a_stop_requested_by_a_device_returns_kicked_after_the_access() {
 }
 
 #[test]
-fn unimplemented_far_jump_is_unserved_with_registers() {
+fn far_jump_through_a_call_gate_is_unserved_with_registers() {
     let sb = Sandbox::new().expect("sandbox");
-    // jmp far [rip+0] (FF /5 with a 64-bit far pointer).
-    let code = [0x48, 0xff, 0x2d, 0, 0, 0, 0];
+    // GDT entry 0x18: a present 64-bit call gate (call gates are not implemented).
+    sb.poke_u64(kiln_emu::sandbox::GDT + 0x18, 0x0000_8c00_0000_0000);
+    // jmp far [rip+0] (REX.W FF /5), followed by the far pointer 0x18:0.
+    let code = [0x48, 0xff, 0x2d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x18, 0];
     let (_vm, mut vcpu) = boot(&sb, &code);
     match vcpu.run(&RecordingIo::default()) {
         Err(EngineError::Unserved(msg)) => {
-            assert!(msg.contains("far JMP"), "{msg}");
+            assert!(msg.contains("call gate"), "{msg}");
             assert!(msg.contains("rip=0x100000"), "{msg}");
         }
         other => panic!("expected an unserved stop, got {other:?}"),

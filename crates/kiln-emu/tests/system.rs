@@ -563,3 +563,66 @@ fn lretq_reloads_cs_as_the_kernel_does_after_lgdt() {
     assert_eq!(sb.cpu.gpr[4], sb::RSP0_TOP, "both words popped");
     assert_eq!(sb.cpu.seg[kiln_emu::cpu::CS].selector, sb::KERNEL_CS);
 }
+
+#[test]
+fn real_mode_trampoline_reaches_long_mode_through_protected_mode() {
+    // The path an application processor's start-up code takes: real mode -> 32-bit protected
+    // mode (far jump) -> PAE, EFER.LME, CR0.PG -> 64-bit code (far jump).
+    let mut sb = Sandbox::new().expect("sandbox");
+    sb.poke_u64(sb::GDT + 0x18, 0x00cf_9a00_0000_ffff); // 32-bit flat code
+    sb.poke(0x7f00, &[0x47, 0x00, 0x00, 0x80, 0x00, 0x00]); // GDT limit 0x47, base 0x8000
+    let real: &[u8] = &[
+        0x0f, 0x01, 0x16, 0x00, 0x0f, // lgdt [0x0f00]
+        0x0f, 0x20, 0xc0, // mov eax, cr0
+        0x66, 0x83, 0xc8, 0x01, // or eax, 1
+        0x0f, 0x22, 0xc0, // mov cr0, eax
+        0x66, 0xea, 0x00, 0x71, 0x00, 0x00, 0x18, 0x00, // jmp dword 0x18:0x7100
+    ];
+    let prot: &[u8] = &[
+        0x66, 0xb8, 0x10, 0x00, // mov ax, 0x10
+        0x8e, 0xd8, // mov ds, ax
+        0x8e, 0xd0, // mov ss, ax
+        0x0f, 0x20, 0xe0, // mov eax, cr4
+        0x83, 0xc8, 0x20, // or eax, PAE
+        0x0f, 0x22, 0xe0, // mov cr4, eax
+        0xb8, 0x00, 0x10, 0x00, 0x00, // mov eax, PML4
+        0x0f, 0x22, 0xd8, // mov cr3, eax
+        0xb9, 0x80, 0x00, 0x00, 0xc0, // mov ecx, EFER
+        0x0f, 0x32, // rdmsr
+        0x0d, 0x00, 0x01, 0x00, 0x00, // or eax, LME
+        0x0f, 0x30, // wrmsr
+        0x0f, 0x20, 0xc0, // mov eax, cr0
+        0x0d, 0x00, 0x00, 0x00, 0x80, // or eax, PG
+        0x0f, 0x22, 0xc0, // mov cr0, eax
+        0xea, 0x00, 0x72, 0x00, 0x00, 0x08, 0x00, // jmp 0x08:0x7200
+    ];
+    let long: &[u8] = &[0x48, 0xc7, 0xc3, 0x64, 0x00, 0x00, 0x00, 0xf4]; // mov rbx, 0x64; hlt
+    sb.poke(0x7000, real);
+    sb.poke(0x7100, prot);
+    sb.poke(0x7200, long);
+    // Reset-like real-mode state at 0x0700:0000.
+    let cpu = &mut sb.cpu;
+    for s in cpu.seg.iter_mut() {
+        *s = kiln_engine::Segment {
+            selector: 0x0700,
+            base: 0x7000,
+            limit: 0xffff,
+            type_: 3,
+            present: true,
+            s: true,
+            ..Default::default()
+        };
+    }
+    cpu.seg[kiln_emu::cpu::CS].type_ = 0xb;
+    cpu.cr0 = kiln_emu::cpu::CR0_ET;
+    cpu.cr4 = 0;
+    cpu.efer = 0;
+    cpu.rip = 0;
+    cpu.gpr[4] = 0x0ff0;
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted, "reached the HLT at rip {:#x}", sb.cpu.rip);
+    assert_eq!(sb.cpu.gpr[3], 0x64);
+    assert!(sb.cpu.code64());
+    assert_eq!(sb.cpu.seg[kiln_emu::cpu::CS].selector, sb::KERNEL_CS);
+    assert_ne!(sb.cpu.efer & kiln_emu::cpu::EFER_LMA, 0);
+}

@@ -116,15 +116,91 @@ fn is_far(c: &Ctx) -> bool {
 
 fn jmp(c: &mut Ctx) -> R {
     if is_far(c) {
-        return Err(crate::fault::ExecError::Unsupported("far JMP"));
+        return far_transfer(c, false);
     }
     c.next_rip = near_target(c)?;
     Ok(())
 }
 
+/// The selector, offset and operand size of a far JMP/CALL operand.
+fn far_target(c: &mut Ctx) -> Result<(u16, u64, u32), Exception> {
+    match c.i.op0_kind() {
+        OpKind::FarBranch16 => Ok((c.i.far_branch_selector(), u64::from(c.i.far_branch16()), 2)),
+        OpKind::FarBranch32 => Ok((c.i.far_branch_selector(), u64::from(c.i.far_branch32()), 4)),
+        _ => {
+            let size = match c.i.memory_size() {
+                MemorySize::SegPtr16 => 2,
+                MemorySize::SegPtr32 => 4,
+                _ => 8,
+            };
+            let la = c.mem_lin()?;
+            let off = c.read_mem(la, size)?;
+            let sel = c.read_mem(la.wrapping_add(u64::from(size)), 2)? as u16;
+            Ok((sel, off, size))
+        }
+    }
+}
+
+/// Far JMP and CALL to a code segment at the current privilege (call gates and task switches
+/// are not implemented).
+fn far_transfer(c: &mut Ctx, call: bool) -> R {
+    let (sel, off, size) = far_target(c)?;
+    let ret_cs = u64::from(c.cpu.seg[CS].selector);
+    let ret_ip = c.next_rip;
+    if c.cpu.cr0 & crate::cpu::CR0_PE == 0 || c.cpu.flag(crate::flags::VM) {
+        if call {
+            c.push(ret_cs, size)?;
+            c.push(ret_ip & mask(size), size)?;
+        }
+        let s = &mut c.cpu.seg[CS];
+        s.selector = sel;
+        s.base = u64::from(sel) << 4;
+        c.next_rip = off & mask(size);
+        return Ok(());
+    }
+    if sel & !3 == 0 {
+        return Err(Exception::gp(0).into());
+    }
+    let d = c.cpu.read_segment_descriptor(c.io, sel, 0)?;
+    if !d.s {
+        return Err(crate::fault::ExecError::Unsupported(
+            "far transfer through a call gate or task segment",
+        ));
+    }
+    let err = u32::from(sel & !3);
+    let cpl = c.cpu.cpl();
+    let rpl = (sel & 3) as u8;
+    let conforming = d.type_ & 4 != 0;
+    let allowed =
+        d.type_ & 8 != 0 && if conforming { d.dpl <= cpl } else { rpl <= cpl && d.dpl == cpl };
+    if !allowed {
+        return Err(Exception::gp(err).into());
+    }
+    if !d.present {
+        return Err(Exception::with_code(crate::fault::Vector::NP, err).into());
+    }
+    let lands_in_64 = c.cpu.long_mode() && d.l;
+    if lands_in_64 && !is_canonical(off) {
+        return Err(Exception::gp(0).into());
+    }
+    if call {
+        c.push(ret_cs, size)?;
+        c.push(ret_ip & mask(size), size)?;
+    }
+    c.cpu.set_cs(d, sel, cpl);
+    c.next_rip = if lands_in_64 {
+        off
+    } else if d.db {
+        off & 0xffff_ffff
+    } else {
+        off & 0xffff
+    };
+    Ok(())
+}
+
 fn call(c: &mut Ctx) -> R {
     if is_far(c) {
-        return Err(crate::fault::ExecError::Unsupported("far CALL"));
+        return far_transfer(c, true);
     }
     let target = near_target(c)?;
     let size = c.stack_op_size();
