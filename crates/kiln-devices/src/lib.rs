@@ -9,6 +9,7 @@ pub mod boot_timer;
 pub mod bus;
 mod exit;
 pub mod i8042;
+pub mod rtc;
 pub mod serial;
 
 pub use exit::{ExitReason, ExitSignal};

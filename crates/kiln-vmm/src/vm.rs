@@ -11,6 +11,7 @@ use kiln_boot::{layout, BootError, BootSpec};
 use kiln_devices::boot_timer::{BootTimer, ReadyTime, BOOT_TIMER_PORT};
 use kiln_devices::bus::BusError;
 use kiln_devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use kiln_devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
 use kiln_devices::{DeviceManager, ExitReason, ExitSignal};
 use kiln_engine::{EngineError, Kick, Vcpu, VcpuStop, VmSpec};
@@ -105,6 +106,7 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     )));
     devices.pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
     devices.pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
+    devices.pio.insert(RTC_PORT, RTC_LEN, Arc::new(Mutex::new(Rtc::new())))?;
     let report = Box::new(|t: Duration| {
         eprintln!("kiln-vmm: boot timer: guest ready {:.1} ms after VMM start", ms(t));
     });
