@@ -1,0 +1,14 @@
+//! The kilnd API as a contract shared by the daemon (`kilnd`), its CLI (`kiln`) and the tests.
+//!
+//! * [`types`]: every request and response body, with `serde` and `utoipa` schemas; the
+//!   daemon generates `docs/openapi.json` from them.
+//! * [`client`]: a blocking HTTP/1.1 client over the daemon's Unix socket (one request per
+//!   connection), enough for a CLI and for tests; no async runtime needed.
+//! * [`paths`]: where the daemon listens and keeps its state by default.
+
+pub mod client;
+pub mod paths;
+pub mod types;
+
+pub use client::{Client, ClientError, Response};
+pub use types::*;

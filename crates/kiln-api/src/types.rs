@@ -1,0 +1,472 @@
+//! Request and response bodies of the kilnd API (version 1, paths under `/v1`).
+//!
+//! Request bodies reject unknown fields, so a typo is a 400 that names the field instead of a
+//! silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::ToSchema;
+
+/// The life-cycle state of a VM.
+///
+/// `queued` is reserved for the scheduler's executor (a VM that does not fit the host yet); the
+/// manager does not enter it today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Defined,
+    Queued,
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+    Stopped,
+    Crashed,
+}
+
+impl VmState {
+    /// Every state, in life-cycle order.
+    pub const ALL: [VmState; 8] = [
+        VmState::Defined,
+        VmState::Queued,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Stopping,
+        VmState::Stopped,
+        VmState::Crashed,
+    ];
+
+    /// The lower-case name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Defined => "defined",
+            VmState::Queued => "queued",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Crashed => "crashed",
+        }
+    }
+
+    /// Parses [`VmState::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<VmState> {
+        VmState::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// True while a VMM process may exist for the VM.
+    pub fn is_active(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping)
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The CPU engine `kiln-vmm` runs the VM on (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    #[default]
+    Auto,
+    Kvm,
+    Emu,
+}
+
+impl Engine {
+    /// The name `kiln-vmm --engine` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Kvm => "kvm",
+            Engine::Emu => "emu",
+        }
+    }
+
+    /// Parses [`Engine::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Engine> {
+        [Engine::Auto, Engine::Kvm, Engine::Emu].into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// What the manager does when a VM's monitor ends with a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Leave it crashed.
+    #[default]
+    Never,
+    /// Start it again, up to `restart_limit` times since the last start by a user.
+    OnCrash,
+}
+
+impl RestartPolicy {
+    /// The lower-case name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnCrash => "on_crash",
+        }
+    }
+
+    /// Parses [`RestartPolicy::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<RestartPolicy> {
+        [RestartPolicy::Never, RestartPolicy::OnCrash].into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> u64 {
+    128
+}
+fn default_project() -> String {
+    "default".to_owned()
+}
+fn default_restart_limit() -> u32 {
+    3
+}
+
+/// `POST /v1/vms`: define a VM. Paths must be absolute (they are read by the daemon).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    /// 1-63 characters: lower-case letters, digits, `-`, `_`, `.`; starts with a letter or digit.
+    pub name: String,
+    /// Virtual CPUs, 1-254.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest RAM in MiB, from 8 to the host's RAM.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub engine: Engine,
+    /// Absolute path of the guest kernel (ELF64 vmlinux or bzImage).
+    pub kernel: String,
+    /// Absolute path of an initramfs.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// The project the VM belongs to (grants can cover a whole project). Same format as `name`.
+    #[serde(default = "default_project")]
+    pub project: String,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// How many automatic restarts `on_crash` allows before the VM stays crashed (0-100).
+    #[serde(default = "default_restart_limit")]
+    pub restart_limit: u32,
+}
+
+/// A VM: its definition and its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    pub name: String,
+    pub project: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub engine: Engine,
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub restart_policy: RestartPolicy,
+    pub restart_limit: u32,
+    pub state: VmState,
+    /// Why the VM is in its state (a crash reason, "killed", ...), if there is one.
+    pub reason: Option<String>,
+    /// The VMM's process id while one runs.
+    pub pid: Option<u32>,
+    /// Automatic restarts since the last start by a user.
+    pub restarts: u32,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC, the last state change.
+    pub updated_at: String,
+}
+
+/// A recorded state change or life-cycle event of a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: i64,
+    pub vm: String,
+    /// RFC 3339 UTC with milliseconds.
+    pub at: String,
+    /// The state before, absent for the creation event.
+    pub from: Option<VmState>,
+    pub to: VmState,
+    pub message: String,
+    /// The principal whose request caused it; absent for changes the daemon made itself.
+    pub principal: Option<String>,
+}
+
+/// Query of `stop` and `restart`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StopOptions {
+    /// Seconds between SIGTERM and SIGKILL (default: the daemon's, 10).
+    pub timeout_secs: Option<u64>,
+}
+
+/// Query of `GET /v1/vms/{name}/logs`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogOptions {
+    /// `console` (the guest's serial output, default) or `vmm` (the monitor's diagnostics).
+    pub stream: Option<String>,
+    /// At most this many bytes from the end (default 65536).
+    pub tail_bytes: Option<u64>,
+}
+
+/// A principal's role. Roles nest: admin can do all that operator can, operator all that viewer
+/// can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    /// The lower-case name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses [`Role::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Admin].into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The permissions the role gives on what it is granted for.
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Viewer => &[Read],
+            Role::Operator => &[Read, Create, Start, Stop, Console, Modify, Delete],
+            Role::Admin => &[Read, Create, Start, Stop, Console, Modify, Delete, Admin],
+        }
+    }
+}
+
+/// One thing a request may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// See a VM, its events and its console log.
+    Read,
+    /// Define a VM in a project.
+    Create,
+    /// start, restart, resume.
+    Start,
+    /// stop, kill, pause.
+    Stop,
+    /// Attach to the console.
+    Console,
+    /// Change a definition.
+    Modify,
+    /// destroy.
+    Delete,
+    /// Manage principals and grants, read the audit log.
+    Admin,
+}
+
+impl Permission {
+    /// The lower-case name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Create => "create",
+            Permission::Start => "start",
+            Permission::Stop => "stop",
+            Permission::Console => "console",
+            Permission::Modify => "modify",
+            Permission::Delete => "delete",
+            Permission::Admin => "admin",
+        }
+    }
+}
+
+/// What a grant covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Scope {
+    /// Everything, including VMs not created yet.
+    Global,
+    /// Every VM of a project.
+    Project(String),
+    /// One VM.
+    Vm(String),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Global => f.write_str("global"),
+            Scope::Project(p) => write!(f, "project:{p}"),
+            Scope::Vm(v) => write!(f, "vm:{v}"),
+        }
+    }
+}
+
+/// `POST /v1/users`: a new principal, with a grant of `role` over `scope`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Same format as a VM name.
+    pub name: String,
+    /// The role of the first grant; none if absent.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// The scope of that grant (default: global).
+    #[serde(default)]
+    pub scope: Option<Scope>,
+    /// A Unix uid that authenticates as this principal on the Unix socket without a token.
+    #[serde(default)]
+    pub uid: Option<u32>,
+}
+
+/// A principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub revoked: bool,
+    pub created_at: String,
+}
+
+/// The answer to `POST /v1/users`: the only time the token is shown (kilnd keeps its SHA-256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedUser {
+    pub user: User,
+    pub token: String,
+}
+
+/// `POST /v1/grants`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrant {
+    pub principal: String,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+/// A role given to a principal over a scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Grant {
+    pub id: i64,
+    pub principal: String,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+/// One audited request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    /// The authenticated principal, absent when authentication failed.
+    pub principal: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
+}
+
+/// What the caller is: `GET /v1/whoami`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub principal: String,
+    pub grants: Vec<Grant>,
+}
+
+/// Every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict` or `internal`.
+    pub error: String,
+    /// One line for a human.
+    pub message: String,
+    /// The request field at fault (bad_request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The VM's current state (conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VmState>,
+    /// The permission the caller lacks (forbidden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission: Option<Permission>,
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 UTC (`2026-11-26T09:47:15.123Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_686_435_123), "2026-11-26T09:47:15.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn create_vm_rejects_unknown_fields_and_fills_defaults() {
+        let err = serde_json::from_str::<CreateVm>(r#"{"name":"a","kernel":"/k","vcpu":2}"#)
+            .expect_err("unknown field must be rejected");
+        assert!(err.to_string().contains("unknown field `vcpu`"), "{err}");
+        let vm: CreateVm =
+            serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).expect("minimal body parses");
+        assert_eq!((vm.vcpus, vm.memory_mib, vm.project.as_str()), (1, 128, "default"));
+    }
+
+    #[test]
+    fn roles_nest() {
+        for p in Role::Viewer.permissions() {
+            assert!(Role::Operator.permissions().contains(p));
+        }
+        for p in Role::Operator.permissions() {
+            assert!(Role::Admin.permissions().contains(p));
+        }
+    }
+}

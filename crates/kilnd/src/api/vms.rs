@@ -1,0 +1,239 @@
+//! `/v1/vms`: definitions, life-cycle verbs, events and logs.
+
+use super::error::ApiFailure;
+use super::{ApiQuery, AppState, JsonBody};
+use crate::auth::{Principal, Target};
+use crate::db::VmRecord;
+use crate::logs::Stream;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use kiln_api::{ApiError, CreateVm, Event, LogOptions, Permission, StopOptions, Vm};
+use std::time::Duration;
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Refuses with 403 unless `principal` has `permission` on `target`.
+pub(crate) fn require(
+    principal: &Principal,
+    permission: Permission,
+    target: Target<'_>,
+) -> ApiResult<()> {
+    if principal.may(permission, target) {
+        Ok(())
+    } else {
+        Err(ApiFailure::forbidden(
+            permission,
+            format!(
+                "principal {:?} lacks permission `{}` on {target}",
+                principal.name,
+                permission.as_str()
+            ),
+        ))
+    }
+}
+
+/// Loads a VM and checks `permission` on it.
+fn vm_for(
+    mgr: &AppState,
+    principal: &Principal,
+    name: &str,
+    permission: Permission,
+) -> ApiResult<VmRecord> {
+    let record = mgr.db.vm(name)?;
+    let target = Target::Vm { name: &record.vm.name, project: &record.vm.project };
+    require(principal, permission, target)?;
+    Ok(record)
+}
+
+/// Lists the VMs the caller may read.
+#[utoipa::path(get, path = "/v1/vms", tag = "vms",
+    responses((status = 200, body = [Vm]), (status = 401, body = ApiError)))]
+pub async fn list(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Vec<Vm>>> {
+    let vms = mgr.db.vms()?;
+    Ok(Json(
+        vms.into_iter()
+            .map(|r| r.vm)
+            .filter(|vm| {
+                p.may(Permission::Read, Target::Vm { name: &vm.name, project: &vm.project })
+            })
+            .collect(),
+    ))
+}
+
+/// Defines a VM (state `defined`); every field is checked first and nothing is stored if one
+/// is wrong.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVm,
+    responses((status = 201, body = Vm), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 409, description = "name taken", body = ApiError)))]
+pub async fn create(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    JsonBody(spec): JsonBody<CreateVm>,
+) -> ApiResult<(StatusCode, Json<Vm>)> {
+    require(&p, Permission::Create, Target::Project(&spec.project))?;
+    let vm = mgr.create(&spec, Some(&p.name))?;
+    Ok((StatusCode::CREATED, Json(vm)))
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn show(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vm>> {
+    Ok(Json(vm_for(&mgr, &p, &name, Permission::Read)?.vm))
+}
+
+/// Removes a VM that is defined, stopped or crashed, with its events and logs.
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path)),
+    responses((status = 204), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "the VM is active", body = ApiError)))]
+pub async fn destroy(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    vm_for(&mgr, &p, &name, Permission::Delete)?;
+    mgr.destroy(&name).map_err(|e| ApiFailure::from(e).during("destroy"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts the VMM (from defined, stopped or crashed); answers once it runs.
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "lifecycle", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+pub async fn start(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vm>> {
+    vm_for(&mgr, &p, &name, Permission::Start)?;
+    let vm = mgr.start(&name, Some(&p.name)).map_err(|e| ApiFailure::from(e).during("start"))?;
+    Ok(Json(vm))
+}
+
+fn timeout(options: &StopOptions) -> Option<Duration> {
+    options.timeout_secs.map(Duration::from_secs)
+}
+
+/// SIGTERM to the VMM, SIGKILL after the timeout; answers once it has ended.
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "lifecycle",
+    params(("name" = String, Path), StopOptions),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+pub async fn stop(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    ApiQuery(options): ApiQuery<StopOptions>,
+) -> ApiResult<Json<Vm>> {
+    vm_for(&mgr, &p, &name, Permission::Stop)?;
+    let vm = mgr
+        .stop(&name, Some(&p.name), timeout(&options))
+        .await
+        .map_err(|e| ApiFailure::from(e).during("stop"))?;
+    Ok(Json(vm))
+}
+
+/// SIGKILL to the VMM at once.
+#[utoipa::path(post, path = "/v1/vms/{name}/kill", tag = "lifecycle", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+pub async fn kill(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vm>> {
+    vm_for(&mgr, &p, &name, Permission::Stop)?;
+    let vm =
+        mgr.kill(&name, Some(&p.name)).await.map_err(|e| ApiFailure::from(e).during("kill"))?;
+    Ok(Json(vm))
+}
+
+/// stop, then start (needs both permissions).
+#[utoipa::path(post, path = "/v1/vms/{name}/restart", tag = "lifecycle",
+    params(("name" = String, Path), StopOptions),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+pub async fn restart(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    ApiQuery(options): ApiQuery<StopOptions>,
+) -> ApiResult<Json<Vm>> {
+    vm_for(&mgr, &p, &name, Permission::Stop)?;
+    vm_for(&mgr, &p, &name, Permission::Start)?;
+    let vm = mgr
+        .restart(&name, Some(&p.name), timeout(&options))
+        .await
+        .map_err(|e| ApiFailure::from(e).during("restart"))?;
+    Ok(Json(vm))
+}
+
+/// SIGSTOP to the VMM (running -> paused).
+#[utoipa::path(post, path = "/v1/vms/{name}/pause", tag = "lifecycle", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+pub async fn pause(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vm>> {
+    vm_for(&mgr, &p, &name, Permission::Stop)?;
+    Ok(Json(mgr.pause(&name, Some(&p.name)).map_err(|e| ApiFailure::from(e).during("pause"))?))
+}
+
+/// SIGCONT to the VMM (paused -> running).
+#[utoipa::path(post, path = "/v1/vms/{name}/resume", tag = "lifecycle", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+pub async fn resume(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vm>> {
+    vm_for(&mgr, &p, &name, Permission::Start)?;
+    Ok(Json(mgr.resume(&name, Some(&p.name)).map_err(|e| ApiFailure::from(e).during("resume"))?))
+}
+
+/// The VM's state changes, oldest first.
+#[utoipa::path(get, path = "/v1/vms/{name}/events", tag = "vms", params(("name" = String, Path)),
+    responses((status = 200, body = [Event]), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn events(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<Event>>> {
+    vm_for(&mgr, &p, &name, Permission::Read)?;
+    Ok(Json(mgr.db.events(&name)?))
+}
+
+/// The tail of the console (or VMM) log, as text.
+#[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms",
+    params(("name" = String, Path), LogOptions),
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn logs(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    ApiQuery(options): ApiQuery<LogOptions>,
+) -> ApiResult<impl IntoResponse> {
+    let requested = options.stream.as_deref().unwrap_or("console");
+    let stream = Stream::parse(requested).ok_or_else(|| {
+        ApiFailure::bad_request(
+            Some("stream".to_owned()),
+            format!("stream {requested:?} is not `console` or `vmm`"),
+        )
+    })?;
+    vm_for(&mgr, &p, &name, Permission::Read)?;
+    let bytes = mgr.log_tail(&name, stream, options.tail_bytes.unwrap_or(65_536))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
+}

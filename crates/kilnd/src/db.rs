@@ -1,0 +1,663 @@
+//! The daemon's state in SQLite: VM definitions and states, events, principals, grants, audit.
+//!
+//! One connection behind a mutex: every read-check-write (a state transition) happens while the
+//! lock is held, so two requests can never both move a VM out of the same state, and no update
+//! is lost. The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] brings an older
+//! database up to date when the daemon opens it.
+
+use kiln_api::{
+    rfc3339_ms, AuditEntry, CreateVm, Engine, Event, Grant, RestartPolicy, Role, Scope, User, Vm,
+    VmState,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE vms (
+    name TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    engine TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    initrd TEXT,
+    cmdline TEXT,
+    restart_policy TEXT NOT NULL,
+    restart_limit INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    pid INTEGER,
+    pid_start_time INTEGER,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    vm TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    principal TEXT
+);
+CREATE INDEX events_by_vm ON events(vm, id);
+CREATE TABLE principals (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT UNIQUE,
+    uid INTEGER UNIQUE,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE grants (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    principal TEXT NOT NULL REFERENCES principals(name),
+    role TEXT NOT NULL,
+    scope_kind TEXT NOT NULL,
+    scope_name TEXT NOT NULL DEFAULT '',
+    UNIQUE (principal, role, scope_kind, scope_name)
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    principal TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
+"#];
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("opening the state database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("migrating the state database to schema version {version}")]
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the state database has schema version {found}, newer than this kilnd knows ({known})"
+    )]
+    TooNew { found: usize, known: usize },
+    #[error("state database")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no VM named {0:?}")]
+    NoVm(String),
+    #[error("a VM named {0:?} exists already")]
+    VmExists(String),
+    #[error("VM {name:?} is {state}")]
+    WrongState { name: String, state: VmState },
+    #[error("no principal named {0:?}")]
+    NoPrincipal(String),
+    #[error("a principal named {0:?} exists already, or uid {1:?} belongs to another")]
+    PrincipalExists(String, Option<u32>),
+    #[error("the database holds a value this kilnd cannot read: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, DbError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A VM row with the fields the API does not show.
+#[derive(Debug, Clone)]
+pub struct VmRecord {
+    pub vm: Vm,
+    /// `/proc/<pid>/stat` start time of the VMM, to tell it from a later process with its pid.
+    pub pid_start_time: Option<u64>,
+}
+
+/// What a transition changes besides the state.
+#[derive(Debug, Default, Clone)]
+pub struct Change {
+    /// The event's message.
+    pub message: String,
+    /// Who asked.
+    pub principal: Option<String>,
+    /// New reason (`Some(None)` clears it).
+    pub reason: Option<Option<String>>,
+    /// New VMM (`Some(None)` clears it): pid and its start time.
+    pub pid: Option<Option<(u32, u64)>>,
+    /// New automatic-restart count.
+    pub restarts: Option<u32>,
+}
+
+/// A principal as authentication sees it.
+#[derive(Debug, Clone)]
+pub struct PrincipalRecord {
+    pub name: String,
+    pub revoked: bool,
+    pub grants: Vec<Grant>,
+}
+
+/// The state store.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Db> {
+        let open_err = |source| DbError::Open { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        let db = Db { conn: Mutex::new(conn) };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Db> {
+        let conn = Connection::open_in_memory()?;
+        let db = Db { conn: Mutex::new(conn) };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back), so
+        // a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(DbError::TooNew { found: version, known: MIGRATIONS.len() });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let to = i + 1;
+            let tx =
+                conn.transaction().map_err(|source| DbError::Migrate { version: to, source })?;
+            tx.execute_batch(sql).map_err(|source| DbError::Migrate { version: to, source })?;
+            tx.pragma_update(None, "user_version", to)
+                .map_err(|source| DbError::Migrate { version: to, source })?;
+            tx.commit().map_err(|source| DbError::Migrate { version: to, source })?;
+        }
+        Ok(())
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<usize> {
+        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    // ---- VMs ----
+
+    /// Inserts a validated definition in state `defined`, with its creation event.
+    pub fn create_vm(&self, spec: &CreateVm, principal: Option<&str>) -> Result<Vm> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let inserted = tx.execute(
+            "INSERT INTO vms (name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
+                 restart_policy, restart_limit, state, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+             ON CONFLICT(name) DO NOTHING",
+            params![
+                spec.name,
+                spec.project,
+                spec.vcpus,
+                spec.memory_mib,
+                spec.engine.as_str(),
+                spec.kernel,
+                spec.initrd,
+                spec.cmdline,
+                spec.restart_policy.as_str(),
+                spec.restart_limit,
+                VmState::Defined.as_str(),
+                now
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(DbError::VmExists(spec.name.clone()));
+        }
+        insert_event(&tx, &spec.name, now, None, VmState::Defined, "defined", principal)?;
+        let record = get_vm(&tx, &spec.name)?;
+        tx.commit()?;
+        Ok(record.vm)
+    }
+
+    /// One VM.
+    pub fn vm(&self, name: &str) -> Result<VmRecord> {
+        get_vm(&self.lock(), name)
+    }
+
+    /// Every VM, by name.
+    pub fn vms(&self) -> Result<Vec<VmRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{VM_SELECT} ORDER BY name"))?;
+        let rows = stmt.query_map([], vm_from_row)?;
+        rows.map(|r| r.map_err(DbError::from).and_then(|r| r)).collect()
+    }
+
+    /// Moves `name` from one of `from` to `to`, atomically, and records the event. Fails with
+    /// [`DbError::WrongState`] (naming the current state) when the VM is in none of `from`.
+    pub fn transition(
+        &self,
+        name: &str,
+        from: &[VmState],
+        to: VmState,
+        change: Change,
+    ) -> Result<Vm> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let current = get_vm(&tx, name)?;
+        let state = current.vm.state;
+        if !from.contains(&state) {
+            return Err(DbError::WrongState { name: name.to_owned(), state });
+        }
+        let now = now_ms();
+        let (pid, start) = match change.pid {
+            Some(Some((pid, start))) => (Some(pid), Some(start)),
+            Some(None) => (None, None),
+            None => (current.vm.pid, current.pid_start_time),
+        };
+        let reason = change.reason.clone().unwrap_or(current.vm.reason);
+        let restarts = change.restarts.unwrap_or(current.vm.restarts);
+        tx.execute(
+            "UPDATE vms SET state = ?2, reason = ?3, pid = ?4, pid_start_time = ?5, restarts = ?6,
+                 updated_ms = ?7 WHERE name = ?1",
+            params![name, to.as_str(), reason, pid, start.map(|s| s as i64), restarts, now],
+        )?;
+        insert_event(
+            &tx,
+            name,
+            now,
+            Some(state),
+            to,
+            &change.message,
+            change.principal.as_deref(),
+        )?;
+        let record = get_vm(&tx, name)?;
+        tx.commit()?;
+        Ok(record.vm)
+    }
+
+    /// Removes a VM that has no monitor (state in `from`), with its events.
+    pub fn delete_vm(&self, name: &str, from: &[VmState]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let state = get_vm(&tx, name)?.vm.state;
+        if !from.contains(&state) {
+            return Err(DbError::WrongState { name: name.to_owned(), state });
+        }
+        tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The events of a VM, oldest first.
+    pub fn events(&self, name: &str) -> Result<Vec<Event>> {
+        let conn = self.lock();
+        get_vm(&conn, name)?;
+        let mut stmt = conn.prepare(
+            "SELECT id, vm, at_ms, from_state, to_state, message, principal FROM events
+             WHERE vm = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([name], |r| {
+            let from: Option<String> = r.get(3)?;
+            let to: String = r.get(4)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                from,
+                to,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, vm, at, from, to, message, principal) = row?;
+            out.push(Event {
+                id,
+                vm,
+                at: rfc3339_ms(at),
+                from: from.map(|f| parse_state(&f)).transpose()?,
+                to: parse_state(&to)?,
+                message,
+                principal,
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- principals and grants ----
+
+    /// True when no principal exists (a fresh database).
+    pub fn no_principals(&self) -> Result<bool> {
+        let n: i64 = self.lock().query_row("SELECT COUNT(*) FROM principals", [], |r| r.get(0))?;
+        Ok(n == 0)
+    }
+
+    /// Adds a principal with an optional token hash and uid, and an optional first grant.
+    pub fn add_principal(
+        &self,
+        name: &str,
+        token_sha256: Option<&str>,
+        uid: Option<u32>,
+        grant: Option<(Role, &Scope)>,
+    ) -> Result<User> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let inserted = tx.execute(
+            "INSERT INTO principals (name, token_sha256, uid, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            params![name, token_sha256, uid, now],
+        )?;
+        if inserted == 0 {
+            return Err(DbError::PrincipalExists(name.to_owned(), uid));
+        }
+        if let Some((role, scope)) = grant {
+            insert_grant(&tx, name, role, scope)?;
+        }
+        tx.commit()?;
+        Ok(User { name: name.to_owned(), uid, revoked: false, created_at: rfc3339_ms(now) })
+    }
+
+    /// Marks a principal revoked: its token and uid no longer authenticate.
+    pub fn revoke_principal(&self, name: &str) -> Result<User> {
+        let conn = self.lock();
+        if conn.execute("UPDATE principals SET revoked = 1 WHERE name = ?1", [name])? == 0 {
+            return Err(DbError::NoPrincipal(name.to_owned()));
+        }
+        get_user(&conn, name)
+    }
+
+    /// Every principal.
+    pub fn users(&self) -> Result<Vec<User>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT name, uid, revoked, created_ms FROM principals ORDER BY name")?;
+        let rows = stmt.query_map([], user_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The principal holding the token whose SHA-256 is `hash`.
+    pub fn principal_by_token(&self, hash: &str) -> Result<Option<PrincipalRecord>> {
+        self.principal_where("token_sha256 = ?1", hash)
+    }
+
+    /// The principal mapped to Unix uid `uid`.
+    pub fn principal_by_uid(&self, uid: u32) -> Result<Option<PrincipalRecord>> {
+        self.principal_where("uid = ?1", uid)
+    }
+
+    fn principal_where(
+        &self,
+        condition: &str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<Option<PrincipalRecord>> {
+        let conn = self.lock();
+        let found: Option<(String, bool)> = conn
+            .query_row(
+                &format!("SELECT name, revoked FROM principals WHERE {condition}"),
+                [value],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+            )
+            .optional()?;
+        let Some((name, revoked)) = found else { return Ok(None) };
+        let grants = grants_of(&conn, Some(&name))?;
+        Ok(Some(PrincipalRecord { name, revoked, grants }))
+    }
+
+    /// Adds a grant.
+    pub fn add_grant(&self, principal: &str, role: Role, scope: &Scope) -> Result<Grant> {
+        let conn = self.lock();
+        get_user(&conn, principal)?;
+        insert_grant(&conn, principal, role, scope)?;
+        let id: i64 = conn.query_row(
+            "SELECT id FROM grants WHERE principal = ?1 AND role = ?2 AND scope_kind = ?3
+                 AND scope_name = ?4",
+            params![principal, role.as_str(), scope_kind(scope), scope_name(scope)],
+            |r| r.get(0),
+        )?;
+        Ok(Grant { id, principal: principal.to_owned(), role, scope: scope.clone() })
+    }
+
+    /// Removes a grant; false if there was none with that id.
+    pub fn delete_grant(&self, id: i64) -> Result<bool> {
+        Ok(self.lock().execute("DELETE FROM grants WHERE id = ?1", [id])? > 0)
+    }
+
+    /// Every grant.
+    pub fn grants(&self) -> Result<Vec<Grant>> {
+        grants_of(&self.lock(), None)
+    }
+
+    // ---- audit ----
+
+    /// Records one request.
+    pub fn audit(
+        &self,
+        principal: Option<&str>,
+        method: &str,
+        path: &str,
+        status: u16,
+    ) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO audit (at_ms, principal, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), principal, method, path, status],
+        )?;
+        Ok(())
+    }
+
+    /// The last `limit` audit entries, oldest first.
+    pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, at_ms, principal, method, path, status FROM
+                 (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: rfc3339_ms(r.get(1)?),
+                principal: r.get(2)?,
+                method: r.get(3)?,
+                path: r.get(4)?,
+                status: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+const VM_SELECT: &str = "SELECT name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
+    restart_policy, restart_limit, state, reason, pid, pid_start_time, restarts, created_ms,
+    updated_ms FROM vms";
+
+fn get_vm(conn: &Connection, name: &str) -> Result<VmRecord> {
+    conn.query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_from_row)
+        .optional()?
+        .ok_or_else(|| DbError::NoVm(name.to_owned()))?
+}
+
+fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
+    let engine: String = r.get(4)?;
+    let policy: String = r.get(8)?;
+    let state: String = r.get(10)?;
+    let start: Option<i64> = r.get(13)?;
+    let built = (|| {
+        Ok(VmRecord {
+            vm: Vm {
+                name: r.get(0)?,
+                project: r.get(1)?,
+                vcpus: r.get(2)?,
+                memory_mib: r.get(3)?,
+                engine: Engine::parse(&engine)
+                    .ok_or_else(|| DbError::Corrupt(format!("engine {engine:?}")))?,
+                kernel: r.get(5)?,
+                initrd: r.get(6)?,
+                cmdline: r.get(7)?,
+                restart_policy: RestartPolicy::parse(&policy)
+                    .ok_or_else(|| DbError::Corrupt(format!("restart policy {policy:?}")))?,
+                restart_limit: r.get(9)?,
+                state: parse_state(&state)?,
+                reason: r.get(11)?,
+                pid: r.get(12)?,
+                restarts: r.get(14)?,
+                created_at: rfc3339_ms(r.get(15)?),
+                updated_at: rfc3339_ms(r.get(16)?),
+            },
+            pid_start_time: start.map(|s| s as u64),
+        })
+    })();
+    Ok(built)
+}
+
+fn parse_state(s: &str) -> Result<VmState> {
+    VmState::parse(s).ok_or_else(|| DbError::Corrupt(format!("state {s:?}")))
+}
+
+fn insert_event(
+    conn: &Connection,
+    vm: &str,
+    at: i64,
+    from: Option<VmState>,
+    to: VmState,
+    message: &str,
+    principal: Option<&str>,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO events (vm, at_ms, from_state, to_state, message, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![vm, at, from.map(VmState::as_str), to.as_str(), message, principal],
+    )?;
+    Ok(())
+}
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: r.get(0)?,
+        uid: r.get(1)?,
+        revoked: r.get::<_, i64>(2)? != 0,
+        created_at: rfc3339_ms(r.get(3)?),
+    })
+}
+
+fn get_user(conn: &Connection, name: &str) -> Result<User> {
+    conn.query_row(
+        "SELECT name, uid, revoked, created_ms FROM principals WHERE name = ?1",
+        [name],
+        user_from_row,
+    )
+    .optional()?
+    .ok_or_else(|| DbError::NoPrincipal(name.to_owned()))
+}
+
+fn scope_kind(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::Global => "global",
+        Scope::Project(_) => "project",
+        Scope::Vm(_) => "vm",
+    }
+}
+
+fn scope_name(scope: &Scope) -> &str {
+    match scope {
+        Scope::Global => "",
+        Scope::Project(p) | Scope::Vm(p) => p,
+    }
+}
+
+fn insert_grant(conn: &Connection, principal: &str, role: Role, scope: &Scope) -> Result<()> {
+    conn.execute(
+        "INSERT INTO grants (principal, role, scope_kind, scope_name) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
+        params![principal, role.as_str(), scope_kind(scope), scope_name(scope)],
+    )?;
+    Ok(())
+}
+
+fn grants_of(conn: &Connection, principal: Option<&str>) -> Result<Vec<Grant>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, principal, role, scope_kind, scope_name FROM grants
+         WHERE ?1 IS NULL OR principal = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([principal], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, principal, role, kind, name) = row?;
+        let role = Role::parse(&role).ok_or_else(|| DbError::Corrupt(format!("role {role:?}")))?;
+        let scope = match kind.as_str() {
+            "global" => Scope::Global,
+            "project" => Scope::Project(name),
+            "vm" => Scope::Vm(name),
+            other => return Err(DbError::Corrupt(format!("grant scope {other:?}"))),
+        };
+        out.push(Grant { id, principal, role, scope });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> CreateVm {
+        serde_json::from_str(&format!(r#"{{"name":"{name}","kernel":"/k"}}"#)).expect("valid spec")
+    }
+
+    #[test]
+    fn fresh_database_is_at_the_latest_schema_version() {
+        let db = Db::in_memory().expect("opens");
+        assert_eq!(db.schema_version().expect("reads"), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn duplicate_vm_names_are_refused_and_the_first_is_kept() {
+        let db = Db::in_memory().expect("opens");
+        db.create_vm(&spec("a"), None).expect("first create");
+        assert!(matches!(db.create_vm(&spec("a"), None), Err(DbError::VmExists(_))));
+        assert_eq!(db.vms().expect("lists").len(), 1);
+    }
+
+    #[test]
+    fn transition_from_a_state_not_allowed_names_the_current_state() {
+        let db = Db::in_memory().expect("opens");
+        db.create_vm(&spec("a"), None).expect("create");
+        let err = db
+            .transition("a", &[VmState::Running], VmState::Paused, Change::default())
+            .expect_err("defined cannot pause");
+        assert!(matches!(err, DbError::WrongState { state: VmState::Defined, .. }));
+        let vm = db
+            .transition("a", &[VmState::Defined], VmState::Starting, Change::default())
+            .expect("defined can start");
+        assert_eq!(vm.state, VmState::Starting);
+        let events = db.events("a").expect("events");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].from, Some(VmState::Defined));
+    }
+}

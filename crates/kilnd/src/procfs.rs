@@ -1,0 +1,119 @@
+//! What kilnd reads from `/proc` and the signals it sends to VMM processes.
+//!
+//! A pid alone does not name a process for long: after the VMM exits, the kernel may give its
+//! pid to another process. kilnd therefore records each VMM's start time (field 22 of
+//! `/proc/<pid>/stat`, in clock ticks since boot) next to its pid, and only signals or adopts a
+//! pid whose start time still matches.
+
+use std::path::Path;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("process {pid} is gone or is not the VMM kilnd started")]
+    Gone { pid: u32 },
+    #[error("sending signal {signal} to process {pid}")]
+    Kill {
+        pid: u32,
+        signal: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The parts of `/proc/<pid>/stat` kilnd uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `T` (stopped), `Z` (zombie), ...
+    pub state: char,
+    /// Clock ticks after boot at which the process started.
+    pub start_time: u64,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if there is no such process.
+pub fn stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn parse_stat(text: &str) -> Option<ProcStat> {
+    // The command name (field 2) is in parentheses and may contain spaces and ')'.
+    let after = &text[text.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // `after` starts at field 3 (state); start time is field 22.
+    let start_time = fields.nth(22 - 4)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
+}
+
+/// True if `pid` is the process that started at `start_time` and has not exited (a zombie has).
+pub fn is_alive(pid: u32, start_time: u64) -> bool {
+    matches!(stat(pid), Some(s) if s.start_time == start_time && s.state != 'Z' && s.state != 'X')
+}
+
+/// Sends `signal` to `pid` if it is still the process that started at `start_time`.
+pub fn signal(pid: u32, start_time: u64, signal: i32) -> Result<(), ProcError> {
+    if !is_alive(pid, start_time) {
+        return Err(ProcError::Gone { pid });
+    }
+    let raw = i32::try_from(pid).map_err(|_| ProcError::Gone { pid })?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid was checked
+    // against its start time just above, so it names the VMM kilnd started.
+    let rc = unsafe { libc::kill(raw, signal) };
+    if rc != 0 {
+        let source = std::io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::ESRCH) {
+            return Err(ProcError::Gone { pid });
+        }
+        return Err(ProcError::Kill { pid, signal, source });
+    }
+    Ok(())
+}
+
+/// The host's RAM in MiB (`MemTotal` of `/proc/meminfo`), or `None` if unreadable.
+pub fn host_memory_mib() -> Option<u64> {
+    meminfo_total_mib(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn meminfo_total_mib(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// True if `path` is an existing regular file (following symlinks).
+pub fn is_file(path: &Path) -> bool {
+    path.metadata().map(|m| m.is_file()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_the_name_parses() {
+        let line = "1234 (kiln (vmm) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 3 0 \
+                    987654 1000000 200 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(ProcStat { state: 'S', start_time: 987_654 }));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let s = stat(me).expect("own stat readable");
+        assert!(is_alive(me, s.start_time));
+        assert!(!is_alive(me, s.start_time + 1));
+    }
+
+    #[test]
+    fn meminfo_total_is_read_in_mib() {
+        assert_eq!(meminfo_total_mib("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24000));
+        assert_eq!(meminfo_total_mib("nothing"), None);
+    }
+}

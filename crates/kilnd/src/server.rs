@@ -1,0 +1,136 @@
+//! Start-up and serving: lock the state directory (one kilnd per state), open the database,
+//! bootstrap the owner's principals, re-adopt running VMMs, then serve until SIGTERM or SIGINT.
+//! Stopping kilnd leaves the VMs running; the next kilnd re-adopts them.
+
+use crate::api::{self, Peer};
+use crate::auth::{self, AuthError};
+use crate::db::{Db, DbError};
+use crate::lifecycle::{LifecycleError, Manager, Settings};
+use crate::{procfs, supervisor};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another kilnd uses the state directory {0} (its lock file is held)")]
+    Locked(PathBuf),
+    #[error("another kilnd is listening on {0}")]
+    SocketInUse(PathBuf),
+    #[error("cannot read the host's memory size from /proc/meminfo")]
+    HostMemory,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("re-adopting VMMs")]
+    Adopt(#[source] LifecycleError),
+    #[error("serving the API")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub vmm: PathBuf,
+    pub stop_timeout: Duration,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+    move |source| ServerError::Io { what, path: path.to_owned(), source }
+}
+
+/// Holds `flock(LOCK_EX)` on the state directory's lock file for the daemon's lifetime.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
+    let path = dir.join("kilnd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("opening the lock file", &path))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ServerError::Locked(dir.to_owned()));
+    }
+    Ok(file)
+}
+
+fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating the socket directory", parent))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(ServerError::SocketInUse(socket.to_owned()));
+        }
+        std::fs::remove_file(socket).map_err(io("removing the stale socket", socket))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(io("binding the socket", socket))?;
+    // Anyone may connect; every request is authenticated (token or mapped uid).
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(io("setting permissions of", socket))?;
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let dir = &config.state_dir;
+    std::fs::create_dir_all(dir).map_err(io("creating the state directory", dir))?;
+    let _lock = lock_state_dir(dir)?;
+    let db = Db::open(&dir.join("kilnd.db"))?;
+    auth::bootstrap(&db, procfs::euid())?;
+    let host_memory_mib = procfs::host_memory_mib().ok_or(ServerError::HostMemory)?;
+    let settings = Settings {
+        state_dir: dir.clone(),
+        vmm: config.vmm.clone(),
+        stop_timeout: config.stop_timeout,
+        host_memory_mib,
+    };
+    let mgr = Manager::new(db, settings);
+    let (adopted, lost) = supervisor::adopt_all(&mgr).map_err(ServerError::Adopt)?;
+    if adopted + lost > 0 {
+        eprintln!("kilnd: re-adopted {adopted} running VMM(s); {lost} were gone");
+    }
+    let listener = bind(&config.socket)?;
+    eprintln!(
+        "kilnd: listening on {} (state in {}, VMM {})",
+        config.socket.display(),
+        dir.display(),
+        config.vmm.display()
+    );
+    let app = api::router(mgr).into_make_service_with_connect_info::<Peer>();
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    let _ = std::fs::remove_file(&config.socket);
+    served.map_err(ServerError::Serve)?;
+    eprintln!("kilnd: stopped; VMs keep running and are re-adopted by the next kilnd");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers kilnd still serves; it then ends only by SIGKILL.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

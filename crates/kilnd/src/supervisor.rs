@@ -1,0 +1,267 @@
+//! One task per VMM that waits for its end and records it.
+//!
+//! A VMM kilnd started is its child: the task waits on it and knows its exit status. A VMM
+//! re-adopted after a restart of kilnd is not (its parent died), so its task polls `/proc`
+//! every [`POLL`] and judges the end from the VMM's last diagnostic line. Either way the end is
+//! recorded in one transition out of the active states, the exit watch is raised for the
+//! requests waiting on it, and the restart policy may start the VM again.
+//!
+//! The VMM gets its own process group (a Ctrl-C at kilnd's terminal does not reach it), no
+//! stdin, and the per-VM log files as stdout and stderr (see [`crate::logs`]).
+
+use crate::db::Change;
+use crate::lifecycle::{LifecycleError, Manager, Monitor, ACTIVE};
+use crate::logs::{Stream, MAX_LOG_BYTES};
+use crate::procfs;
+use kiln_api::{rfc3339_ms, RestartPolicy, Vm, VmState};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often an adopted VMM is checked, and log sizes too.
+const POLL: Duration = Duration::from_millis(200);
+
+/// How a VMM ended.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// Not our child: the status is unknown.
+    Unknown,
+}
+
+/// Spawns the VMM of `vm` (state `starting`), records it as running and supervises it.
+pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm) -> Result<Vm, LifecycleError> {
+    let logs = mgr.logs(&vm.name);
+    let mark = format!("--- kilnd: starting kiln-vmm at {}", rfc3339_ms(crate::db::now_ms()));
+    let stdout = logs.open_append(Stream::Console, &mark)?;
+    let stderr = logs.open_append(Stream::Vmm, &mark)?;
+    let mut cmd = tokio::process::Command::new(&mgr.settings.vmm);
+    cmd.arg("--kernel")
+        .arg(&vm.kernel)
+        .args(["--vcpus", &vm.vcpus.to_string()])
+        .args(["--memory", &vm.memory_mib.to_string()])
+        .args(["--engine", vm.engine.as_str()])
+        .arg("--no-console-input");
+    if let Some(initrd) = &vm.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    if let Some(cmdline) = &vm.cmdline {
+        cmd.arg("--cmdline").arg(cmdline);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(false);
+    let spawn_err = |source| LifecycleError::Spawn { vmm: mgr.settings.vmm.clone(), source };
+    let child = cmd.spawn().map_err(spawn_err)?;
+    let pid = child
+        .id()
+        .ok_or_else(|| spawn_err(std::io::Error::other("the VMM exited before it had a pid")))?;
+    // The child exists until we reap it, so its stat is readable (possibly as a zombie).
+    let start_time = procfs::stat(pid).map(|s| s.start_time).unwrap_or(0);
+    let change = Change {
+        message: format!("VMM started (pid {pid})"),
+        pid: Some(Some((pid, start_time))),
+        ..Change::default()
+    };
+    let recorded = mgr.db.transition(&vm.name, &[VmState::Starting], VmState::Running, change);
+    let (tx, rx) = watch::channel(false);
+    let monitor = Monitor { pid, start_time, exited: rx, ending: Arc::new(Mutex::new(None)) };
+    mgr.insert_monitor(&vm.name, monitor.clone());
+    let task_mgr = Arc::clone(mgr);
+    let name = vm.name.clone();
+    tokio::spawn(async move {
+        let exit = wait_child(&task_mgr, &name, child).await;
+        finish(&task_mgr, &name, &monitor, exit, tx);
+    });
+    Ok(recorded?)
+}
+
+async fn wait_child(mgr: &Manager, name: &str, mut child: tokio::process::Child) -> Exit {
+    let logs = mgr.logs(name);
+    let mut tick = tokio::time::interval(POLL * 5);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(s) => match (s.code(), s.signal()) {
+                        (Some(code), _) => Exit::Code(code),
+                        (None, Some(sig)) => Exit::Signal(sig),
+                        (None, None) => Exit::Unknown,
+                    },
+                    Err(_) => Exit::Unknown,
+                };
+            }
+            _ = tick.tick() => {
+                let _ = logs.rotate_if_over(MAX_LOG_BYTES);
+            }
+        }
+    }
+}
+
+async fn poll_adopted(mgr: &Manager, name: &str, pid: u32, start_time: u64) -> Exit {
+    let logs = mgr.logs(name);
+    let mut ticks = 0_u32;
+    while procfs::is_alive(pid, start_time) {
+        tokio::time::sleep(POLL).await;
+        ticks = ticks.wrapping_add(1);
+        if ticks % 5 == 0 {
+            let _ = logs.rotate_if_over(MAX_LOG_BYTES);
+        }
+    }
+    Exit::Unknown
+}
+
+/// Records the end of the VMM of `name`, wakes the waiters, applies the restart policy.
+fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: watch::Sender<bool>) {
+    let last = mgr.logs(name).last_vmm_line();
+    let ending = monitor.ending.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let current = mgr.db.vm(name).ok().map(|r| r.vm);
+    let (to, reason) = match (&current, ending) {
+        (Some(vm), Some(why)) if vm.state == VmState::Stopping => (VmState::Stopped, why),
+        _ => judge(exit, last),
+    };
+    let change = Change {
+        message: format!("VMM (pid {}) ended: {reason}", monitor.pid),
+        reason: Some(Some(reason)),
+        pid: Some(None),
+        ..Change::default()
+    };
+    let recorded = match &current {
+        Some(vm) if vm.pid == Some(monitor.pid) => {
+            mgr.db.transition(name, &ACTIVE, to, change).ok()
+        }
+        _ => None,
+    };
+    mgr.remove_monitor(name, monitor.pid);
+    let _ = tx.send(true);
+    if let Some(vm) = recorded {
+        if vm.state == VmState::Crashed
+            && vm.restart_policy == RestartPolicy::OnCrash
+            && vm.restarts < vm.restart_limit
+        {
+            let n = vm.restarts + 1;
+            let change = Change {
+                message: format!("automatic restart {n} of {} (policy on_crash)", vm.restart_limit),
+                restarts: Some(n),
+                ..Change::default()
+            };
+            if let Ok(vm) = mgr.db.transition(name, &[VmState::Crashed], VmState::Starting, change)
+            {
+                let _ = mgr.launch(&vm);
+            }
+        }
+    }
+}
+
+/// The state and reason for a VMM that ended on its own.
+fn judge(exit: Exit, last: Option<String>) -> (VmState, String) {
+    match exit {
+        Exit::Code(0) => {
+            (VmState::Stopped, last.unwrap_or_else(|| "VMM exited with status 0".into()))
+        }
+        Exit::Code(code) => {
+            (VmState::Crashed, last.unwrap_or_else(|| format!("VMM exited with status {code}")))
+        }
+        Exit::Signal(sig) => (VmState::Crashed, format!("VMM killed by signal {sig}")),
+        Exit::Unknown => match last {
+            Some(l) if l.contains("guest crashed") || l.contains("error:") => (VmState::Crashed, l),
+            Some(l) if l.ends_with("exiting") => (VmState::Stopped, l),
+            Some(l) => {
+                (VmState::Crashed, format!("VMM ended, exit status unknown; last said: {l}"))
+            }
+            None => (VmState::Crashed, "VMM ended, exit status unknown".to_owned()),
+        },
+    }
+}
+
+/// At start-up: re-adopts each VMM recorded as active whose pid still names the same process;
+/// the others' VMs become crashed (or stopped, if they were being stopped). Nothing is started.
+pub fn adopt_all(mgr: &Arc<Manager>) -> Result<(usize, usize), LifecycleError> {
+    let (mut adopted, mut lost) = (0, 0);
+    for record in mgr.db.vms()? {
+        let vm = record.vm;
+        if !vm.state.is_active() {
+            continue;
+        }
+        let alive = match (vm.pid, record.pid_start_time) {
+            (Some(pid), Some(st)) if procfs::is_alive(pid, st) => Some((pid, st)),
+            _ => None,
+        };
+        let Some((pid, start_time)) = alive else {
+            let (to, why) = if vm.state == VmState::Stopping {
+                (VmState::Stopped, "VMM ended while kilnd was down")
+            } else {
+                (VmState::Crashed, "VMM gone while kilnd was down")
+            };
+            let change = Change {
+                message: why.to_owned(),
+                reason: Some(Some(why.to_owned())),
+                pid: Some(None),
+                ..Change::default()
+            };
+            mgr.db.transition(&vm.name, &ACTIVE, to, change)?;
+            lost += 1;
+            continue;
+        };
+        let stopped = procfs::stat(pid).is_some_and(|s| s.state == 'T' || s.state == 't');
+        let to = match vm.state {
+            VmState::Stopping => VmState::Stopping,
+            _ if stopped => VmState::Paused,
+            _ => VmState::Running,
+        };
+        let change =
+            Change { message: format!("VMM (pid {pid}) re-adopted by kilnd"), ..Change::default() };
+        mgr.db.transition(&vm.name, &ACTIVE, to, change)?;
+        let (tx, rx) = watch::channel(false);
+        let monitor = Monitor { pid, start_time, exited: rx, ending: Arc::new(Mutex::new(None)) };
+        mgr.insert_monitor(&vm.name, monitor.clone());
+        if to == VmState::Stopping {
+            // The stop was cut short by kilnd's end: finish it.
+            monitor
+                .ending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace("stopped on request".into());
+            let _ = procfs::signal(pid, start_time, libc::SIGCONT);
+            let _ = procfs::signal(pid, start_time, libc::SIGTERM);
+            let timeout = mgr.settings.stop_timeout;
+            let m = monitor.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let _ = procfs::signal(m.pid, m.start_time, libc::SIGKILL);
+            });
+        }
+        let task_mgr = Arc::clone(mgr);
+        let name = vm.name.clone();
+        tokio::spawn(async move {
+            let exit = poll_adopted(&task_mgr, &name, pid, start_time).await;
+            finish(&task_mgr, &name, &monitor, exit, tx);
+        });
+        adopted += 1;
+    }
+    Ok((adopted, lost))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_map_to_states_with_the_vmm_reason() {
+        let crash = Some("kiln-vmm: guest crashed: triple fault".to_owned());
+        assert_eq!(
+            judge(Exit::Code(3), crash.clone()),
+            (VmState::Crashed, crash.clone().unwrap_or_default())
+        );
+        assert_eq!(judge(Exit::Code(0), None).0, VmState::Stopped);
+        assert_eq!(judge(Exit::Signal(9), None).0, VmState::Crashed);
+        assert_eq!(judge(Exit::Unknown, crash).0, VmState::Crashed);
+        let stop = Some("kiln-vmm: stopped by SIGTERM after 5.0 ms; exiting".to_owned());
+        assert_eq!(judge(Exit::Unknown, stop).0, VmState::Stopped);
+    }
+}

@@ -1,0 +1,129 @@
+//! Checks of a VM definition before anything is created: each failure names the field.
+
+use crate::procfs;
+use kiln_api::CreateVm;
+use std::path::Path;
+
+/// Most vCPUs a VM may have (the x86 APIC ID limit kiln-vmm uses).
+pub const MAX_VCPUS: u32 = 254;
+/// Least guest RAM in MiB.
+pub const MIN_MEMORY_MIB: u64 = 8;
+/// Longest kernel command line in bytes.
+pub const MAX_CMDLINE: usize = 2048;
+/// Most automatic restarts a policy may allow.
+pub const MAX_RESTART_LIMIT: u32 = 100;
+
+/// A field of the request is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid { field, message: message.into() }
+}
+
+/// Checks a name of a VM, project or principal: 1-63 characters of `a-z 0-9 - _ .`, starting
+/// with a letter or digit.
+pub fn name(field: &'static str, value: &str) -> Result<(), Invalid> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{value:?} is not a valid name (1-63 characters of a-z, 0-9, '-', '_', '.', \
+                 starting with a letter or digit)"
+            ),
+        ))
+    }
+}
+
+fn file(field: &'static str, value: &str) -> Result<(), Invalid> {
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Err(invalid(field, format!("{value:?} must be an absolute path")));
+    }
+    if !procfs::is_file(path) {
+        return Err(invalid(field, format!("{value} does not exist or is not a regular file")));
+    }
+    Ok(())
+}
+
+/// Checks a whole definition against this host (`host_memory_mib` of RAM).
+pub fn create_vm(spec: &CreateVm, host_memory_mib: u64) -> Result<(), Invalid> {
+    name("name", &spec.name)?;
+    name("project", &spec.project)?;
+    if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
+        return Err(invalid("vcpus", format!("{} is out of range 1-{MAX_VCPUS}", spec.vcpus)));
+    }
+    if spec.memory_mib < MIN_MEMORY_MIB || spec.memory_mib > host_memory_mib {
+        return Err(invalid(
+            "memory_mib",
+            format!(
+                "{} MiB is out of range {MIN_MEMORY_MIB}-{host_memory_mib} MiB (the host's RAM)",
+                spec.memory_mib
+            ),
+        ));
+    }
+    file("kernel", &spec.kernel)?;
+    if let Some(initrd) = &spec.initrd {
+        file("initrd", initrd)?;
+    }
+    if let Some(cmdline) = &spec.cmdline {
+        if cmdline.len() > MAX_CMDLINE {
+            return Err(invalid("cmdline", format!("longer than {MAX_CMDLINE} bytes")));
+        }
+        if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
+            return Err(invalid("cmdline", "contains a NUL or newline"));
+        }
+    }
+    if spec.restart_limit > MAX_RESTART_LIMIT {
+        return Err(invalid(
+            "restart_limit",
+            format!("{} is more than {MAX_RESTART_LIMIT}", spec.restart_limit),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> CreateVm {
+        serde_json::from_str(json).expect("test spec parses")
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let exe = std::env::current_exe().expect("exe");
+        let k = exe.to_str().expect("utf-8 path");
+        let cases = [
+            (format!(r#"{{"name":"Bad Name","kernel":"{k}"}}"#), "name"),
+            (format!(r#"{{"name":"a","project":"-x","kernel":"{k}"}}"#), "project"),
+            (format!(r#"{{"name":"a","vcpus":0,"kernel":"{k}"}}"#), "vcpus"),
+            (format!(r#"{{"name":"a","vcpus":255,"kernel":"{k}"}}"#), "vcpus"),
+            (format!(r#"{{"name":"a","memory_mib":4,"kernel":"{k}"}}"#), "memory_mib"),
+            (format!(r#"{{"name":"a","memory_mib":99999999,"kernel":"{k}"}}"#), "memory_mib"),
+            (r#"{"name":"a","kernel":"/nonexistent/vmlinux"}"#.to_owned(), "kernel"),
+            (r#"{"name":"a","kernel":"relative"}"#.to_owned(), "kernel"),
+            (format!(r#"{{"name":"a","kernel":"{k}","initrd":"/nope"}}"#), "initrd"),
+            (format!(r#"{{"name":"a","kernel":"{k}","restart_limit":1000}}"#), "restart_limit"),
+        ];
+        for (json, field) in cases {
+            let err = create_vm(&spec(&json), 1024).expect_err(&json);
+            assert_eq!(err.field, field, "{json}: {err}");
+        }
+        create_vm(&spec(&format!(r#"{{"name":"ok-1.a_b","kernel":"{k}"}}"#)), 1024)
+            .expect("valid spec passes");
+    }
+}
