@@ -13,6 +13,7 @@ mod muldiv;
 mod seg;
 mod shift;
 mod sse;
+mod ssefp;
 mod string;
 mod system;
 
@@ -390,7 +391,7 @@ fn dispatch(c: &mut Ctx) -> R {
         M::Bswap => bits::bswap(c),
         M::Andn | M::Bextr | M::Blsi | M::Blsmsk | M::Blsr => bits::bmi1(c, m),
         M::Movsd if !is_string_form(c.i) => sse::exec(c, m).unwrap_or(Err(Exception::ud().into())),
-        M::Cmpsd if !is_string_form(c.i) => Err(Exception::ud().into()),
+        M::Cmpsd if !is_string_form(c.i) => sse::exec(c, m).unwrap_or(Err(Exception::ud().into())),
         M::Movsb
         | M::Movsw
         | M::Movsd

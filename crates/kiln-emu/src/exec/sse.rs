@@ -20,6 +20,12 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
         M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => fxsave(c, m),
         M::Ldmxcsr | M::Stmxcsr => mxcsr(c, m),
         M::Movnti => movnti(c),
+        _ if super::ssefp::handles(m) => {
+            if uses_mmx(c) {
+                return Some(Err(Exception::ud().into()));
+            }
+            sse_available(c).map_err(Into::into).and_then(|()| super::ssefp::exec(c, m))
+        }
         _ => {
             if !is_sse(m) {
                 return None;

@@ -30,6 +30,39 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len() as u64) as usize]
     }
+    /// A 32-bit float pattern biased towards the special cases.
+    pub fn float32(&mut self) -> u32 {
+        match self.below(12) {
+            0 => *self.pick(&[0, 0x8000_0000, 0x3f80_0000, 0xbf80_0000, 0x7f80_0000, 0xff80_0000]),
+            1 => *self.pick(&[0x7fc0_0000, 0xffc0_0000, 0x7f80_0001, 0x7fa0_0000]), // NaNs
+            2 => self.next() as u32 & 0x807f_ffff,                                  // denormals
+            3 => *self.pick(&[0x4f00_0000, 0xcf00_0000, 0x5f00_0000, 0x7f7f_ffff]), // 2^31, 2^63, max
+            4 => (self.below(200) as u32).wrapping_mul(0x0080_0000).wrapping_add(0x3000_0000),
+            _ => self.next() as u32,
+        }
+    }
+
+    /// A 64-bit float pattern biased towards the special cases.
+    pub fn float64(&mut self) -> u64 {
+        match self.below(12) {
+            0 => *self.pick(&[0, 1 << 63, 0x3ff0 << 48, 0xbff0 << 48, 0x7ff0 << 48, 0xfff0 << 48]),
+            1 => *self.pick(&[0x7ff8 << 48, 0xfff8 << 48, (0x7ff0 << 48) | 1, 0x7ff4 << 48]),
+            2 => self.next() & 0x800f_ffff_ffff_ffff,
+            3 => *self.pick(&[0x41e0 << 48, 0xc1e0 << 48, 0x43e0 << 48, 0x7fef_ffff_ffff_ffff]),
+            4 => (self.below(400) << 52).wrapping_add(0x3000 << 48),
+            _ => self.next(),
+        }
+    }
+
+    /// 128 bits for an XMM register: integers, or floats of either width.
+    pub fn xmm(&mut self) -> u128 {
+        match self.below(3) {
+            0 => (u128::from(self.interesting()) << 64) | u128::from(self.interesting()),
+            1 => (0..4).fold(0u128, |acc, k| acc | (u128::from(self.float32()) << (32 * k))),
+            _ => (u128::from(self.float64()) << 64) | u128::from(self.float64()),
+        }
+    }
+
     /// A value biased towards the edges of the operand ranges.
     pub fn interesting(&mut self) -> u64 {
         match self.below(10) {
@@ -57,10 +90,12 @@ pub enum Family {
     String,
     Branch,
     Sse,
+    SseFp,
 }
 
-pub const FAMILIES: [Family; 10] = [
+pub const FAMILIES: [Family; 11] = [
     Family::Sse,
+    Family::SseFp,
     Family::Alu,
     Family::Shift,
     Family::MulDiv,
@@ -288,6 +323,61 @@ fn family(m: Mnemonic) -> Option<Family> {
         | M::Fnstsw
         | M::Fnstcw
         | M::Fninit => Family::Sse,
+        M::Addss
+        | M::Addsd
+        | M::Addps
+        | M::Addpd
+        | M::Subss
+        | M::Subsd
+        | M::Subps
+        | M::Subpd
+        | M::Mulss
+        | M::Mulsd
+        | M::Mulps
+        | M::Mulpd
+        | M::Divss
+        | M::Divsd
+        | M::Divps
+        | M::Divpd
+        | M::Minss
+        | M::Minsd
+        | M::Minps
+        | M::Minpd
+        | M::Maxss
+        | M::Maxsd
+        | M::Maxps
+        | M::Maxpd
+        | M::Sqrtss
+        | M::Sqrtsd
+        | M::Sqrtps
+        | M::Sqrtpd
+        | M::Unpcklps
+        | M::Unpckhps
+        | M::Unpcklpd
+        | M::Unpckhpd
+        | M::Cvtss2sd
+        | M::Cvtsd2ss
+        | M::Cvtps2pd
+        | M::Cvtpd2ps
+        | M::Cvtdq2ps
+        | M::Cvtps2dq
+        | M::Cvttps2dq
+        | M::Cvtdq2pd
+        | M::Cvtpd2dq
+        | M::Cvttpd2dq
+        | M::Cmpps
+        | M::Cmppd
+        | M::Cmpss
+        | M::Comiss
+        | M::Comisd
+        | M::Ucomiss
+        | M::Ucomisd
+        | M::Cvtsi2ss
+        | M::Cvtsi2sd
+        | M::Cvtss2si
+        | M::Cvtsd2si
+        | M::Cvttss2si
+        | M::Cvttsd2si => Family::SseFp,
         _ => return None,
     })
 }
@@ -390,7 +480,9 @@ impl Gen {
                 continue;
             }
             // SIMD: only the legacy SSE encodings (VEX forms are AVX).
-            if family(op.mnemonic()) == Some(Family::Sse) && op.encoding() != EncodingKind::Legacy {
+            if matches!(family(op.mnemonic()), Some(Family::Sse | Family::SseFp))
+                && op.encoding() != EncodingKind::Legacy
+            {
                 continue;
             }
             let Some(fam) = family(op.mnemonic()) else {

@@ -1,0 +1,437 @@
+//! SSE/SSE2 floating point: arithmetic, square roots, min/max, compares (CMPxx, COMIS/UCOMIS),
+//! conversions, and the float unpacks.
+//!
+//! The arithmetic unit is the host's: each operation runs as the same SSE instruction on the
+//! host under the guest's MXCSR (rounding mode, DAZ, FTZ) with all exceptions masked, and the
+//! exception flags it raises are merged into the guest's MXCSR. An exception the guest left
+//! unmasked then raises #XM (or #UD without CR4.OSXMMEXCPT) before the destination is written.
+//! This makes results bit-exact with an x86 FPU, including NaN propagation; it ties this module
+//! to x86-64 hosts, which is where Kiln runs. RCPPS/RSQRTPS approximations are the host model's.
+
+use super::{Ctx, R};
+use crate::cpu;
+use crate::fault::{Exception, Vector};
+use crate::mmu::Priv;
+use core::arch::asm;
+use core::arch::x86_64::__m128i;
+use iced_x86::{Mnemonic, OpKind, Register};
+
+fn to_m128(v: u128) -> __m128i {
+    // SAFETY: __m128i is 16 bytes of plain data, as is u128; every bit pattern is valid.
+    unsafe { core::mem::transmute::<u128, __m128i>(v) }
+}
+
+fn from_m128(v: __m128i) -> u128 {
+    // SAFETY: as for `to_m128`.
+    unsafe { core::mem::transmute::<__m128i, u128>(v) }
+}
+
+/// Runs one two-operand SSE instruction on the host: `insn dst, src` under `mxcsr`.
+macro_rules! host2 {
+    ($insn:literal, $a:expr, $b:expr, $mx:expr) => {{
+        let mut a = to_m128($a);
+        let b = to_m128($b);
+        let mut mx: u32 = $mx;
+        let mut saved: u32 = 0;
+        // SAFETY: saves the host MXCSR, loads the guest's (all exceptions masked, so the host
+        // instruction cannot trap), runs one SSE instruction on registers, stores the resulting
+        // MXCSR and restores the host's. Only the two local u32s are accessed in memory.
+        unsafe {
+            asm!(
+                "stmxcsr [{saved}]",
+                "ldmxcsr [{mx}]",
+                concat!($insn, " {a}, {b}"),
+                "stmxcsr [{mx}]",
+                "ldmxcsr [{saved}]",
+                a = inout(xmm_reg) a,
+                b = in(xmm_reg) b,
+                mx = in(reg) &mut mx,
+                saved = in(reg) &mut saved,
+                options(nostack),
+            );
+        }
+        (from_m128(a), mx)
+    }};
+}
+
+/// Like `host2!` with an immediate predicate.
+macro_rules! host2i {
+    ($insn:literal, $imm:literal, $a:expr, $b:expr, $mx:expr) => {{
+        let mut a = to_m128($a);
+        let b = to_m128($b);
+        let mut mx: u32 = $mx;
+        let mut saved: u32 = 0;
+        // SAFETY: as in `host2!`.
+        unsafe {
+            asm!(
+                "stmxcsr [{saved}]",
+                "ldmxcsr [{mx}]",
+                concat!($insn, " {a}, {b}, ", $imm),
+                "stmxcsr [{mx}]",
+                "ldmxcsr [{saved}]",
+                a = inout(xmm_reg) a,
+                b = in(xmm_reg) b,
+                mx = in(reg) &mut mx,
+                saved = in(reg) &mut saved,
+                options(nostack),
+            );
+        }
+        (from_m128(a), mx)
+    }};
+}
+
+/// A float-to-integer conversion on the host: `insn gpr, xmm`.
+macro_rules! host_to_int {
+    ($insn:literal, $reg:literal, $b:expr, $mx:expr) => {{
+        let mut out: u64 = 0;
+        let b = to_m128($b);
+        let mut mx: u32 = $mx;
+        let mut saved: u32 = 0;
+        // SAFETY: as in `host2!`, with a general register destination.
+        unsafe {
+            asm!(
+                "stmxcsr [{saved}]",
+                "ldmxcsr [{mx}]",
+                concat!($insn, " {out", $reg, "}, {b}"),
+                "stmxcsr [{mx}]",
+                "ldmxcsr [{saved}]",
+                out = inout(reg) out,
+                b = in(xmm_reg) b,
+                mx = in(reg) &mut mx,
+                saved = in(reg) &mut saved,
+                options(nostack),
+            );
+        }
+        (out, mx)
+    }};
+}
+
+/// An integer-to-float conversion on the host: `insn xmm, gpr`.
+macro_rules! host_from_int {
+    ($insn:literal, $reg:literal, $a:expr, $v:expr, $mx:expr) => {{
+        let mut a = to_m128($a);
+        let v: u64 = $v;
+        let mut mx: u32 = $mx;
+        let mut saved: u32 = 0;
+        // SAFETY: as in `host2!`, with a general register source.
+        unsafe {
+            asm!(
+                "stmxcsr [{saved}]",
+                "ldmxcsr [{mx}]",
+                concat!($insn, " {a}, {v", $reg, "}"),
+                "stmxcsr [{mx}]",
+                "ldmxcsr [{saved}]",
+                a = inout(xmm_reg) a,
+                v = in(reg) v,
+                mx = in(reg) &mut mx,
+                saved = in(reg) &mut saved,
+                options(nostack),
+            );
+        }
+        (from_m128(a), mx)
+    }};
+}
+
+/// COMISS/COMISD/UCOMISS/UCOMISD on the host, returning RFLAGS.
+macro_rules! host_compare {
+    ($insn:literal, $a:expr, $b:expr, $mx:expr) => {{
+        let a = to_m128($a);
+        let b = to_m128($b);
+        let mut mx: u32 = $mx;
+        let mut saved: u32 = 0;
+        let fl: u64;
+        // SAFETY: as in `host2!`; PUSHFQ/POP read the flags the compare set (uses the stack).
+        unsafe {
+            asm!(
+                "stmxcsr [{saved}]",
+                "ldmxcsr [{mx}]",
+                concat!($insn, " {a}, {b}"),
+                "pushfq",
+                "pop {fl}",
+                "stmxcsr [{mx}]",
+                "ldmxcsr [{saved}]",
+                a = in(xmm_reg) a,
+                b = in(xmm_reg) b,
+                fl = out(reg) fl,
+                mx = in(reg) &mut mx,
+                saved = in(reg) &mut saved,
+            );
+        }
+        (fl, mx)
+    }};
+}
+
+fn is_xmm(r: Register) -> bool {
+    (Register::XMM0 as u32..=Register::XMM15 as u32).contains(&(r as u32))
+}
+
+fn xmm_index(r: Register) -> usize {
+    (r as usize).wrapping_sub(Register::XMM0 as usize) & 15
+}
+
+/// True for the mnemonics this module implements.
+pub(super) fn handles(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        m,
+        M::Addss
+            | M::Addsd
+            | M::Addps
+            | M::Addpd
+            | M::Subss
+            | M::Subsd
+            | M::Subps
+            | M::Subpd
+            | M::Mulss
+            | M::Mulsd
+            | M::Mulps
+            | M::Mulpd
+            | M::Divss
+            | M::Divsd
+            | M::Divps
+            | M::Divpd
+            | M::Minss
+            | M::Minsd
+            | M::Minps
+            | M::Minpd
+            | M::Maxss
+            | M::Maxsd
+            | M::Maxps
+            | M::Maxpd
+            | M::Sqrtss
+            | M::Sqrtsd
+            | M::Sqrtps
+            | M::Sqrtpd
+            | M::Rcpps
+            | M::Rcpss
+            | M::Rsqrtps
+            | M::Rsqrtss
+            | M::Unpcklps
+            | M::Unpckhps
+            | M::Unpcklpd
+            | M::Unpckhpd
+            | M::Cvtss2sd
+            | M::Cvtsd2ss
+            | M::Cvtps2pd
+            | M::Cvtpd2ps
+            | M::Cvtdq2ps
+            | M::Cvtps2dq
+            | M::Cvttps2dq
+            | M::Cvtdq2pd
+            | M::Cvtpd2dq
+            | M::Cvttpd2dq
+            | M::Cmpps
+            | M::Cmppd
+            | M::Cmpss
+            | M::Cmpsd
+            | M::Comiss
+            | M::Comisd
+            | M::Ucomiss
+            | M::Ucomisd
+            | M::Cvtsi2ss
+            | M::Cvtsi2sd
+            | M::Cvtss2si
+            | M::Cvtsd2si
+            | M::Cvttss2si
+            | M::Cvttsd2si
+    )
+}
+
+/// Reads the source operand `n` (register or memory of the instruction's memory size, with the
+/// alignment check of 16-byte legacy-SSE operands).
+fn source(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
+    match c.i.op_kind(n) {
+        OpKind::Register => {
+            let r = c.i.op_register(n);
+            if is_xmm(r) {
+                Ok(c.cpu.xmm[xmm_index(r)])
+            } else {
+                Ok(u128::from(c.cpu.reg(r)))
+            }
+        }
+        OpKind::Memory => {
+            let la = c.mem_lin()?;
+            let size = c.i.memory_size().size().min(16);
+            if size == 16 && la % 16 != 0 {
+                return Err(Exception::gp(0));
+            }
+            let mut b = [0u8; 16];
+            c.cpu.read_lin(c.io, la, &mut b[..size], Priv::Current)?;
+            Ok(u128::from_le_bytes(b))
+        }
+        _ => Err(Exception::ud()),
+    }
+}
+
+/// Merges the flags an operation raised into MXCSR and raises #XM/#UD for unmasked ones. An
+/// unmasked pre-computation exception (invalid, denormal, divide by zero) stops the
+/// instruction before the post-computation flags (overflow, underflow, precision) arise.
+///
+/// Known gap: with UM unmasked, hardware reports underflow for tiny exact results, which the
+/// masked host run does not flag.
+fn settle(c: &mut Ctx, after: u32) -> Result<(), Exception> {
+    let raised = after & 0x3f;
+    let guest = c.cpu.mxcsr;
+    let masks = (guest >> 7) & 0x3f;
+    let pre = raised & 0x07;
+    let recorded = if pre & !masks != 0 { pre } else { raised };
+    c.cpu.mxcsr = guest | recorded;
+    if recorded & !masks != 0 {
+        return Err(if c.cpu.cr4 & cpu::CR4_OSXMMEXCPT != 0 {
+            Exception::new(Vector::XM)
+        } else {
+            Exception::ud()
+        });
+    }
+    Ok(())
+}
+
+/// The MXCSR to run a host operation under: the guest's controls, flags clear, all masked.
+fn host_mxcsr(c: &Ctx) -> u32 {
+    (c.cpu.mxcsr & 0xffc0) | 0x1f80
+}
+
+/// Executes an SSE floating-point instruction (availability checked by the caller).
+pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
+    use Mnemonic as M;
+    let mx = host_mxcsr(c);
+    match m {
+        M::Comiss | M::Comisd | M::Ucomiss | M::Ucomisd => {
+            let a = source(c, 0)?;
+            let b = source(c, 1)?;
+            let (fl, after) = match m {
+                M::Comiss => host_compare!("comiss", a, b, mx),
+                M::Comisd => host_compare!("comisd", a, b, mx),
+                M::Ucomiss => host_compare!("ucomiss", a, b, mx),
+                _ => host_compare!("ucomisd", a, b, mx),
+            };
+            settle(c, after)?;
+            c.cpu.set_arith(fl & (crate::flags::ZF | crate::flags::PF | crate::flags::CF));
+            return Ok(());
+        }
+        M::Cvtss2si | M::Cvtsd2si | M::Cvttss2si | M::Cvttsd2si => {
+            let b = source(c, 1)?;
+            let wide = c.i.op_register(0).size() == 8;
+            let (v, after) = match (m, wide) {
+                (M::Cvtss2si, true) => host_to_int!("cvtss2si", "", b, mx),
+                (M::Cvtss2si, false) => host_to_int!("cvtss2si", ":e", b, mx),
+                (M::Cvtsd2si, true) => host_to_int!("cvtsd2si", "", b, mx),
+                (M::Cvtsd2si, false) => host_to_int!("cvtsd2si", ":e", b, mx),
+                (M::Cvttss2si, true) => host_to_int!("cvttss2si", "", b, mx),
+                (M::Cvttss2si, false) => host_to_int!("cvttss2si", ":e", b, mx),
+                (_, true) => host_to_int!("cvttsd2si", "", b, mx),
+                (_, false) => host_to_int!("cvttsd2si", ":e", b, mx),
+            };
+            settle(c, after)?;
+            c.write(0, v)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let d = match c.i.op0_kind() {
+        OpKind::Register if is_xmm(c.i.op_register(0)) => xmm_index(c.i.op_register(0)),
+        _ => return Err(Exception::ud().into()),
+    };
+    let a = c.cpu.xmm[d];
+    let (r, after) = match m {
+        M::Cvtsi2ss | M::Cvtsi2sd => {
+            let v = source(c, 1)? as u64;
+            let wide = c.op_size(1) == 8;
+            match (m, wide) {
+                (M::Cvtsi2ss, true) => host_from_int!("cvtsi2ss", "", a, v, mx),
+                (M::Cvtsi2ss, false) => host_from_int!("cvtsi2ss", ":e", a, v, mx),
+                (_, true) => host_from_int!("cvtsi2sd", "", a, v, mx),
+                (_, false) => host_from_int!("cvtsi2sd", ":e", a, v, mx),
+            }
+        }
+        M::Cmpps | M::Cmppd | M::Cmpss | M::Cmpsd => {
+            let b = source(c, 1)?;
+            compare(m, c.i.immediate8() & 7, a, b, mx)
+        }
+        _ => {
+            let b = source(c, 1)?;
+            arith(m, a, b, mx).ok_or(Exception::ud())?
+        }
+    };
+    settle(c, after)?;
+    c.cpu.xmm[d] = r;
+    Ok(())
+}
+
+fn arith(m: Mnemonic, a: u128, b: u128, mx: u32) -> Option<(u128, u32)> {
+    use Mnemonic as M;
+    Some(match m {
+        M::Addss => host2!("addss", a, b, mx),
+        M::Addsd => host2!("addsd", a, b, mx),
+        M::Addps => host2!("addps", a, b, mx),
+        M::Addpd => host2!("addpd", a, b, mx),
+        M::Subss => host2!("subss", a, b, mx),
+        M::Subsd => host2!("subsd", a, b, mx),
+        M::Subps => host2!("subps", a, b, mx),
+        M::Subpd => host2!("subpd", a, b, mx),
+        M::Mulss => host2!("mulss", a, b, mx),
+        M::Mulsd => host2!("mulsd", a, b, mx),
+        M::Mulps => host2!("mulps", a, b, mx),
+        M::Mulpd => host2!("mulpd", a, b, mx),
+        M::Divss => host2!("divss", a, b, mx),
+        M::Divsd => host2!("divsd", a, b, mx),
+        M::Divps => host2!("divps", a, b, mx),
+        M::Divpd => host2!("divpd", a, b, mx),
+        M::Minss => host2!("minss", a, b, mx),
+        M::Minsd => host2!("minsd", a, b, mx),
+        M::Minps => host2!("minps", a, b, mx),
+        M::Minpd => host2!("minpd", a, b, mx),
+        M::Maxss => host2!("maxss", a, b, mx),
+        M::Maxsd => host2!("maxsd", a, b, mx),
+        M::Maxps => host2!("maxps", a, b, mx),
+        M::Maxpd => host2!("maxpd", a, b, mx),
+        M::Sqrtss => host2!("sqrtss", a, b, mx),
+        M::Sqrtsd => host2!("sqrtsd", a, b, mx),
+        M::Sqrtps => host2!("sqrtps", a, b, mx),
+        M::Sqrtpd => host2!("sqrtpd", a, b, mx),
+        M::Rcpps => host2!("rcpps", a, b, mx),
+        M::Rcpss => host2!("rcpss", a, b, mx),
+        M::Rsqrtps => host2!("rsqrtps", a, b, mx),
+        M::Rsqrtss => host2!("rsqrtss", a, b, mx),
+        M::Unpcklps => host2!("unpcklps", a, b, mx),
+        M::Unpckhps => host2!("unpckhps", a, b, mx),
+        M::Unpcklpd => host2!("unpcklpd", a, b, mx),
+        M::Unpckhpd => host2!("unpckhpd", a, b, mx),
+        M::Cvtss2sd => host2!("cvtss2sd", a, b, mx),
+        M::Cvtsd2ss => host2!("cvtsd2ss", a, b, mx),
+        M::Cvtps2pd => host2!("cvtps2pd", a, b, mx),
+        M::Cvtpd2ps => host2!("cvtpd2ps", a, b, mx),
+        M::Cvtdq2ps => host2!("cvtdq2ps", a, b, mx),
+        M::Cvtps2dq => host2!("cvtps2dq", a, b, mx),
+        M::Cvttps2dq => host2!("cvttps2dq", a, b, mx),
+        M::Cvtdq2pd => host2!("cvtdq2pd", a, b, mx),
+        M::Cvtpd2dq => host2!("cvtpd2dq", a, b, mx),
+        M::Cvttpd2dq => host2!("cvttpd2dq", a, b, mx),
+        _ => return None,
+    })
+}
+
+/// CMPPS/CMPPD/CMPSS/CMPSD with predicate `p` (0..8).
+fn compare(m: Mnemonic, p: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
+    use Mnemonic as M;
+    macro_rules! by_pred {
+        ($insn:literal) => {
+            match p {
+                0 => host2i!($insn, "0", a, b, mx),
+                1 => host2i!($insn, "1", a, b, mx),
+                2 => host2i!($insn, "2", a, b, mx),
+                3 => host2i!($insn, "3", a, b, mx),
+                4 => host2i!($insn, "4", a, b, mx),
+                5 => host2i!($insn, "5", a, b, mx),
+                6 => host2i!($insn, "6", a, b, mx),
+                _ => host2i!($insn, "7", a, b, mx),
+            }
+        };
+    }
+    match m {
+        M::Cmpps => by_pred!("cmpps"),
+        M::Cmppd => by_pred!("cmppd"),
+        M::Cmpss => by_pred!("cmpss"),
+        _ => by_pred!("cmpsd"),
+    }
+}
