@@ -273,7 +273,11 @@ fn retf(c: &mut Ctx) -> R {
 }
 
 fn leave(c: &mut Ctx) -> R {
-    let size = c.stack_op_size();
+    let size = match c.i.code() {
+        Code::Leavew => 2,
+        Code::Leaved => 4,
+        _ => 8,
+    };
     let w = c.cpu.stack_size();
     let old = c.cpu.gpr[4];
     let bp = c.cpu.gpr[5];
@@ -291,7 +295,11 @@ fn leave(c: &mut Ctx) -> R {
 }
 
 fn enter(c: &mut Ctx) -> R {
-    let size = c.stack_op_size();
+    let size = match c.i.code() {
+        Code::Enterw_imm16_imm8 => 2,
+        Code::Enterd_imm16_imm8 => 4,
+        _ => 8,
+    };
     let alloc = u64::from(c.i.immediate16());
     let level = u64::from(c.i.immediate8_2nd() % 32);
     let old_rsp = c.cpu.gpr[4];

@@ -267,8 +267,8 @@ fn source(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
 /// unmasked pre-computation exception (invalid, denormal, divide by zero) stops the
 /// instruction before the post-computation flags (overflow, underflow, precision) arise.
 ///
-/// Known gap: with UM unmasked, hardware reports underflow for tiny exact results, which the
-/// masked host run does not flag.
+/// Known gaps, with OM or UM unmasked only: hardware reports underflow for tiny exact results,
+/// and sets PE from the bias-adjusted result, neither of which the masked host run shows.
 fn settle(c: &mut Ctx, after: u32) -> Result<(), Exception> {
     let raised = after & 0x3f;
     let guest = c.cpu.mxcsr;

@@ -746,8 +746,43 @@ impl Gen {
         {
             ins.set_immediate8((rng.below(17) + 32 * rng.below(8)) as u8);
         }
-        if mem_used && ins.memory_base() != Register::R15 {
+        if mem_used && !matches!(ins.memory_base(), Register::R15 | Register::RBX) {
             return false;
+        }
+        if mem_used && ins.memory_base() == Register::R15 {
+            // 32-bit addressing (0x67): the data area lies below 4 GiB.
+            if m != Mnemonic::Lea && rng.chance(15) {
+                ins.set_memory_base(Register::R15D);
+                ins.set_memory_displ_size(if ins.memory_displacement64() < 0x80 { 1 } else { 4 });
+            }
+            // LOCK on the read-modify-write forms (the encoder rejects the others).
+            if rng.chance(20)
+                && ins.op0_kind() == OpKind::Memory
+                && matches!(
+                    m,
+                    Mnemonic::Add
+                        | Mnemonic::Adc
+                        | Mnemonic::Sub
+                        | Mnemonic::Sbb
+                        | Mnemonic::And
+                        | Mnemonic::Or
+                        | Mnemonic::Xor
+                        | Mnemonic::Inc
+                        | Mnemonic::Dec
+                        | Mnemonic::Neg
+                        | Mnemonic::Not
+                        | Mnemonic::Xadd
+                        | Mnemonic::Xchg
+                        | Mnemonic::Cmpxchg
+                        | Mnemonic::Cmpxchg8b
+                        | Mnemonic::Cmpxchg16b
+                        | Mnemonic::Bts
+                        | Mnemonic::Btr
+                        | Mnemonic::Btc
+                )
+            {
+                ins.set_has_lock_prefix(true);
+            }
         }
         self.prelude(&ins, rng, out);
         out.push(ins);
