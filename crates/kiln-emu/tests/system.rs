@@ -626,3 +626,129 @@ fn real_mode_trampoline_reaches_long_mode_through_protected_mode() {
     assert_eq!(sb.cpu.seg[kiln_emu::cpu::CS].selector, sb::KERNEL_CS);
     assert_ne!(sb.cpu.efer & kiln_emu::cpu::EFER_LMA, 0);
 }
+
+#[test]
+fn control_register_writes_check_their_rules() {
+    // Each snippet must raise #GP(0) at CPL0.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "CR4 reserved bit (SMEP is not implemented)",
+            assemble(CODE, |a| {
+                a.mov(rax, cr4)?;
+                a.or(rax, 1 << 20)?;
+                a.mov(cr4, rax)
+            }),
+        ),
+        (
+            "CR4.PAE cleared in long mode",
+            assemble(CODE, |a| {
+                a.mov(rax, cr4)?;
+                a.and(rax, !0x20i32)?;
+                a.mov(cr4, rax)
+            }),
+        ),
+        (
+            "CR0.PG cleared while executing 64-bit code",
+            assemble(CODE, |a| {
+                a.mov(rax, cr0)?;
+                a.btr(rax, 31)?;
+                a.mov(cr0, rax)
+            }),
+        ),
+        (
+            "CR0 upper half",
+            assemble(CODE, |a| {
+                a.mov(rax, cr0)?;
+                a.bts(rax, 40)?;
+                a.mov(cr0, rax)
+            }),
+        ),
+        (
+            "EFER.LME changed with paging on",
+            assemble(CODE, |a| {
+                a.mov(ecx, 0xc000_0080u32)?;
+                a.rdmsr()?;
+                a.btr(eax, 8)?;
+                a.wrmsr()
+            }),
+        ),
+        (
+            "non-canonical LSTAR",
+            assemble(CODE, |a| {
+                a.mov(ecx, 0xc000_0082u32)?;
+                a.xor(eax, eax)?;
+                a.mov(edx, 0x8000u32)?;
+                a.wrmsr()
+            }),
+        ),
+        (
+            "CR8 reserved bits",
+            assemble(CODE, |a| {
+                a.mov(eax, 0x10u32)?;
+                a.mov(cr8, rax)
+            }),
+        ),
+    ];
+    for (what, code) in cases {
+        let mut sb = Sandbox::new().expect("sandbox");
+        let old_cr0 = sb.cpu.cr0;
+        let old_cr4 = sb.cpu.cr4;
+        load(&mut sb, CODE, &code);
+        sb.run(20).expect("runs");
+        assert_eq!(sb.halted_vector(), Some(13), "{what}");
+        let (err, ..) = frame(&sb, sb.cpu.gpr[4], true);
+        assert_eq!(err, Some(0), "{what}");
+        assert_eq!((sb.cpu.cr0, sb.cpu.cr4), (old_cr0, old_cr4), "{what}: nothing changed");
+    }
+}
+
+#[test]
+fn descriptor_table_instructions_round_trip_and_ltr_marks_the_tss_busy() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    // Make the TSS descriptor available again so LTR may load it.
+    let lo = sb.peek_u64(sb::GDT + 0x38);
+    sb.poke_u64(sb::GDT + 0x38, lo & !(2 << 40));
+    let code = assemble(CODE, |a| {
+        a.sgdt(ptr(0x20_0000u64))?;
+        a.sidt(ptr(0x20_0010u64))?;
+        a.mov(ax, u32::from(sb::TSS_SEL))?;
+        a.ltr(ax)?;
+        a.str(ebx)?;
+        a.ltr(ax)?; // busy now: #GP(0x38)
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.peek_u64(0x20_0000) & 0xffff, 0x47);
+    assert_eq!(sb.peek_u64(0x20_0002), sb::GDT);
+    assert_eq!(sb.peek_u64(0x20_0012), sb::IDT);
+    assert_eq!(sb.cpu.gpr[3], u64::from(sb::TSS_SEL));
+    assert_ne!(sb.peek_u64(sb::GDT + 0x38) & (2 << 40), 0, "descriptor marked busy");
+    assert_eq!(sb.halted_vector(), Some(13));
+    let (err, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(u64::from(sb::TSS_SEL)));
+}
+
+#[test]
+fn sysret_to_compatibility_mode_runs_32_bit_code() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    // 32-bit user code at 0x120000: inc eax (0x40 is INC in 32-bit code), push eax, hlt.
+    sb.poke(0x12_0000, &[0x40, 0x50, 0xf4]);
+    let code = assemble(CODE, |a| {
+        a.mov(ecx, 0x12_0000u32)?;
+        a.mov(r11d, 0x2u32)?;
+        a.mov(eax, 41u32)?;
+        a.mov(esp, 0x30_0000u32)?;
+        a.sysret() // 32-bit SYSRET: CS = STAR[63:48] | 3
+    });
+    load(&mut sb, CODE, &code);
+    sb.cpu.msr.star = (u64::from(sb::USER32_CS - 3) << 48) | (u64::from(sb::KERNEL_CS) << 32);
+    sb.run(100).expect("runs");
+    // HLT at CPL3 faults into the 64-bit kernel.
+    assert_eq!(sb.halted_vector(), Some(13));
+    let (_, f_rip, f_cs, _, f_rsp, _) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(f_cs, u64::from(sb::USER32_CS));
+    assert_eq!(f_rip, 0x12_0002);
+    assert_eq!(f_rsp, 0x30_0000 - 4, "32-bit push");
+    assert_eq!(sb.peek_u64(0x30_0000 - 4) & 0xffff_ffff, 42);
+}
