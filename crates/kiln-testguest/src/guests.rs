@@ -79,13 +79,23 @@ pub fn reset_at_once() -> Result<Vec<u8>> {
 }
 
 /// The start-up benchmark guest, runnable by Kiln (64-bit entry) and by QEMU (PVH 32-bit entry):
-/// its instructions encode the same in both modes. Writes `!` to COM1 (the first-instruction
-/// mark the benchmark times), the boot-timer magic, 0 to port 0xf4 (QEMU's `isa-debug-exit`,
-/// unclaimed in Kiln), then resets through the i8042.
+/// its instructions encode the same in both modes. Writes the boot-timer magic and `!` to COM1
+/// (the first-instruction mark the benchmark times), waits for the UART to drain, writes 0 to
+/// port 0xf4 (QEMU's `isa-debug-exit`, unclaimed in Kiln), then resets through the i8042.
 pub fn startup_probe() -> Result<Vec<u8>> {
     let mut a = new_asm()?;
-    emit_print(&mut a, "!")?;
+    // The boot-timer write comes first: QEMU's microvm loses a COM1 byte written by the very
+    // first instruction of a PVH guest (seen with QEMU 7.2), which would make it look hung.
     emit_boot_timer(&mut a)?;
+    emit_print(&mut a, "!")?;
+    // Wait until the UART has sent the byte (LSR bit 6, transmitter empty): QEMU drops output
+    // still queued when isa-debug-exit ends the process.
+    let mut drain = a.create_label();
+    a.set_label(&mut drain)?;
+    a.mov(dx, (SERIAL_PORT + 5) as u32)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x40)?;
+    a.jz(drain)?;
     a.mov(al, 0_u32)?;
     a.out(0xf4, al)?;
     emit_reset(&mut a)?;
