@@ -108,6 +108,9 @@ struct SimulateArgs {
     /// Aging rate: score points gained per hour waited (0 = no aging).
     #[arg(long, default_value_t = 0.0)]
     aging: f64,
+    /// Fair share across owners (dominant resource fairness) on top of each policy.
+    #[arg(long)]
+    fair_share: bool,
     /// Number of hosts [default: swf 1, azure 300].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     hosts: Option<u32>,
@@ -173,7 +176,7 @@ pub fn run(args: SchedArgs) -> Result<(), SchedError> {
 fn simulate_cmd(a: &SimulateArgs) -> Result<(), SchedError> {
     let overcommit =
         Overcommit::new(a.vcpu_overcommit, a.memory_overcommit).map_err(SchedError::Overcommit)?;
-    let policies = policies(a.policy, a.aging).map_err(SchedError::Aging)?;
+    let policies = policies(a.policy, a.aging, a.fair_share).map_err(SchedError::Aging)?;
     let limit = a.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     let (workload, format, defaults) = match a.format {
         TraceFormat::Swf => {
@@ -228,7 +231,7 @@ fn simulate_cmd(a: &SimulateArgs) -> Result<(), SchedError> {
     Ok(())
 }
 
-fn policies(arg: PolicyArg, aging: f64) -> Result<Vec<Policy>, PolicyError> {
+fn policies(arg: PolicyArg, aging: f64, fair_share: bool) -> Result<Vec<Policy>, PolicyError> {
     let base = match arg {
         PolicyArg::Fcfs => vec![Policy::fcfs()],
         PolicyArg::Sjf => vec![Policy::sjf()],
@@ -236,7 +239,7 @@ fn policies(arg: PolicyArg, aging: f64) -> Result<Vec<Policy>, PolicyError> {
         PolicyArg::Easy => vec![Policy::easy()],
         PolicyArg::All => vec![Policy::fcfs(), Policy::sjf(), Policy::priority(), Policy::easy()],
     };
-    base.into_iter().map(|p| p.with_aging(aging)).collect()
+    base.into_iter().map(|p| p.with_aging(aging).map(|p| p.with_fair_share(fair_share))).collect()
 }
 
 fn trace_report<'a>(w: &'a Workload, format: &'static str) -> TraceReport<'a> {

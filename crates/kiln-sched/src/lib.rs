@@ -10,10 +10,12 @@
 //! - [`policy`]: queue order (FCFS, SJF, priority) with aging; the aging formula is documented there.
 //! - [`placement`]: first fit, best fit, spread.
 //! - [`backfill`]: EASY backfilling's reservation and admission rule.
+//! - [`fairshare`]: fair share across owners (dominant resource fairness).
 //! - [`planner`]: one planning round.
 //! - [`sim`]: the discrete-event simulator, its metrics, and the SWF and Azure trace readers.
 
 pub mod backfill;
+pub mod fairshare;
 pub mod model;
 pub mod placement;
 pub mod planner;

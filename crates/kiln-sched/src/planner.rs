@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use crate::backfill::{reserve, HostEnds, Reservation};
+use crate::fairshare::FairShare;
 use crate::model::{
     Allocation, Decision, Host, HostId, ModelError, Overcommit, Request, RequestId, Resources, Time,
 };
@@ -151,6 +152,7 @@ pub struct Planner {
     queue: Queue,
     cluster: Cluster,
     host_index: HashMap<HostId, usize>,
+    fair: Option<FairShare>,
 }
 
 impl Planner {
@@ -163,7 +165,9 @@ impl Planner {
     ) -> Result<Self, PlannerError> {
         let pool = HostPool::new(hosts, overcommit, placement).map_err(PlannerError::Placement)?;
         let host_index = pool.hosts().iter().enumerate().map(|(i, h)| (h.id, i)).collect();
+        let total = pool.hosts().iter().fold(Resources::default(), |t, h| t.plus(h.capacity));
         Ok(Self {
+            fair: policy.fair_share().then(|| FairShare::new(total)),
             policy,
             queue: Queue::default(),
             cluster: Cluster {
@@ -191,8 +195,21 @@ impl Planner {
         if !self.cluster.pool.could_ever_fit(req.resources()) {
             return Err(PlannerError::NeverFits { id: req.id, need: req.resources() });
         }
-        self.queue.insert(self.policy.key(&req), req);
+        let key = self.policy.key(&req);
+        self.queue.insert(key, req);
+        if let Some(fair) = self.fair.as_mut() {
+            fair.queued(req.owner, key);
+        }
         Ok(())
+    }
+
+    /// Take `key` out of the queue (and out of its owner's fair-share queue).
+    fn dequeue(queue: &mut Queue, fair: &mut Option<FairShare>, key: &QueueKey) -> Option<Request> {
+        let req = queue.remove(key)?;
+        if let Some(fair) = fair.as_mut() {
+            fair.dequeued(req.owner, key);
+        }
+        Some(req)
     }
 
     /// Remove a queued request.
@@ -202,7 +219,8 @@ impl Planner {
             .keys
             .get(&id)
             .ok_or(PlannerError::UnknownRequest { id, state: "queued" })?;
-        self.queue.remove(&key).ok_or(PlannerError::UnknownRequest { id, state: "queued" })
+        Self::dequeue(&mut self.queue, &mut self.fair, &key)
+            .ok_or(PlannerError::UnknownRequest { id, state: "queued" })
     }
 
     /// Record an allocation that already runs (e.g. when rebuilding state after a restart).
@@ -219,6 +237,9 @@ impl Planner {
         self.cluster.pool.allocate(idx, alloc.resources).map_err(PlannerError::Placement)?;
         self.cluster.ends[idx].insert((alloc.expected_end, alloc.request), alloc.resources);
         self.cluster.running.insert(alloc.request, (idx, alloc));
+        if let Some(fair) = self.fair.as_mut() {
+            fair.started(alloc.owner, alloc.resources);
+        }
         Ok(())
     }
 
@@ -231,6 +252,9 @@ impl Planner {
             .ok_or(PlannerError::UnknownRequest { id, state: "running" })?;
         self.cluster.pool.release(idx, alloc.resources);
         self.cluster.ends[idx].remove(&(alloc.expected_end, id));
+        if let Some(fair) = self.fair.as_mut() {
+            fair.finished(alloc.owner, alloc.resources);
+        }
         Ok(alloc)
     }
 
@@ -244,7 +268,8 @@ impl Planner {
         self.cluster.running.len()
     }
 
-    /// The queue in the order the policy would start it.
+    /// The queue in policy order (with fair share, the order within each owner; owners interleave
+    /// by their dominant share at planning time).
     pub fn queue(&self) -> impl Iterator<Item = &Request> {
         self.queue.order.values()
     }
@@ -267,34 +292,64 @@ impl Planner {
     /// The reservation the head of the queue would get at `now` if it does not fit now: where and
     /// when it could start if running requests end as expected. `None` if the queue is empty.
     pub fn head_reservation(&self, now: Time) -> Option<Reservation> {
-        let head = self.queue.order.values().next()?;
+        let key = match &self.fair {
+            Some(fair) => fair.next()?,
+            None => *self.queue.order.keys().next()?,
+        };
+        let head = self.queue.order.get(&key)?;
         reserve(&self.cluster.pool, &self.cluster.ends, head.resources(), now)
     }
 
     /// Decide which queued requests start at `now`, and record them as running.
     pub fn plan(&mut self, now: Time) -> Vec<Decision> {
         let mut decisions = Vec::new();
-        let mut started = Vec::new();
         let mut head = None;
-        for (key, req) in &self.queue.order {
-            match self.cluster.pool.find(req.resources()) {
-                Some(idx) => {
-                    decisions.push(self.cluster.start(req, idx, now, false));
-                    started.push(*key);
-                }
-                None => {
-                    head = Some((*key, *req));
+        if self.fair.is_some() {
+            while let Some(key) = self.fair.as_ref().and_then(FairShare::next) {
+                let Some(req) = self.queue.order.get(&key).copied() else { break };
+                let Some(idx) = self.cluster.pool.find(req.resources()) else {
+                    head = Some((key, req));
                     break;
+                };
+                Self::dequeue(&mut self.queue, &mut self.fair, &key);
+                self.start(&req, idx, now, false, &mut decisions);
+            }
+        } else {
+            let mut started = Vec::new();
+            for (key, req) in &self.queue.order {
+                match self.cluster.pool.find(req.resources()) {
+                    Some(idx) => {
+                        decisions.push(self.cluster.start(req, idx, now, false));
+                        started.push(*key);
+                    }
+                    None => {
+                        head = Some((*key, *req));
+                        break;
+                    }
                 }
             }
-        }
-        for key in &started {
-            self.queue.remove(key);
+            for key in &started {
+                self.queue.remove(key);
+            }
         }
         if let (Some((head_key, head)), Backfill::Easy) = (head, self.policy.backfill()) {
             self.backfill(head_key, &head, now, &mut decisions);
         }
         decisions
+    }
+
+    fn start(
+        &mut self,
+        req: &Request,
+        idx: usize,
+        now: Time,
+        backfilled: bool,
+        decisions: &mut Vec<Decision>,
+    ) {
+        decisions.push(self.cluster.start(req, idx, now, backfilled));
+        if let Some(fair) = self.fair.as_mut() {
+            fair.started(req.owner, req.resources());
+        }
     }
 
     /// EASY's second pass: repeatedly start the earliest request (in policy order, behind the head)
@@ -320,14 +375,15 @@ impl Planner {
         };
         let reserved = res.host_index;
         cluster.pool.set_masked(reserved, true);
-        let after_head = (Bound::Excluded(head_key), Bound::Unbounded);
         let mut failed: Vec<Resources> = Vec::new();
         let mut scanned: BTreeMap<Resources, (QueueKey, usize)> = BTreeMap::new();
         loop {
             let reserved_free = cluster.pool.hosts()[reserved].free();
             let mut best: Option<(QueueKey, usize)> = None;
             for (&shape, keys) in &self.queue.by_shape {
-                let Some(&first) = keys.range(after_head).next() else { continue };
+                // Everything ahead of the head in policy order has started, except with fair
+                // share, where the head is the least-served owner's: consider all but the head.
+                let Some(&first) = keys.iter().find(|&&k| k != head_key) else { continue };
                 if best.is_some_and(|(b, _)| first >= b) {
                     continue;
                 }
@@ -351,11 +407,16 @@ impl Planner {
                     continue;
                 }
                 // Only requests that end by the shadow time may use the reserved host.
-                let (from, budget) = scanned.get(&shape).copied().unwrap_or((head_key, 0));
-                let mut budget = budget;
-                for &key in keys.range((Bound::Excluded(from), Bound::Unbounded)) {
+                let (from, mut budget) = match scanned.get(&shape) {
+                    Some(&(from, budget)) => (Bound::Excluded(from), budget),
+                    None => (Bound::Unbounded, 0),
+                };
+                for &key in keys.range((from, Bound::Unbounded)) {
                     if best.is_some_and(|(b, _)| key >= b) || budget >= RESERVED_HOST_SCAN {
                         break;
+                    }
+                    if key == head_key {
+                        continue;
                     }
                     budget += 1;
                     let ends_in_time = self
@@ -371,7 +432,7 @@ impl Planner {
                 }
             }
             let Some((key, idx)) = best else { break };
-            let Some(req) = self.queue.remove(&key) else { break };
+            let Some(req) = Self::dequeue(&mut self.queue, &mut self.fair, &key) else { break };
             if idx == reserved {
                 let admitted = res.admit_on_reserved_host(
                     req.resources(),
@@ -380,6 +441,9 @@ impl Planner {
                 debug_assert!(admitted, "candidate was checked against the reservation");
             }
             decisions.push(cluster.start(&req, idx, now, true));
+            if let Some(fair) = self.fair.as_mut() {
+                fair.started(req.owner, req.resources());
+            }
         }
         cluster.pool.set_masked(reserved, false);
     }

@@ -71,12 +71,13 @@ pub struct Policy {
     order: Order,
     backfill: Backfill,
     aging_per_hour: f64,
+    fair_share: bool,
 }
 
 impl Policy {
     /// `order` with `backfill`, without aging.
     pub const fn new(order: Order, backfill: Backfill) -> Self {
-        Self { order, backfill, aging_per_hour: 0.0 }
+        Self { order, backfill, aging_per_hour: 0.0, fair_share: false }
     }
 
     /// Strict first come, first served.
@@ -108,6 +109,17 @@ impl Policy {
         Ok(self)
     }
 
+    /// The same policy with fair share across owners on or off ([`crate::fairshare`]).
+    pub fn with_fair_share(mut self, on: bool) -> Self {
+        self.fair_share = on;
+        self
+    }
+
+    /// Whether fair share across owners is on.
+    pub fn fair_share(&self) -> bool {
+        self.fair_share
+    }
+
     /// The queue order.
     pub fn order(&self) -> Order {
         self.order
@@ -124,8 +136,17 @@ impl Policy {
     }
 
     /// A short name: `fcfs`, `sjf`, `priority` or `easy` (FCFS + EASY); other combinations are
-    /// spelled `<order>+easy`.
+    /// spelled `<order>+easy`; `+fs` marks fair share.
     pub fn name(&self) -> String {
+        let base = self.base_name();
+        if self.fair_share {
+            format!("{base}+fs")
+        } else {
+            base
+        }
+    }
+
+    fn base_name(&self) -> String {
         let order = match self.order {
             Order::Fcfs => "fcfs",
             Order::Sjf => "sjf",

@@ -41,7 +41,10 @@ fn random_policy(rng: &mut Rng) -> Policy {
     let order = [Order::Fcfs, Order::Sjf, Order::Priority][rng.range(0, 2) as usize];
     let backfill = if rng.chance(50) { Backfill::Easy } else { Backfill::None };
     let aging = if rng.chance(50) { rng.range(0, 10) as f64 } else { 0.0 };
-    Policy::new(order, backfill).with_aging(aging).expect("aging >= 0")
+    Policy::new(order, backfill)
+        .with_aging(aging)
+        .expect("aging >= 0")
+        .with_fair_share(rng.chance(30))
 }
 
 #[test]
@@ -374,4 +377,25 @@ fn the_planner_is_deterministic() {
         simulate(&workload(&reqs), &config).expect("valid").starts
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn fair_share_lets_a_small_owner_in_ahead_of_a_big_owners_backlog() {
+    // Owner 1 queues ten 100-second jobs at t = 0 on a 2-vCPU host; owner 2 one job at t = 1.
+    let mut jobs: Vec<Request> = (1..=10).map(|i| req(i, 1, 100, 0, 0)).collect();
+    let mut late = req(11, 1, 100, 1, 0);
+    late.owner = 2;
+    jobs.push(late);
+    for j in jobs.iter_mut().take(10) {
+        j.owner = 1;
+    }
+    // FCFS: it waits behind the whole backlog (5 rounds of 2 jobs: starts at 500).
+    assert_eq!(waits_of(&jobs, Policy::fcfs(), 2)[10], 499);
+    // Fair share: at t = 100 owner 1 holds nothing, wins the tie on policy order for one slot, then
+    // holds half the host while owner 2 holds nothing: owner 2 gets the other slot.
+    let fs = Policy::fcfs().with_fair_share(true);
+    let waits = waits_of(&jobs, fs, 2);
+    assert_eq!(waits[10], 99);
+    // Owner 1's jobs still run in FCFS order among themselves.
+    assert!(waits[..10].windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
 }
