@@ -27,14 +27,29 @@ use std::time::Duration;
 /// Instructions executed between two checks of the kick flag and pending interrupts.
 pub const SLICE: u32 = 2048;
 
+/// Options of the emu engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmuConfig {
+    /// Report FPU, FXSR, SSE and SSE2 in CPUID (see [`Cpu::advertise_simd`]). Off by default
+    /// because x87 arithmetic is not implemented; Linux refuses to boot without these bits.
+    pub advertise_simd: bool,
+}
+
 /// The emu engine: Kiln's own x86-64 CPU.
 #[derive(Debug, Default)]
-pub struct EmuEngine;
+pub struct EmuEngine {
+    config: EmuConfig,
+}
 
 impl EmuEngine {
-    /// Creates the engine (it needs nothing from the host).
+    /// Creates the engine with default options (it needs nothing from the host).
     pub fn new() -> Self {
-        EmuEngine
+        EmuEngine::default()
+    }
+
+    /// Creates the engine with `config`.
+    pub fn with_config(config: EmuConfig) -> Self {
+        EmuEngine { config }
     }
 }
 
@@ -52,7 +67,12 @@ impl Engine for EmuEngine {
             engine: "emu",
             what: e.to_string(),
         })?;
-        Ok(Arc::new(EmuVm { mem, vcpus: spec.vcpus, signals: Arc::new(Signals::default()) }))
+        Ok(Arc::new(EmuVm {
+            mem,
+            config: self.config,
+            vcpus: spec.vcpus,
+            signals: Arc::new(Signals::default()),
+        }))
     }
 }
 
@@ -103,6 +123,7 @@ impl Signals {
 /// A VM of the emu engine.
 pub struct EmuVm {
     mem: PhysMem,
+    config: EmuConfig,
     vcpus: u32,
     signals: Arc<Signals>,
 }
@@ -117,6 +138,7 @@ impl Vm for EmuVm {
         }
         let mut cpu = Cpu::new(self.mem.clone());
         cpu.apic_id = index;
+        cpu.advertise_simd = self.config.advertise_simd;
         if index == 0 {
             cpu.msr.apic_base |= 0x100;
         } else {

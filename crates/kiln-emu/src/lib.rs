@@ -24,5 +24,5 @@ pub mod mmu;
 pub mod sandbox;
 
 pub use cpu::Cpu;
-pub use engine::{EmuEngine, EmuVcpu, EmuVm};
+pub use engine::{EmuConfig, EmuEngine, EmuVcpu, EmuVm};
 pub use fault::{Exception, Vector};

@@ -175,3 +175,28 @@ fn mmio_outside_ram_reaches_the_io_handler() {
     assert_eq!(*io.mmio_writes.lock().expect("lock"), vec![(0xd000_0010, vec![0xaa, 0x55, 0, 0])]);
     assert_eq!(vcpu.dump().expect("dump").regs.rbx, 0xffff_ffff);
 }
+
+#[test]
+fn simd_is_advertised_only_when_configured() {
+    let sb = Sandbox::new().expect("sandbox");
+    let code = assemble(|a| {
+        a.mov(eax, 1u32)?;
+        a.cpuid()?;
+        a.hlt()
+    });
+    sb.poke(CODE, &code);
+    let d = sb.cpu.dump();
+    let mut st = BootCpuState { regs: d.regs, sregs: d.sregs };
+    st.regs.rip = CODE;
+    for (config, expect) in [(false, 0), (true, (1 << 26) | (1 << 25) | (1 << 24) | 1)] {
+        let engine =
+            kiln_emu::EmuEngine::with_config(kiln_emu::EmuConfig { advertise_simd: config });
+        let vm = engine.create_vm(&VmSpec { vcpus: 1 }, &sb.memory).expect("VM");
+        let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+        vcpu.set_boot_state(&st).expect("boot state");
+        assert_eq!(vcpu.run(&RecordingIo::default()).expect("runs"), VcpuStop::Halted);
+        let features = vcpu.dump().expect("dump").regs.rdx;
+        assert_eq!(features & expect, expect);
+        assert_eq!(features & 1, u64::from(config), "FPU bit follows the option");
+    }
+}
