@@ -692,6 +692,11 @@ impl Gen {
                     ins.set_op_kind(n, OpKind::Register);
                     ins.set_op_register(n, r);
                 }
+                K::imm8 if m == Mnemonic::Enter && n == 1 => {
+                    // ENTER's nesting level; small levels keep the frame inside the stack page.
+                    ins.set_op_kind(n, OpKind::Immediate8_2nd);
+                    ins.set_immediate8_2nd(rng.below(4) as u8 + if rng.chance(5) { 32 } else { 0 });
+                }
                 K::imm8 | K::imm8_const_1 => {
                     ins.set_op_kind(n, OpKind::Immediate8);
                     let v = if k == K::imm8_const_1 { 1 } else { rng.next() as u8 };
@@ -710,7 +715,12 @@ impl Gen {
                 }
                 K::imm16 => {
                     ins.set_op_kind(n, OpKind::Immediate16);
-                    ins.set_immediate_u64(n, rng.interesting() & 0xffff);
+                    let v = if matches!(m, Mnemonic::Enter | Mnemonic::Ret) {
+                        rng.below(0x100)
+                    } else {
+                        rng.interesting() & 0xffff
+                    };
+                    ins.set_immediate_u64(n, v);
                 }
                 K::imm32 => {
                     ins.set_op_kind(n, OpKind::Immediate32);
@@ -747,6 +757,7 @@ impl Gen {
             ins.set_immediate8((rng.below(17) + 32 * rng.below(8)) as u8);
         }
         if mem_used && !matches!(ins.memory_base(), Register::R15 | Register::RBX) {
+            // (FS/GS-relative forms are made below from R15-based ones.)
             return false;
         }
         if mem_used && ins.memory_base() == Register::R15 {
@@ -754,6 +765,14 @@ impl Gen {
             if m != Mnemonic::Lea && rng.chance(15) {
                 ins.set_memory_base(Register::R15D);
                 ins.set_memory_displ_size(if ins.memory_displacement64() < 0x80 { 1 } else { 4 });
+            }
+            // FS/GS-relative absolute addressing: the bases point into the data area.
+            if m != Mnemonic::Lea && rng.chance(10) {
+                let off = ins.memory_displacement64() & 0x7ff;
+                ins.set_memory_base(Register::None);
+                ins.set_memory_displacement64(off);
+                ins.set_memory_displ_size(8);
+                ins.set_segment_prefix(if rng.chance(50) { Register::FS } else { Register::GS });
             }
             // LOCK on the read-modify-write forms (the encoder rejects the others).
             if rng.chance(20)

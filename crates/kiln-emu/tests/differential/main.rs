@@ -110,8 +110,13 @@ fn fxsave_address(sb: &Sandbox, at: u64) -> Option<u64> {
     let mut b = [0u8; 15];
     sb.peek(at, &mut b);
     let i = Decoder::with_ip(64, &b, at, DecoderOptions::NONE).decode();
+    let base = match i.segment_prefix() {
+        iced_x86::Register::FS => sb.cpu.seg[kiln_emu::cpu::FS].base,
+        iced_x86::Register::GS => sb.cpu.seg[kiln_emu::cpu::GS].base,
+        _ => DATA,
+    };
     (i.mnemonic() == iced_x86::Mnemonic::Fxsave64)
-        .then(|| DATA.wrapping_add(i.memory_displacement64()))
+        .then(|| base.wrapping_add(i.memory_displacement64()))
 }
 
 #[test]
@@ -196,6 +201,10 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
         set_native_gprs(&mut regs, &g);
         regs.rip = CODE;
         regs.eflags = fl;
+        regs.fs_base = DATA + 0x400;
+        regs.gs_base = DATA + 0xc00;
+        sb.cpu.seg[kiln_emu::cpu::FS].base = DATA + 0x400;
+        sb.cpu.seg[kiln_emu::cpu::GS].base = DATA + 0xc00;
         nat.set_regs(&regs).expect("set host registers");
         let simd = prog.families.iter().any(|f| matches!(f, Family::Sse | Family::SseFp));
         if simd {
