@@ -12,6 +12,8 @@ pub enum ExitReason {
     GuestPowerOff,
     /// The host asked the VMM to stop (SIGTERM or SIGINT).
     HostStop(String),
+    /// The VM ran longer than its time limit.
+    TimedOut(std::time::Duration),
     /// The guest crashed; the text says how.
     GuestCrash(String),
     /// The VMM failed; the text says how.
@@ -47,6 +49,29 @@ impl ExitSignal {
         self.raised.load(Ordering::Relaxed)
     }
 
+    /// Blocks until the signal is raised or `limit` passes; on time-out raises
+    /// [`ExitReason::TimedOut`] itself. Returns the first reason.
+    pub fn wait_for(&self, limit: std::time::Duration) -> ExitReason {
+        let deadline = std::time::Instant::now() + limit;
+        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(reason) = slot.as_ref() {
+                return reason.clone();
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                drop(slot);
+                self.raise(ExitReason::TimedOut(limit));
+                return self.wait();
+            }
+            slot = self
+                .changed
+                .wait_timeout(slot, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Blocks until the signal is raised and returns the first reason.
     pub fn wait(&self) -> ExitReason {
         let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,6 +99,14 @@ mod tests {
         signal.raise(ExitReason::GuestReset);
         signal.raise(ExitReason::GuestCrash("late".into()));
         assert_eq!(waiter.join().unwrap(), ExitReason::GuestReset);
+        assert!(signal.is_raised());
+    }
+
+    #[test]
+    fn waiting_with_a_limit_times_out_and_raises() {
+        let signal = ExitSignal::new();
+        let limit = std::time::Duration::from_millis(20);
+        assert_eq!(signal.wait_for(limit), ExitReason::TimedOut(limit));
         assert!(signal.is_raised());
     }
 }

@@ -21,7 +21,7 @@ pub enum EngineChoice {
     version,
     after_help = "Exit status: 0 when the guest resets or powers off; 1 for bad input or a host \
                   error; 2 for a usage error; 3 when the guest crashes (triple fault, an exit the \
-                  VMM cannot serve, all vCPUs halted for good)."
+                  VMM cannot serve, all vCPUs halted for good); 4 when --timeout expired."
 )]
 pub struct Args {
     /// Kernel image: an ELF64 vmlinux (with or without a PVH note) or a bzImage.
@@ -49,6 +49,9 @@ pub struct Args {
     /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
     pub disk: Vec<String>,
+    /// Stop the VM after this many seconds (exit status 4). By default it runs until it ends.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
     /// A virtio-rng entropy device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,

@@ -113,6 +113,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// Stop the VM after this long.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl VmConfig {
@@ -152,6 +154,7 @@ impl VmConfig {
             console_input: !args.no_console_input,
             disks,
             rng: args.rng,
+            timeout: args.timeout.map(std::time::Duration::from_secs),
         })
     }
 }

@@ -19,6 +19,8 @@ use std::time::Instant;
 const EXIT_BAD_INPUT: u8 = 1;
 /// Exit status when the guest crashed.
 const EXIT_GUEST_CRASH: u8 = 3;
+/// Exit status when `--timeout` expired.
+const EXIT_TIMED_OUT: u8 = 4;
 
 fn main() -> ExitCode {
     let start = Instant::now();
@@ -54,6 +56,10 @@ fn run(args: cli::Args, start: Instant) -> Result<ExitCode, String> {
         ExitReason::GuestCrash(why) => {
             eprintln!("kiln-vmm: guest crashed: {why}");
             ExitCode::from(EXIT_GUEST_CRASH)
+        }
+        ExitReason::TimedOut(limit) => {
+            eprintln!("kiln-vmm: stopped: the VM ran longer than --timeout {}", limit.as_secs());
+            ExitCode::from(EXIT_TIMED_OUT)
         }
         ExitReason::VmmError(why) => return Err(why),
     })

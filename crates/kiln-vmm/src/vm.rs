@@ -140,7 +140,10 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     crate::signals::spawn_stop_watcher(exit.clone())
         .map_err(|source| VmError::Thread { name: "kiln-signals".into(), source })?;
 
-    let reason = exit.wait();
+    let reason = match config.timeout {
+        Some(limit) => exit.wait_for(limit),
+        None => exit.wait(),
+    };
     for kicker in &kickers {
         kicker.kick();
     }

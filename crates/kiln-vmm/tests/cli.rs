@@ -250,3 +250,15 @@ fn disk_errors_name_the_disk_and_what_to_do() {
     );
     drop(held);
 }
+
+#[test]
+fn timeout_stops_a_guest_that_never_ends_with_status_4() {
+    let dir = TempDir::new("timeout");
+    let kernel = write_guest(&dir, "idle.elf", guests::idle_forever().unwrap());
+    let started = std::time::Instant::now();
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "emu", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("longer than --timeout 1"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "idle\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
