@@ -1,8 +1,10 @@
 //! `kiln`: Kiln's command line.
 //!
-//! Each area is one variant of [`Command`] with its code in its own module; today only `sched`
-//! (scheduler tools) exists, VM management (`create`, `list`, `start`, ...) joins it later.
-//! Errors end the process with a single `error: ...` line on stderr and a non-zero status.
+//! Each area is one variant of [`Command`] with its code in its own module: `sched` (scheduler
+//! tools), VM management (`create`, `list`, `start`, ... in `vm`, a client of kilnd's API) and
+//! access control (`user`, `grant`, `whoami`, `audit` in `access`).
+//! Errors end the process with a single `error: ...` line on stderr and a non-zero status; the
+//! kilnd commands' statuses tell the kind of failure (see `EXIT_STATUS_HELP`).
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -10,11 +12,23 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod access;
+mod api_client;
 mod sched;
+mod table;
+mod vm;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status of the VM and access commands (clients of kilnd's API over its Unix socket):
+  0 success          1 other failure (kilnd unreachable, server error)
+  2 usage error      3 not found (VM, principal, grant)
+  4 denied (no or bad token, missing permission)
+  5 bad input refused by kilnd (the message names the field)
+  6 conflict (not allowed in the VM's current state, or the name is taken)";
 
 /// Kiln virtualization platform.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true)]
+#[command(name = "kiln", version, about, propagate_version = true, after_help = EXIT_STATUS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +38,22 @@ struct Cli {
 enum Command {
     /// The VM scheduler: simulate policies on workload traces.
     Sched(sched::SchedArgs),
+    #[command(flatten)]
+    Vm(vm::VmCommand),
+    /// Principals and their API tokens (admin).
+    User(access::UserArgs),
+    /// Roles given to principals, globally or per project or VM (admin).
+    Grant(access::GrantArgs),
+    /// Who kilnd takes you for, and your grants.
+    Whoami(access::ApiOnly),
+    /// The audit log: who did what (admin).
+    Audit {
+        /// How many of the latest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,14 +69,27 @@ fn main() -> ExitCode {
             }
         },
     };
-    let result = match cli.command {
-        Command::Sched(args) => sched::run(args),
+    let kilnd_result = match cli.command {
+        Command::Sched(args) => {
+            return match sched::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Vm(command) => vm::run(command),
+        Command::User(args) => access::user(args),
+        Command::Grant(args) => access::grant(args),
+        Command::Whoami(args) => access::whoami(&args.api),
+        Command::Audit { limit, api } => access::audit(&api, limit),
     };
-    match result {
+    match kilnd_result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
-            ExitCode::FAILURE
+            e.exit_code()
         }
     }
 }

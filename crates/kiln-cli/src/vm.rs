@@ -1,0 +1,297 @@
+//! VM management: `kiln create|list|show|start|stop|kill|restart|pause|resume|destroy|events|logs`.
+//!
+//! A client of kilnd's API only (over its Unix socket, see [`crate::api_client`]); it reads no
+//! state of its own. Tables for people by default, `--output json` for scripts.
+
+use crate::api_client::{ApiArgs, CliError, Output};
+use crate::table::Table;
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_api::{CreateVm, Engine, Event, RestartPolicy, Vm};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The VM commands (flattened into `kiln`'s top level).
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Define a VM (state `defined`); nothing is created if a field is wrong.
+    Create(CreateArgs),
+    /// List the VMs you may see.
+    List(ListArgs),
+    /// Show one VM.
+    Show(NameArg),
+    /// Start a VM's monitor (from defined, stopped or crashed).
+    Start(NameArg),
+    /// Stop a VM: SIGTERM to its monitor, SIGKILL after the timeout.
+    Stop(StopArgs),
+    /// Kill a VM's monitor at once (SIGKILL).
+    Kill(NameArg),
+    /// Stop, then start.
+    Restart(StopArgs),
+    /// Pause a running VM (its monitor is SIGSTOPped).
+    Pause(NameArg),
+    /// Resume a paused VM.
+    Resume(NameArg),
+    /// Remove a VM that is defined, stopped or crashed.
+    Destroy(NameArg),
+    /// A VM's state changes, oldest first.
+    Events(NameArg),
+    /// A VM's console log (or its monitor's diagnostics with --vmm).
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The VM's name.
+    pub name: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Kvm,
+    Emu,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    Never,
+    OnCrash,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name: 1-63 of a-z 0-9 - _ . starting with a letter or digit.
+    pub name: String,
+    /// Guest kernel (ELF64 vmlinux or bzImage); relative paths are made absolute here.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initramfs.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Virtual CPUs (1-254).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub memory: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineArg,
+    /// Project (grants can cover a project).
+    #[arg(long, default_value = "default")]
+    pub project: String,
+    /// Restart automatically after a crash.
+    #[arg(long, value_enum, default_value = "never")]
+    pub restart_policy: PolicyArg,
+    /// Most automatic restarts (on-crash).
+    #[arg(long, default_value_t = 3)]
+    pub restart_limit: u32,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The VM's name.
+    pub name: String,
+    /// Seconds between SIGTERM and SIGKILL [default: kilnd's, 10].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The VM's name.
+    pub name: String,
+    /// The monitor's diagnostics instead of the guest console.
+    #[arg(long)]
+    pub vmm: bool,
+    /// At most this many bytes from the end.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    pub tail: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+impl VmCommand {
+    fn api(&self) -> &ApiArgs {
+        match self {
+            VmCommand::Create(a) => &a.api,
+            VmCommand::List(a) => &a.api,
+            VmCommand::Stop(a) | VmCommand::Restart(a) => &a.api,
+            VmCommand::Logs(a) => &a.api,
+            VmCommand::Show(a)
+            | VmCommand::Start(a)
+            | VmCommand::Kill(a)
+            | VmCommand::Pause(a)
+            | VmCommand::Resume(a)
+            | VmCommand::Destroy(a)
+            | VmCommand::Events(a) => &a.api,
+        }
+    }
+}
+
+fn absolute(path: &std::path::Path) -> Result<String, CliError> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
+    abs.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| CliError::Input(format!("{} is not valid UTF-8", abs.display())))
+}
+
+/// Runs one VM command.
+pub fn run(command: VmCommand) -> Result<(), CliError> {
+    let client = command.api().client();
+    let out = command.api().output;
+    let vm_path = |name: &str, verb: &str| {
+        let base = format!("/v1/vms/{}", crate::api_client::encode(name));
+        if verb.is_empty() {
+            base
+        } else {
+            format!("{base}/{verb}")
+        }
+    };
+    let one = |vm: Vm| print_vm(out, &vm);
+    match command {
+        VmCommand::Create(a) => {
+            let spec = CreateVm {
+                name: a.name,
+                vcpus: a.vcpus,
+                memory_mib: a.memory,
+                engine: match a.engine {
+                    EngineArg::Auto => Engine::Auto,
+                    EngineArg::Kvm => Engine::Kvm,
+                    EngineArg::Emu => Engine::Emu,
+                },
+                kernel: absolute(&a.kernel)?,
+                initrd: a.initrd.as_deref().map(absolute).transpose()?,
+                cmdline: a.cmdline,
+                project: a.project,
+                restart_policy: match a.restart_policy {
+                    PolicyArg::Never => RestartPolicy::Never,
+                    PolicyArg::OnCrash => RestartPolicy::OnCrash,
+                },
+                restart_limit: a.restart_limit,
+            };
+            one(client.call("POST", "/v1/vms", Some(&spec))?)
+        }
+        VmCommand::List(_) => {
+            let vms: Vec<Vm> = client.get("/v1/vms")?;
+            if out == Output::Json {
+                return crate::api_client::print_json(&vms);
+            }
+            let mut t =
+                Table::new(&["NAME", "PROJECT", "STATE", "VCPUS", "MEMORY", "PID", "REASON"]);
+            for vm in &vms {
+                t.row(vec![
+                    vm.name.clone(),
+                    vm.project.clone(),
+                    vm.state.to_string(),
+                    vm.vcpus.to_string(),
+                    format!("{} MiB", vm.memory_mib),
+                    vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    vm.reason.clone().unwrap_or_default(),
+                ]);
+            }
+            t.print()
+        }
+        VmCommand::Show(a) => one(client.get(&vm_path(&a.name, ""))?),
+        VmCommand::Start(a) => one(client.post(&vm_path(&a.name, "start"))?),
+        VmCommand::Stop(a) => one(client.post(&with_timeout(vm_path(&a.name, "stop"), a.timeout))?),
+        VmCommand::Kill(a) => one(client.post(&vm_path(&a.name, "kill"))?),
+        VmCommand::Restart(a) => {
+            one(client.post(&with_timeout(vm_path(&a.name, "restart"), a.timeout))?)
+        }
+        VmCommand::Pause(a) => one(client.post(&vm_path(&a.name, "pause"))?),
+        VmCommand::Resume(a) => one(client.post(&vm_path(&a.name, "resume"))?),
+        VmCommand::Destroy(a) => {
+            client.delete(&vm_path(&a.name, ""))?;
+            if out == Output::Json {
+                crate::api_client::print_json(&serde_json::json!({ "destroyed": a.name }))
+            } else {
+                println!("destroyed {}", a.name);
+                Ok(())
+            }
+        }
+        VmCommand::Events(a) => {
+            let events: Vec<Event> = client.get(&vm_path(&a.name, "events"))?;
+            if out == Output::Json {
+                return crate::api_client::print_json(&events);
+            }
+            let mut t = Table::new(&["TIME", "FROM", "TO", "BY", "MESSAGE"]);
+            for e in &events {
+                t.row(vec![
+                    e.at.clone(),
+                    e.from.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    e.to.to_string(),
+                    e.principal.clone().unwrap_or_else(|| "kilnd".into()),
+                    e.message.clone(),
+                ]);
+            }
+            t.print()
+        }
+        VmCommand::Logs(a) => {
+            let stream = if a.vmm { "vmm" } else { "console" };
+            let path =
+                format!("{}?stream={stream}&tail_bytes={}", vm_path(&a.name, "logs"), a.tail);
+            let text = client.get_text(&path)?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(text.as_bytes()).map_err(CliError::Stdout)?;
+            Ok(())
+        }
+    }
+}
+
+fn with_timeout(path: String, timeout: Option<u64>) -> String {
+    match timeout {
+        Some(t) => format!("{path}?timeout_secs={t}"),
+        None => path,
+    }
+}
+
+fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
+    if out == Output::Json {
+        return crate::api_client::print_json(vm);
+    }
+    let none = || "-".to_owned();
+    let rows = [
+        ("name", vm.name.clone()),
+        ("project", vm.project.clone()),
+        ("state", vm.state.to_string()),
+        ("reason", vm.reason.clone().unwrap_or_else(none)),
+        ("pid", vm.pid.map(|p| p.to_string()).unwrap_or_else(none)),
+        ("vcpus", vm.vcpus.to_string()),
+        ("memory", format!("{} MiB", vm.memory_mib)),
+        ("engine", vm.engine.as_str().to_owned()),
+        ("kernel", vm.kernel.clone()),
+        ("initrd", vm.initrd.clone().unwrap_or_else(none)),
+        ("cmdline", vm.cmdline.clone().unwrap_or_else(none)),
+        (
+            "restart",
+            format!(
+                "{} (limit {}, used {})",
+                vm.restart_policy.as_str(),
+                vm.restart_limit,
+                vm.restarts
+            ),
+        ),
+        ("created", vm.created_at.clone()),
+        ("updated", vm.updated_at.clone()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<8} {v}");
+    }
+    Ok(())
+}
