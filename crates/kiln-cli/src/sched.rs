@@ -1,11 +1,13 @@
 //! `kiln sched ...`: scheduler tools. Today: `kiln sched simulate`, which replays a trace through
 //! the planner under one or more policies and placement rules and prints the metrics.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::api_client::Output;
 use kiln_sched::sim::azure::{read_azure_path, AzureError};
 use kiln_sched::sim::swf::{read_swf_path, SwfError};
 use kiln_sched::sim::{simulate, SimConfig, SimError, SimResult, Workload};
@@ -40,9 +42,9 @@ pub enum SchedError {
     /// The trace has no job to replay.
     #[error("the trace {0} has no job to simulate (see the skipped counts with --output json)")]
     Empty(String),
-    /// JSON output failed.
-    #[error("writing JSON failed")]
-    Json(#[source] serde_json::Error),
+    /// Writing the report to stdout failed (a closed pipe is not an error: output just stops).
+    #[error("writing the report failed")]
+    Write(#[source] std::io::Error),
 }
 
 /// `kiln sched`.
@@ -87,12 +89,6 @@ enum PlacementArg {
     All,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OutputArg {
-    Table,
-    Json,
-}
-
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
 struct SimulateArgs {
@@ -129,9 +125,10 @@ struct SimulateArgs {
     /// Memory over-commit ratio (>= 1).
     #[arg(long, default_value_t = 1.0)]
     memory_overcommit: f64,
-    /// Output format.
+    /// Output format: a table for people, JSON for scripts. The same argument as the binary's
+    /// global `--output` (one type, [`Output`], so that clap sees a single argument).
     #[arg(long, value_enum, default_value = "table")]
-    output: OutputArg,
+    output: Output,
     /// Replay only the first N jobs of the trace.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
@@ -221,14 +218,17 @@ fn simulate_cmd(a: &SimulateArgs) -> Result<(), SchedError> {
         }
     }
     let report = Report { trace: trace_report(&workload, format), pool, results };
-    match a.output {
-        OutputArg::Json => {
-            let text = serde_json::to_string_pretty(&report).map_err(SchedError::Json)?;
-            println!("{text}");
-        }
-        OutputArg::Table => print_table(&report),
+    let mut out = std::io::stdout().lock();
+    let written = match a.output {
+        Output::Json => serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        Output::Table => write_table(&mut out, &report),
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(SchedError::Write(e)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn policies(arg: PolicyArg, aging: f64, fair_share: bool) -> Result<Vec<Policy>, PolicyError> {
@@ -255,23 +255,28 @@ fn trace_report<'a>(w: &'a Workload, format: &'static str) -> TraceReport<'a> {
     }
 }
 
-fn print_table(r: &Report<'_>) {
+fn write_table(out: &mut impl Write, r: &Report<'_>) -> std::io::Result<()> {
     let t = &r.trace;
-    println!("trace: {} ({}): {} records, {} jobs replayed", t.source, t.format, t.records, t.jobs);
+    writeln!(
+        out,
+        "trace: {} ({}): {} records, {} jobs replayed",
+        t.source, t.format, t.records, t.jobs
+    )?;
     for (why, n) in t.skipped {
-        println!("  skipped {n}: {why}");
+        writeln!(out, "  skipped {n}: {why}")?;
     }
     for (what, n) in t.adjusted {
-        println!("  adjusted {n}: {what}");
+        writeln!(out, "  adjusted {n}: {what}")?;
     }
     if let Some(w) = t.recorded_wait_mean {
-        println!("  recorded mean wait in the trace (SWF field 3): {w:.0} s");
+        writeln!(out, "  recorded mean wait in the trace (SWF field 3): {w:.0} s")?;
     }
     let p = &r.pool;
-    println!(
+    writeln!(
+        out,
         "pool: {} hosts x {} vCPUs, {} GiB; over-commit vCPU {} memory {}",
         p.hosts, p.host_vcpus, p.host_memory_gib, p.vcpu_overcommit, p.memory_overcommit
-    );
+    )?;
     let header = [
         "policy",
         "aging",
@@ -328,6 +333,7 @@ fn print_table(r: &Report<'_>) {
             .enumerate()
             .map(|(i, (cell, w))| if i < 3 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
+    Ok(())
 }

@@ -119,3 +119,40 @@ fn bad_input_gives_one_line_errors_and_a_failure_status() {
         "v1.dev.txt:1: malformed SWF line",
     );
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    // `kiln sched simulate ... | head -1`: the reader goes away before kiln writes.
+    let trace = data("kth-sp2-excerpt.swf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["sched", "simulate", "--trace", trace.to_str().expect("utf-8"), "--format", "swf"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln runs");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("kiln ends");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn output_json_is_the_same_flag_as_the_global_one() {
+    // The binary has a global --output for the kilnd commands; sched simulate shares its type.
+    let trace = data("kth-sp2-excerpt.swf");
+    let o = kiln(&[
+        "sched",
+        "simulate",
+        "--output",
+        "json",
+        "--trace",
+        trace.to_str().expect("utf-8"),
+        "--format",
+        "swf",
+        "--policy",
+        "fcfs",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("valid JSON");
+    assert_eq!(v["results"][0]["policy"], "fcfs");
+}
