@@ -307,17 +307,22 @@ impl Vcpu for EmuVcpu {
                 }
                 continue;
             }
-            for _ in 0..SLICE {
+            for n in 0..SLICE {
                 if let Err(e) = self.cpu.step(&io) {
                     return self.step_error(e);
                 }
-                if io.touched.swap(false, Ordering::Relaxed) && io.stop_requested() {
-                    return Ok(VcpuStop::Kicked);
+                if io.touched.load(Ordering::Relaxed) {
+                    io.touched.store(false, Ordering::Relaxed);
+                    if io.stop_requested() {
+                        return Ok(VcpuStop::Kicked);
+                    }
                 }
                 if self.cpu.halted {
                     break;
                 }
-                if self.cpu.flag(flags::IF)
+                // Interrupts are asynchronous: looking every 64 instructions is enough.
+                if n % 64 == 63
+                    && self.cpu.flag(flags::IF)
                     && !self.cpu.interrupt_shadow
                     && self.signals.any_pending()
                 {

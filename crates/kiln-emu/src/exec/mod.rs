@@ -32,7 +32,7 @@ struct Decoded {
     rip: u64,
     bitness: u32,
     len: u8,
-    bytes: [u8; 15],
+    bytes: [u8; 16],
     instr: Instruction,
 }
 
@@ -47,7 +47,7 @@ impl DecodeCache {
             rip: u64::MAX,
             bitness: 0,
             len: 0,
-            bytes: [0; 15],
+            bytes: [0; 16],
             instr: Instruction::default(),
         };
         DecodeCache { entries: vec![empty; DECODE_CACHE_SIZE].into_boxed_slice() }
@@ -160,9 +160,13 @@ impl Cpu {
             && cached.len != 0
             && cached.bitness == bitness
             && usize::from(cached.len) <= len
-            && cached.bytes[..usize::from(cached.len)] == bytes[..usize::from(cached.len)]
         {
-            return Ok(cached.instr);
+            let mut now = [0u8; 16];
+            now[..15].copy_from_slice(&bytes);
+            let keep = (1u128 << (8 * u32::from(cached.len))) - 1;
+            if (u128::from_le_bytes(now) ^ u128::from_le_bytes(cached.bytes)) & keep == 0 {
+                return Ok(cached.instr);
+            }
         }
         let mut dec = Decoder::with_ip(bitness, &bytes[..len], self.rip, DecoderOptions::NONE);
         let instr = dec.decode();
