@@ -31,7 +31,7 @@ fn interpreter_speed_on_an_integer_loop() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn engine_speed_on_an_integer_loop() {
-    use kiln_engine::{BootCpuState, Engine, Vcpu, VmSpec};
+    use kiln_engine::{BootCpuState, Engine, VmSpec};
     let sb = Sandbox::new().expect("sandbox");
     let ip = 0x10_0000u64;
     let mut a = CodeAssembler::new(64).expect("assembler");
