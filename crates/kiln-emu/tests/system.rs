@@ -752,3 +752,56 @@ fn sysret_to_compatibility_mode_runs_32_bit_code() {
     assert_eq!(f_rsp, 0x30_0000 - 4, "32-bit push");
     assert_eq!(sb.peek_u64(0x30_0000 - 4) & 0xffff_ffff, 42);
 }
+
+#[test]
+fn iretq_to_the_same_privilege_serializes_like_sync_core() {
+    // Linux's sync_core(): push SS, RSP, RFLAGS, CS, RIP and IRETQ to the next instruction.
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        let mut after = a.create_label();
+        a.mov(eax, u32::from(sb::KERNEL_DS))?;
+        a.push(rax)?;
+        a.lea(rax, qword_ptr(rsp + 8))?;
+        a.push(rax)?;
+        a.pushfq()?;
+        a.or(qword_ptr(rsp), 0x1)?; // set CF in the restored flags
+        a.mov(eax, u32::from(sb::KERNEL_CS))?;
+        a.push(rax)?;
+        a.lea(rax, ptr(after))?;
+        a.push(rax)?;
+        a.iretq()?;
+        a.set_label(&mut after)?;
+        a.setc(bl)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted, "reached the HLT after IRETQ");
+    assert_eq!(sb.cpu.gpr[3] & 0xff, 1, "RFLAGS came from the frame");
+    assert_eq!(sb.cpu.gpr[4], sb::RSP0_TOP, "the whole frame was popped");
+    assert_eq!(sb.cpu.seg[kiln_emu::cpu::SS].selector, sb::KERNEL_DS);
+}
+
+#[test]
+fn supervisor_writes_to_read_only_pages_obey_cr0_wp() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let target = 0x20_e000u64;
+    sb.set_pte_flags(target, 0x5); // present, user, read-only
+    let code = assemble(CODE, |a| {
+        a.mov(rax, target)?;
+        a.mov(rcx, cr0)?;
+        a.btr(rcx, 16)?;
+        a.mov(cr0, rcx)?; // WP off: the write succeeds
+        a.mov(qword_ptr(rax), 1)?;
+        a.bts(rcx, 16)?;
+        a.mov(cr0, rcx)?; // WP on: the write faults
+        a.mov(qword_ptr(rax), 2)?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.peek_u64(target), 1);
+    assert_eq!(sb.halted_vector(), Some(14));
+    let (err, ..) = frame(&sb, sb.cpu.gpr[4], true);
+    assert_eq!(err, Some(0x3), "P|W, supervisor");
+}
