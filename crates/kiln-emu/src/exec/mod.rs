@@ -9,6 +9,7 @@ mod alu;
 mod bits;
 mod control;
 mod data;
+mod msr;
 mod muldiv;
 mod seg;
 mod shift;
@@ -16,6 +17,8 @@ mod sse;
 mod ssefp;
 mod string;
 mod system;
+
+pub use msr::{cpuid, read_msr, write_msr};
 
 use crate::cpu::{seg_index, Cpu, FS, GS, SS};
 use crate::fault::{is_canonical, Exception, ExecError, StepError, Vector};

@@ -34,17 +34,17 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
             c.cpu.cr0 &= !cpu::CR0_TS;
         }),
         M::Wbinvd | M::Invd => c.require_cpl0().map_err(Into::into),
-        M::Rdmsr => rdmsr(c),
-        M::Wrmsr => wrmsr(c),
+        M::Rdmsr => super::msr::rdmsr(c),
+        M::Wrmsr => super::msr::wrmsr(c),
         M::Cpuid => {
-            let (a, b, cx, d) = cpuid(c.cpu, c.cpu.gpr[0] as u32, c.cpu.gpr[1] as u32);
+            let (a, b, cx, d) = super::msr::cpuid(c.cpu, c.cpu.gpr[0] as u32, c.cpu.gpr[1] as u32);
             c.cpu.gpr[0] = u64::from(a);
             c.cpu.gpr[3] = u64::from(b);
             c.cpu.gpr[1] = u64::from(cx);
             c.cpu.gpr[2] = u64::from(d);
             Ok(())
         }
-        M::Rdtsc | M::Rdtscp => rdtsc(c, m == M::Rdtscp),
+        M::Rdtsc | M::Rdtscp => super::msr::rdtsc(c, m == M::Rdtscp),
         M::Invlpg => {
             if let Err(e) = c.require_cpl0() {
                 return Some(Err(e.into()));
@@ -353,187 +353,6 @@ fn lldt(c: &mut Ctx) -> R {
     }
     c.cpu.ldtr = d;
     Ok(())
-}
-
-/// MSR numbers.
-mod msr {
-    pub const TSC: u32 = 0x10;
-    pub const APIC_BASE: u32 = 0x1b;
-    pub const SYSENTER_CS: u32 = 0x174;
-    pub const SYSENTER_EIP: u32 = 0x176;
-    pub const MISC_ENABLE: u32 = 0x1a0;
-    pub const PAT: u32 = 0x277;
-    pub const EFER: u32 = 0xc000_0080;
-    pub const STAR: u32 = 0xc000_0081;
-    pub const LSTAR: u32 = 0xc000_0082;
-    pub const CSTAR: u32 = 0xc000_0083;
-    pub const SFMASK: u32 = 0xc000_0084;
-    pub const FS_BASE: u32 = 0xc000_0100;
-    pub const GS_BASE: u32 = 0xc000_0101;
-    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
-    pub const TSC_AUX: u32 = 0xc000_0103;
-}
-
-/// Reads MSR `index`, or `None` if this CPU does not have it.
-pub fn read_msr(cpu: &Cpu, index: u32) -> Option<u64> {
-    Some(match index {
-        msr::TSC => cpu.icount.wrapping_add(cpu.msr.tsc_offset),
-        msr::APIC_BASE => cpu.msr.apic_base,
-        msr::SYSENTER_CS..=msr::SYSENTER_EIP => {
-            cpu.msr.sysenter[(index - msr::SYSENTER_CS) as usize]
-        }
-        msr::MISC_ENABLE => cpu.msr.misc_enable,
-        msr::PAT => cpu.msr.pat,
-        msr::EFER => cpu.efer,
-        msr::STAR => cpu.msr.star,
-        msr::LSTAR => cpu.msr.lstar,
-        msr::CSTAR => cpu.msr.cstar,
-        msr::SFMASK => cpu.msr.sfmask,
-        msr::FS_BASE => cpu.seg[FS].base,
-        msr::GS_BASE => cpu.seg[GS].base,
-        msr::KERNEL_GS_BASE => cpu.msr.kernel_gs_base,
-        msr::TSC_AUX => cpu.msr.tsc_aux,
-        _ => return None,
-    })
-}
-
-/// Writes MSR `index`; `Err` is the guest's #GP (unknown MSR, reserved bits, non-canonical base).
-pub fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<(), Exception> {
-    let canonical = |v: u64| {
-        if is_canonical(v) {
-            Ok(v)
-        } else {
-            Err(Exception::gp(0))
-        }
-    };
-    match index {
-        msr::TSC => cpu.msr.tsc_offset = v.wrapping_sub(cpu.icount),
-        msr::APIC_BASE => {
-            if v >> crate::mmu::PHYS_BITS != 0 || v & 0x2ff != 0 {
-                return Err(Exception::gp(0));
-            }
-            // The BSP bit is read-only.
-            cpu.msr.apic_base = (v & !0x100) | (cpu.msr.apic_base & 0x100);
-        }
-        msr::SYSENTER_CS..=msr::SYSENTER_EIP => {
-            cpu.msr.sysenter[(index - msr::SYSENTER_CS) as usize] = v
-        }
-        msr::MISC_ENABLE => cpu.msr.misc_enable = v,
-        msr::PAT => {
-            for b in v.to_le_bytes() {
-                if matches!(b, 2 | 3) || b > 7 {
-                    return Err(Exception::gp(0));
-                }
-            }
-            cpu.msr.pat = v;
-        }
-        msr::EFER => {
-            let allowed = cpu::EFER_SCE | cpu::EFER_LME | cpu::EFER_LMA | cpu::EFER_NXE;
-            if v & !allowed != 0 {
-                return Err(Exception::gp(0));
-            }
-            let paging = cpu.cr0 & cpu::CR0_PG != 0;
-            if paging && (v ^ cpu.efer) & cpu::EFER_LME != 0 {
-                return Err(Exception::gp(0));
-            }
-            let lma = cpu.efer & cpu::EFER_LMA;
-            if (v ^ cpu.efer) & cpu::EFER_NXE != 0 {
-                cpu.flush_tlb_all();
-            }
-            cpu.efer = (v & !cpu::EFER_LMA) | lma;
-        }
-        msr::STAR => cpu.msr.star = v,
-        msr::LSTAR => cpu.msr.lstar = canonical(v)?,
-        msr::CSTAR => cpu.msr.cstar = canonical(v)?,
-        msr::SFMASK => cpu.msr.sfmask = v & 0xffff_ffff,
-        msr::FS_BASE => cpu.seg[FS].base = canonical(v)?,
-        msr::GS_BASE => cpu.seg[GS].base = canonical(v)?,
-        msr::KERNEL_GS_BASE => cpu.msr.kernel_gs_base = canonical(v)?,
-        msr::TSC_AUX => cpu.msr.tsc_aux = v & 0xffff_ffff,
-        _ => return Err(Exception::gp(0)),
-    }
-    Ok(())
-}
-
-fn rdmsr(c: &mut Ctx) -> R {
-    c.require_cpl0()?;
-    let v = read_msr(c.cpu, c.cpu.gpr[1] as u32).ok_or(Exception::gp(0))?;
-    c.cpu.gpr[0] = v & 0xffff_ffff;
-    c.cpu.gpr[2] = v >> 32;
-    Ok(())
-}
-
-fn wrmsr(c: &mut Ctx) -> R {
-    c.require_cpl0()?;
-    let v = (c.cpu.gpr[0] & 0xffff_ffff) | (c.cpu.gpr[2] << 32);
-    write_msr(c.cpu, c.cpu.gpr[1] as u32, v)?;
-    Ok(())
-}
-
-fn rdtsc(c: &mut Ctx, aux: bool) -> R {
-    if c.cpu.cr4 & (1 << 2) != 0 && c.cpu.cpl() != 0 {
-        return Err(Exception::gp(0).into());
-    }
-    let t = c.cpu.icount.wrapping_add(c.cpu.msr.tsc_offset);
-    c.cpu.gpr[0] = t & 0xffff_ffff;
-    c.cpu.gpr[2] = t >> 32;
-    if aux {
-        c.cpu.gpr[1] = c.cpu.msr.tsc_aux & 0xffff_ffff;
-    }
-    Ok(())
-}
-
-fn ascii4(s: &[u8; 4]) -> u32 {
-    u32::from_le_bytes(*s)
-}
-
-/// CPUID: advertises only what this CPU implements.
-pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    const BRAND: &[u8; 48] =
-        b"Kiln emulated x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
-    let brand = |k: usize| -> (u32, u32, u32, u32) {
-        let w = |j: usize| {
-            let o = k * 16 + j * 4;
-            u32::from_le_bytes([BRAND[o], BRAND[o + 1], BRAND[o + 2], BRAND[o + 3]])
-        };
-        (w(0), w(1), w(2), w(3))
-    };
-    match leaf {
-        0 => (7, ascii4(b"Genu"), ascii4(b"ntel"), ascii4(b"ineI")),
-        1 => {
-            let eax = 0x0000_0601; // family 6, model 0, stepping 1
-            let ebx = (cpu.apic_id << 24) | (1 << 16) | (8 << 8);
-            let ecx = (1 << 13) | (1 << 23) | (1 << 31); // CX16, POPCNT, hypervisor
-            let simd = if cpu.advertise_simd {
-                1 | (1 << 24) | (1 << 25) | (1 << 26) // FPU, FXSR, SSE, SSE2
-            } else {
-                0
-            };
-            let edx = simd
-                | (1 << 4) // TSC
-                | (1 << 5) // MSR
-                | (1 << 6) // PAE
-                | (1 << 8) // CX8
-                | (1 << 13) // PGE
-                | (1 << 15) // CMOV
-                | (1 << 16) // PAT
-                | (1 << 19); // CLFSH
-            (eax, ebx, ecx, edx)
-        }
-        7 if sub == 0 => (0, 1 << 3, 0, 0), // BMI1
-        0x4000_0000 => (0x4000_0000, ascii4(b"Kiln"), ascii4(b"Kiln"), ascii4(b"Kiln")),
-        0x8000_0000 => (0x8000_0008, 0, 0, 0),
-        0x8000_0001 => {
-            let ecx = 1 | (1 << 5); // LAHF/SAHF in 64-bit mode, LZCNT
-            let edx = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
-            (0, 0, ecx, edx) // SYSCALL, NX, 1 GiB pages, RDTSCP, long mode
-        }
-        0x8000_0002 => brand(0),
-        0x8000_0003 => brand(1),
-        0x8000_0004 => brand(2),
-        0x8000_0008 => ((48 << 8) | crate::mmu::PHYS_BITS, 0, 0, 0),
-        _ => (0, 0, 0, 0),
-    }
 }
 
 fn syscall(c: &mut Ctx) -> R {

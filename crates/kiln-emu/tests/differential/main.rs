@@ -12,14 +12,16 @@
 
 mod gen;
 mod native;
+mod tables;
 
-use gen::{Family, Gen, Rng};
+use gen::{Gen, Rng};
 use iced_x86::{Decoder, DecoderOptions, FastFormatter};
 use kiln_emu::fault::{ExecError, Vector};
 use kiln_emu::flags;
 use kiln_emu::sandbox::Sandbox;
 use native::{Native, Stop, CODE, DATA, DATA_LEN, STACK_TOP};
 use std::collections::BTreeMap;
+use tables::Family;
 
 const COMPARED: u64 = flags::ARITH | flags::DF;
 const CMP_START: u64 = DATA;
@@ -241,7 +243,7 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
             let at = sb.cpu.rip;
             // A fetch fault is compared like any other fault below.
             let undefined = match sb.cpu.fetch_decode(&sb.io) {
-                Ok(instr) => gen::undefined_flags(&instr, &sb.cpu.gpr),
+                Ok(instr) => tables::undefined_flags(&instr, &sb.cpu.gpr),
                 Err(_) => 0,
             };
             // Host: step until RIP moves (REP instructions may trap per iteration) or a signal.
