@@ -12,7 +12,9 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod tap;
 pub mod test_driver;
 
 use virtio_queue::Queue;
@@ -23,6 +25,8 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Virtio device type IDs.
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Entropy source.
@@ -42,6 +46,17 @@ pub trait VirtioDevice: Send {
     /// Processes the available buffers of queue `index`. Returns true if it returned buffers
     /// to the driver (so an interrupt is due).
     fn process_queue(&mut self, index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool;
+    /// A host file descriptor whose readiness means the device has work that the driver did
+    /// not ask for (a frame arrived on a TAP). The VMM polls it and then calls
+    /// [`VirtioDevice::poll_backend`].
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Serves work from the backend into the queues. Returns true if it returned buffers to
+    /// the driver (an interrupt is due).
+    fn poll_backend(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
+        false
+    }
 }
 
 /// Copies `data` of a configuration space into `out` at `offset`, zero-filling past its end.

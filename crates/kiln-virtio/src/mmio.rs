@@ -95,6 +95,25 @@ impl MmioTransport {
         }
     }
 
+    /// The device's backend descriptor, if it has one ([`VirtioDevice::backend_fd`]).
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// Lets the device serve backend work (once the driver is up) and interrupts if it
+    /// returned buffers. Called by the VMM's backend thread when [`Self::backend_fd`] is ready.
+    pub fn poll_backend(&mut self) -> bool {
+        if self.status & status::DRIVER_OK == 0 {
+            return false;
+        }
+        let progress = self.device.poll_backend(&mut self.queues, &self.memory);
+        if progress {
+            self.interrupt_status |= INT_USED_BUFFER;
+            let _ = self.irq.trigger();
+        }
+        progress
+    }
+
     /// The device status register, for tests and diagnostics.
     pub fn status(&self) -> u32 {
         self.status

@@ -52,6 +52,11 @@ pub struct Args {
     /// Stop the VM after this many seconds (exit status 4). By default it runs until it ends.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// A virtio-net card on a TAP interface: [tap=NAME][,mac=AA:BB:CC:DD:EE:FF]. The TAP is
+    /// created if it does not exist (NAME may contain %d; default kiln%d); the MAC defaults to a
+    /// random locally administered one. Repeat for more cards.
+    #[arg(long, value_name = "[tap=NAME][,mac=MAC]", num_args = 0..=1, default_missing_value = "")]
+    pub net: Vec<String>,
     /// A virtio-rng entropy device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,

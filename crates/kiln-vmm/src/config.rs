@@ -20,6 +20,41 @@ pub struct DiskSpec {
     pub serial: String,
 }
 
+/// One `--net`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    /// TAP name (may contain `%d`).
+    pub tap: String,
+    /// MAC address; random when absent.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NetSpec {
+    /// Parses `[tap=NAME][,mac=MAC]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |problem: String| ConfigError::Net { spec: spec.to_string(), problem };
+        let mut net = NetSpec { tap: "kiln%d".into(), mac: None };
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("tap", name)) => net.tap = name.to_string(),
+                Some(("mac", mac)) => {
+                    let parsed = kiln_virtio::net::parse_mac(mac).ok_or_else(|| {
+                        bad(format!("{mac:?} is not a MAC address like 02:00:00:00:00:01"))
+                    })?;
+                    if parsed[0] & 1 == 1 {
+                        return Err(bad(format!(
+                            "{mac} is a multicast address; use a unicast one"
+                        )));
+                    }
+                    net.mac = Some(parsed);
+                }
+                _ => return Err(bad(format!("unknown option {part:?}; use tap=NAME or mac=MAC"))),
+            }
+        }
+        Ok(net)
+    }
+}
+
 impl DiskSpec {
     /// Parses `PATH[,ro][,serial=ID]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
@@ -84,6 +119,14 @@ pub enum ConfigError {
         /// What is wrong and what to do.
         problem: String,
     },
+    /// A `--net` value is malformed.
+    #[error("--net {spec:?}: {problem}")]
+    Net {
+        /// The value given.
+        spec: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// More virtio devices than interrupt lines.
     #[error("too many virtio devices ({0}); at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDevices(usize),
@@ -111,6 +154,8 @@ pub struct VmConfig {
     pub console_input: bool,
     /// Disks, in guest order.
     pub disks: Vec<DiskSpec>,
+    /// Network cards, in guest order.
+    pub nets: Vec<NetSpec>,
     /// Attach a virtio-rng device.
     pub rng: bool,
     /// Stop the VM after this long.
@@ -140,7 +185,8 @@ impl VmConfig {
         }
         kiln_boot::check_fit(&kernel, args.initrd.as_deref(), memory_bytes)?;
         let disks = args.disk.iter().map(|d| DiskSpec::parse(d)).collect::<Result<Vec<_>, _>>()?;
-        let devices = disks.len() + usize::from(args.rng);
+        let nets = args.net.iter().map(|n| NetSpec::parse(n)).collect::<Result<Vec<_>, _>>()?;
+        let devices = disks.len() + nets.len() + usize::from(args.rng);
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -153,6 +199,7 @@ impl VmConfig {
             engine: args.engine,
             console_input: !args.no_console_input,
             disks,
+            nets,
             rng: args.rng,
             timeout: args.timeout.map(std::time::Duration::from_secs),
         })

@@ -17,7 +17,9 @@ use kiln_devices::{DeviceManager, ExitReason, ExitSignal};
 use kiln_engine::{EngineError, Kick, Vcpu, VcpuStop, VmSpec};
 use kiln_virtio::block::Block;
 use kiln_virtio::mmio::{MmioTransport, MMIO_WINDOW};
+use kiln_virtio::net::{random_mac, Net};
 use kiln_virtio::rng::Rng;
+use kiln_virtio::tap::Tap;
 use kiln_virtio::VirtioDevice;
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,6 +54,9 @@ pub enum VmError {
     /// A disk image cannot be attached.
     #[error(transparent)]
     Disk(#[from] kiln_virtio::block::BlockError),
+    /// A TAP interface cannot be opened.
+    #[error(transparent)]
+    Tap(#[from] kiln_virtio::tap::TapError),
     /// The device layout is inconsistent (a VMM bug).
     #[error("device layout")]
     Bus(#[from] BusError),
@@ -87,6 +92,12 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     for disk in &config.disks {
         virtio.push(Box::new(Block::open(&disk.path, disk.read_only, &disk.serial)?));
     }
+    for net in &config.nets {
+        let tap = Tap::open(&net.tap)?;
+        let mac = net.mac.unwrap_or_else(random_mac);
+        eprintln!("kiln-vmm: net: TAP {} with MAC {}", tap.name(), format_mac(mac));
+        virtio.push(Box::new(Net::new(tap, mac)));
+    }
     let cmdline = virtio_cmdline(&config.cmdline, virtio.len());
     let spec = BootSpec {
         kernel: &config.kernel,
@@ -112,10 +123,13 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     });
     let timer = BootTimer::new(vmm_start, ReadyTime::default(), report);
     devices.pio.insert(BOOT_TIMER_PORT, 1, Arc::new(Mutex::new(timer)))?;
+    let mut backends = Vec::new();
     for (slot, device) in virtio.into_iter().enumerate() {
         let (base, gsi) = virtio_slot(slot);
-        let transport = MmioTransport::new(device, memory.clone(), vm.irq_line(gsi)?);
-        devices.mmio.insert(base, MMIO_WINDOW, Arc::new(Mutex::new(transport)))?;
+        let transport =
+            Arc::new(Mutex::new(MmioTransport::new(device, memory.clone(), vm.irq_line(gsi)?)));
+        devices.mmio.insert(base, MMIO_WINDOW, transport.clone())?;
+        backends.push(transport);
     }
     let devices = Arc::new(devices);
 
@@ -136,6 +150,9 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     }
     if config.console_input {
         spawn_console_input(serial, exit.clone())?;
+    }
+    for transport in backends {
+        spawn_backend(transport, exit.clone())?;
     }
     crate::signals::spawn_stop_watcher(exit.clone())
         .map_err(|source| VmError::Thread { name: "kiln-signals".into(), source })?;
@@ -218,6 +235,40 @@ fn spawn_vcpu(
             }
         })
         .map_err(|source| VmError::Thread { name, source })
+}
+
+/// Serves a device's host-side backend (a TAP's incoming frames) when its descriptor is
+/// readable. Devices without a backend get no thread.
+fn spawn_backend(
+    transport: Arc<Mutex<MmioTransport>>,
+    exit: Arc<ExitSignal>,
+) -> Result<(), VmError> {
+    let lock = |t: &Mutex<MmioTransport>| t.lock().unwrap_or_else(|p| p.into_inner()).backend_fd();
+    let Some(fd) = lock(&transport) else { return Ok(()) };
+    let name = format!("kiln-backend-{fd}");
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            while !exit.is_raised() {
+                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll on one valid pollfd; the device owns the fd for the VM's life.
+                let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
+                if ready <= 0 {
+                    continue;
+                }
+                let progress = transport.lock().unwrap_or_else(|p| p.into_inner()).poll_backend();
+                if !progress {
+                    // Readable but nothing moved: the driver has no buffers (or is not up yet).
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| VmError::Thread { name, source })
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Forwards stdin to the serial console, respecting the UART's FIFO.

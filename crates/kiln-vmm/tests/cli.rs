@@ -262,3 +262,42 @@ fn timeout_stops_a_guest_that_never_ends_with_status_4() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "idle\n");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn net_card_on_a_tap_appears_as_a_virtio_net_device() {
+    let dir = TempDir::new("net");
+    // Read the device-ID register of the first virtio window: 1 is a network card.
+    let kernel = write_guest(&dir, "id.elf", guests::print_mmio_word(0xd000_0008).unwrap());
+    let out = kiln_vmm(&[
+        "--kernel",
+        p(&kernel),
+        "--engine",
+        "emu",
+        "--net",
+        "tap=kilnv%d,mac=02:00:00:00:00:07",
+    ]);
+    let err = stderr(&out);
+    if err.contains("cannot open /dev/net/tun") || err.contains("cannot create or attach TAP") {
+        skip::skip("kiln-vmm::net_card", &format!("TAP devices are not available here: {err}"));
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.stdout, [1, 0, 0, 0]);
+    assert!(err.contains("MAC 02:00:00:00:00:07"), "{err}");
+}
+
+#[test]
+fn bad_net_options_are_named() {
+    let dir = TempDir::new("netbad");
+    let good = write_guest(&dir, "good.elf", guests::hello("x").unwrap());
+    assert_bad_input(&["--kernel", p(&good), "--net", "mac=zz"], &["--net", "not a MAC address"]);
+    assert_bad_input(&["--kernel", p(&good), "--net", "mac=01:00:00:00:00:01"], &["multicast"]);
+    assert_bad_input(
+        &["--kernel", p(&good), "--net", "bridge=br0"],
+        &["unknown option \"bridge=br0\""],
+    );
+    assert_bad_input(
+        &["--kernel", p(&good), "--engine", "emu", "--net", "tap=bad name"],
+        &["1-15 bytes"],
+    );
+}
