@@ -108,7 +108,7 @@ struct SimulateArgs {
     #[arg(long)]
     fair_share: bool,
     /// Number of hosts [default: swf 1, azure 300].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     hosts: Option<u32>,
     /// vCPUs per host [default: swf 100, azure 64].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

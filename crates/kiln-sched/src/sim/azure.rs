@@ -299,7 +299,8 @@ pub fn parse_azure(
                     ),
                 )
             };
-            let (kind, bin) = l.split_at(l.len().min(1));
+            let kind_len = l.chars().next().map_or(0, char::len_utf8);
+            let (kind, bin) = l.split_at(kind_len);
             let bin: usize = bin.parse().map_err(|_| bad_life())?;
             let left = tables.cut.saturating_sub(t);
             let runtime = match kind {
@@ -401,6 +402,8 @@ mod tests {
         assert!(e.to_string().contains("unknown flavor"), "{e}");
         let e = parse("300 a,|\n", "300 X0,|\n").expect_err("bad lifetime");
         assert!(e.to_string().contains("l:1"), "{e}");
+        let e = parse("300 a,|\n", "300 é9,|\n").expect_err("non-ASCII lifetime");
+        assert!(e.to_string().contains("bad lifetime"), "{e}");
         let e = parse("300 a,|\n", "300 U9,|\n").expect_err("unknown bin");
         assert!(e.to_string().contains("bin 9"), "{e}");
     }

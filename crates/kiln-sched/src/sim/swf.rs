@@ -91,6 +91,7 @@ pub fn parse_swf<R: Read>(
     limit: Option<usize>,
 ) -> Result<Workload, SwfError> {
     let mut w = Workload { source: source_name.to_string(), ..Workload::default() };
+    let mut ids = std::collections::HashSet::new();
     for (n, line) in input.lines().enumerate() {
         let lineno = n as u64 + 1;
         let line = line.map_err(|source| SwfError::Read {
@@ -113,6 +114,9 @@ pub fn parse_swf<R: Read>(
         let fields = parse_fields(text).map_err(malformed)?;
         w.records += 1;
         if let Some(job) = to_job(&fields, &mut w) {
+            if !ids.insert(job.request.id) {
+                return Err(malformed(format!("job number {} appears twice", job.request.id)));
+            }
             w.jobs.push(job);
         }
     }
@@ -263,6 +267,15 @@ mod tests {
         let err =
             parse("1 0 0 x 4 -1 -1 4 100 -1 1 1 1 -1 -1 -1 -1 -1\n").expect_err("not a number");
         assert!(err.to_string().contains(":1: malformed SWF line: field 4"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_job_number_is_an_error() {
+        let err = parse(
+            "1 0 0 5 1 -1 -1 1 10 -1 1 1 1 -1 -1 -1 -1 -1\n1 1 0 5 1 -1 -1 1 10 -1 1 1 1 -1 -1 -1 -1 -1\n",
+        )
+        .expect_err("duplicate");
+        assert!(matches!(err, SwfError::Malformed { line: 2, .. }), "{err}");
     }
 
     #[test]
