@@ -4,6 +4,7 @@
 //! 0x0000_0500  GDT                    0x0000_7000  zero page (boot_params)
 //! 0x0000_8ff0  boot stack top         0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 PDs
 //! 0x0002_0000  kernel command line    0x0009_fc00  EBDA (reserved): MP table
+//! 0x000e_0000  ACPI: RSDP, DSDT, FADT, MADT, XSDT
 //! 0x0010_0000  kernel (HIMEM_START)   ...          initrd at the top of low RAM
 //! 0xc000_0000  MMIO hole (1 GiB) for device registers, up to 4 GiB
 //! 0x1_0000_0000 RAM above 3 GiB continues here

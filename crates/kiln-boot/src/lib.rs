@@ -5,8 +5,10 @@
 //! `bzImage`); [`load_guest`] places the command line, initrd and zero page and returns the
 //! [`kiln_engine::BootCpuState`] of the boot processor: 64-bit long mode with identity-mapped page
 //! tables, `rsi` pointing at the zero page, as `Documentation/arch/x86/boot.rst` prescribes for the
-//! 64-bit entry point. The [`mptable`] tells the guest its CPUs and I/O APIC.
+//! 64-bit entry point. The [`mptable`] tells a guest without ACPI its CPUs and I/O APIC; the
+//! [`acpi`] tables tell a stock kernel that and its devices, and let it power off.
 
+pub mod acpi;
 pub mod image;
 pub mod layout;
 pub mod long_mode;
@@ -72,8 +74,10 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     /// Guest RAM size in bytes.
     pub memory_bytes: u64,
-    /// Number of vCPUs, announced to the guest in the MP table.
+    /// Number of vCPUs, announced to the guest in the MP table and the MADT.
     pub vcpus: u32,
+    /// Virtio-mmio devices, announced in the DSDT.
+    pub mmio_devices: &'a [acpi::MmioDevice],
 }
 
 /// Loads kernel, initrd, command line and boot structures, and returns the boot vCPU's state.
@@ -90,9 +94,11 @@ pub fn load_guest(
         None => None,
     };
     let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
-    zero_page::write(memory, &loaded, cmdline_len, initrd, spec.memory_bytes)?;
     long_mode::write_tables(memory)?;
     mptable::write(memory, spec.vcpus)?;
+    let acpi = acpi::AcpiSpec { vcpus: spec.vcpus, devices: spec.mmio_devices.to_vec() };
+    let rsdp = acpi::write(memory, &acpi)?;
+    zero_page::write(memory, &loaded, cmdline_len, initrd, spec.memory_bytes, rsdp)?;
     Ok(long_mode::boot_cpu_state(loaded.entry.0, layout::ZERO_PAGE_START))
 }
 

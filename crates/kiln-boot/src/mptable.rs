@@ -3,7 +3,8 @@
 //!
 //! Layout at [`layout::MPTABLE_START`] (start of the EBDA, which Linux scans): the 16-byte
 //! floating pointer `_MP_`, then the configuration table `PCMP` with one processor entry per vCPU,
-//! an ISA bus, the I/O APIC, interrupt entries wiring ISA IRQ n to I/O APIC pin n (0-23), and
+//! an ISA bus, the I/O APIC, interrupt entries wiring ISA IRQ n to I/O APIC pin n (0-23; IRQ 0
+//! to pin 2), and
 //! ExtINT on LINT0 / NMI on LINT1. Every structure's bytes sum to zero, as the spec requires.
 
 use crate::{layout, BootError};
@@ -34,7 +35,7 @@ const INT_EXTINT: u8 = 3;
 
 /// Bytes the table takes for `vcpus` processors.
 pub fn table_size(vcpus: u32) -> u64 {
-    16 + 44 + 20 * u64::from(vcpus) + 8 + 8 + 8 * u64::from(IOAPIC_PINS) + 2 * 8
+    16 + 44 + 20 * u64::from(vcpus) + 8 + 8 + 8 * u64::from(IOAPIC_PINS - 1) + 2 * 8
 }
 
 /// Builds the floating pointer and configuration table for `vcpus` processors.
@@ -53,12 +54,15 @@ pub fn build(vcpus: u32) -> Vec<u8> {
     entries.extend(b"ISA   ");
     entries.extend([ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend(IOAPIC_BASE.to_le_bytes());
-    for irq in 0..IOAPIC_PINS {
-        entries.extend([ENTRY_INTSRC, INT_VECTORED, 0, 0, 0, irq, ioapic_id, irq]);
+    // ISA IRQ 0 (the PIT) arrives on pin 2, as on PCs and in KVM's default routing; IRQ 2 is
+    // the PIC cascade and has no entry of its own.
+    for irq in (0..IOAPIC_PINS).filter(|&irq| irq != 2) {
+        let pin = if irq == 0 { 2 } else { irq };
+        entries.extend([ENTRY_INTSRC, INT_VECTORED, 0, 0, 0, irq, ioapic_id, pin]);
     }
     entries.extend([ENTRY_LINTSRC, INT_EXTINT, 0, 0, 0, 0, 0, 0]);
     entries.extend([ENTRY_LINTSRC, INT_NMI, 0, 0, 0, 0, 0xff, 1]);
-    let entry_count = vcpus as u16 + 2 + u16::from(IOAPIC_PINS) + 2;
+    let entry_count = vcpus as u16 + 2 + u16::from(IOAPIC_PINS - 1) + 2;
 
     let mut table = Vec::with_capacity(44 + entries.len());
     table.extend(b"PCMP");
@@ -118,7 +122,7 @@ mod tests {
         assert_eq!(length, table.len());
         assert_eq!(sum(table), 0);
         let count = u16::from_le_bytes([table[34], table[35]]);
-        assert_eq!(count, 4 + 2 + 24 + 2);
+        assert_eq!(count, 4 + 2 + 23 + 2);
     }
 
     #[test]

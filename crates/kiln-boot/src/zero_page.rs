@@ -26,6 +26,7 @@ pub(crate) fn write(
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
     memory_bytes: u64,
+    acpi_rsdp: u64,
 ) -> Result<(), BootError> {
     let mut page = ZeroPage::default();
     let params = &mut page.0;
@@ -42,6 +43,7 @@ pub(crate) fn write(
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
+    params.acpi_rsdp_addr = acpi_rsdp;
     let entries = e820_map(memory_bytes);
     for (slot, entry) in params.e820_table.iter_mut().zip(&entries) {
         *slot = *entry;

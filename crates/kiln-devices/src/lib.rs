@@ -9,6 +9,7 @@ pub mod boot_timer;
 pub mod bus;
 mod exit;
 pub mod i8042;
+pub mod power;
 pub mod rtc;
 pub mod serial;
 

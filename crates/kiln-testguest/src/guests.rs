@@ -102,6 +102,21 @@ pub fn startup_probe() -> Result<Vec<u8>> {
     finish(a)
 }
 
+/// Prints, then enters ACPI S5 the way Linux's `poweroff` does on a hardware-reduced
+/// platform: SLP_TYP 5 with SLP_EN to the sleep control register at port 0x600.
+pub fn acpi_power_off() -> Result<Vec<u8>> {
+    let mut a = new_asm()?;
+    emit_print(&mut a, "powering off\n")?;
+    a.mov(dx, 0x600_u32)?;
+    a.mov(al, (5 << 2) | (1 << 5))?;
+    a.out(dx, al)?;
+    let mut spin = a.create_label();
+    a.set_label(&mut spin)?;
+    a.hlt()?;
+    a.jmp(spin)?;
+    finish(a)
+}
+
 /// Prints, then executes `ud2` with an empty IDT: #UD cannot be delivered, nor can the #DF that
 /// follows, so the CPU shuts down (a triple fault).
 pub fn triple_fault() -> Result<Vec<u8>> {

@@ -7,10 +7,13 @@
 
 use crate::config::VmConfig;
 use crate::engine_select::Selection;
+use kiln_boot::acpi::MmioDevice;
+use kiln_boot::acpi::SLEEP_CONTROL_PORT;
 use kiln_boot::{layout, BootError, BootSpec};
 use kiln_devices::boot_timer::{BootTimer, ReadyTime, BOOT_TIMER_PORT};
 use kiln_devices::bus::BusError;
 use kiln_devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use kiln_devices::power::AcpiPower;
 use kiln_devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
 use kiln_devices::{DeviceManager, ExitReason, ExitSignal};
@@ -99,12 +102,19 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
         virtio.push(Box::new(Net::new(tap, mac)));
     }
     let cmdline = virtio_cmdline(&config.cmdline, virtio.len());
+    let mmio_devices: Vec<MmioDevice> = (0..virtio.len())
+        .map(|slot| {
+            let (base, gsi) = virtio_slot(slot);
+            MmioDevice { base, gsi }
+        })
+        .collect();
     let spec = BootSpec {
         kernel: &config.kernel,
         initrd: config.initrd.as_deref(),
         cmdline: &cmdline,
         memory_bytes: config.memory_bytes,
         vcpus: config.vcpus,
+        mmio_devices: &mmio_devices,
     };
     let boot_state = kiln_boot::load_guest(&memory, &spec)?;
     let vm = engine.engine.create_vm(&VmSpec { vcpus: config.vcpus }, &memory)?;
@@ -118,6 +128,8 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     devices.pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
     devices.pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
     devices.pio.insert(RTC_PORT, RTC_LEN, Arc::new(Mutex::new(Rtc::new())))?;
+    let power = AcpiPower::new(exit.clone());
+    devices.pio.insert(u64::from(SLEEP_CONTROL_PORT), 2, Arc::new(Mutex::new(power)))?;
     let report = Box::new(|t: Duration| {
         eprintln!("kiln-vmm: boot timer: guest ready {:.1} ms after VMM start", ms(t));
     });

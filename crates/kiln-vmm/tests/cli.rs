@@ -301,3 +301,19 @@ fn bad_net_options_are_named() {
         &["1-15 bytes"],
     );
 }
+
+#[test]
+fn acpi_power_off_exits_0_on_both_engines() {
+    let dir = TempDir::new("poweroff");
+    let kernel = write_guest(&dir, "off.elf", guests::acpi_power_off().unwrap());
+    let mut engines = vec!["emu"];
+    if skip::require_kvm("kiln-vmm::acpi_power_off_kvm") {
+        engines.push("kvm");
+    }
+    for engine in engines {
+        let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", engine]);
+        assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "powering off\n");
+        assert!(stderr(&out).contains("guest powered off"), "{}", stderr(&out));
+    }
+}
