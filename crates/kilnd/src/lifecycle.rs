@@ -34,6 +34,9 @@ pub const AT_REST: [VmState; 3] = STARTABLE;
 pub const ACTIVE: [VmState; 4] =
     [VmState::Starting, VmState::Running, VmState::Paused, VmState::Stopping];
 
+/// Longest wait for a paused VMM's threads to stop.
+pub const PAUSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Errors of the life-cycle verbs.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -219,9 +222,24 @@ impl Manager {
         self.start(name, principal)
     }
 
-    /// SIGSTOP: every thread of the VMM stops, the guest with them.
-    pub fn pause(&self, name: &str, principal: Option<&str>) -> Result<Vm> {
-        self.signal_verb(name, principal, VmState::Running, VmState::Paused, libc::SIGSTOP, "pause")
+    /// SIGSTOP: every thread of the VMM stops, the guest with them. Answers once they have
+    /// (a vCPU thread leaves KVM_RUN first), or after [`PAUSE_WAIT`] at worst.
+    pub async fn pause(&self, name: &str, principal: Option<&str>) -> Result<Vm> {
+        let vm = self.signal_verb(
+            name,
+            principal,
+            VmState::Running,
+            VmState::Paused,
+            libc::SIGSTOP,
+            "pause",
+        )?;
+        if let Some(pid) = vm.pid {
+            let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
+            while !procfs::all_threads_stopped(pid) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(vm)
     }
 
     /// SIGCONT.

@@ -70,6 +70,22 @@ pub fn signal(pid: u32, start_time: u64, signal: i32) -> Result<(), ProcError> {
     Ok(())
 }
 
+/// True if every thread of `pid` is stopped (`T`, or `t` when traced).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok();
+        match stat.as_deref().and_then(parse_stat) {
+            Some(s) if s.state == 'T' || s.state == 't' => any = true,
+            // A thread that has exited meanwhile does not count.
+            None => {}
+            Some(_) => return false,
+        }
+    }
+    any
+}
+
 /// The host's RAM in MiB (`MemTotal` of `/proc/meminfo`), or `None` if unreadable.
 pub fn host_memory_mib() -> Option<u64> {
     meminfo_total_mib(&std::fs::read_to_string("/proc/meminfo").ok()?)

@@ -6,8 +6,11 @@
 //! recorded in one transition out of the active states, the exit watch is raised for the
 //! requests waiting on it, and the restart policy may start the VM again.
 //!
-//! The VMM gets its own process group (a Ctrl-C at kilnd's terminal does not reach it), no
-//! stdin, and the per-VM log files as stdout and stderr (see [`crate::logs`]).
+//! The VMM gets its own session (`setsid`), no stdin, and the per-VM log files as stdout and
+//! stderr (see [`crate::logs`]). Its own session, not only its own process group: a Ctrl-C at
+//! kilnd's terminal must not reach it, and when kilnd dies a process group of the same session
+//! becomes orphaned, and the kernel sends SIGHUP and SIGCONT to orphaned groups with a stopped
+//! member, which would resume (or end) a paused VM.
 
 use crate::db::Change;
 use crate::lifecycle::{LifecycleError, Manager, Monitor, ACTIVE};
@@ -54,8 +57,17 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm) -> Result<Vm, LifecycleError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
-        .process_group(0)
         .kill_on_drop(false);
+    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
+    // is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let spawn_err = |source| LifecycleError::Spawn { vmm: mgr.settings.vmm.clone(), source };
     let child = cmd.spawn().map_err(spawn_err)?;
     let pid = child

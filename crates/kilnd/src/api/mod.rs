@@ -119,15 +119,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
         let inner = e.into_inner();
         let message = inner.to_string();
         let quoted = message.split('`').nth(1).map(str::to_owned);
-        let field = if message.starts_with("unknown field") || message.starts_with("missing field")
-        {
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let field = if syntax {
+            None
+        } else if message.starts_with("unknown field") || message.starts_with("missing field") {
             quoted
         } else if path != "." && !path.is_empty() {
             Some(path)
         } else {
             None
         };
-        let prefix = if inner.is_syntax() || inner.is_eof() { "invalid JSON: " } else { "" };
+        let prefix = if syntax { "invalid JSON: " } else { "" };
         ApiFailure::bad_request(field, format!("{prefix}{message}"))
     })
 }

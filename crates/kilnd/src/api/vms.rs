@@ -187,7 +187,9 @@ pub async fn pause(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Stop)?;
-    Ok(Json(mgr.pause(&name, Some(&p.name)).map_err(|e| ApiFailure::from(e).during("pause"))?))
+    let vm =
+        mgr.pause(&name, Some(&p.name)).await.map_err(|e| ApiFailure::from(e).during("pause"))?;
+    Ok(Json(vm))
 }
 
 /// SIGCONT to the VMM (paused -> running).

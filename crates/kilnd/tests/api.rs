@@ -1,0 +1,243 @@
+//! The API against a real kilnd: bad input, access control, and load. These need no KVM: the
+//! VMs here run a stand-in monitor (a shell script that sleeps), since what is tested is kilnd.
+
+#![allow(clippy::unwrap_used)] // a failed set-up step should fail the test
+
+mod common;
+
+use common::*;
+use kiln_api::{Client, CreatedUser, Event, Permission, Vm, VmState};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A stand-in for kiln-vmm that prints like it and runs until signalled.
+fn fake_vmm(dir: &Path) -> PathBuf {
+    let path = dir.with_extension("fake-vmm.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'kiln-vmm: engine fake' >&2\necho idle\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn daemon(test: &str) -> Daemon {
+    let base = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));
+    Daemon::start_with_vmm(test, fake_vmm(&base))
+}
+
+fn kernel(d: &Daemon) -> String {
+    let path = d.dir.join("kernel.elf");
+    std::fs::write(&path, b"\x7fELF").unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn post_raw(c: &Client, body: &str) -> (u16, kiln_api::ApiError) {
+    let r = c.raw("POST", "/v1/vms", Some(body.as_bytes())).unwrap();
+    let err = r.json().unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    (r.status, err)
+}
+
+#[test]
+fn bad_input_is_refused_with_the_field_named_and_nothing_is_created() {
+    let d = daemon("badinput");
+    let c = d.admin();
+    let k = kernel(&d);
+    let cases = [
+        (r#"{"name": "a", "kernel": "#.to_owned(), 400, None),
+        ("not json".to_owned(), 400, None),
+        (format!(r#"{{"name":"a","kernel":"{k}","cpus":2}}"#), 400, Some("cpus")),
+        (format!(r#"{{"kernel":"{k}"}}"#), 400, Some("name")),
+        (format!(r#"{{"name":"a","kernel":"{k}","vcpus":"two"}}"#), 400, Some("vcpus")),
+        (format!(r#"{{"name":"a","kernel":"{k}","vcpus":0}}"#), 400, Some("vcpus")),
+        (format!(r#"{{"name":"a","kernel":"{k}","vcpus":100000}}"#), 400, Some("vcpus")),
+        (format!(r#"{{"name":"a","kernel":"{k}","memory_mib":0}}"#), 400, Some("memory_mib")),
+        (format!(r#"{{"name":"a","kernel":"{k}","memory_mib":1e30}}"#), 400, Some("memory_mib")),
+        (
+            format!(r#"{{"name":"a","kernel":"{k}","memory_mib":1099511627776}}"#),
+            400,
+            Some("memory_mib"),
+        ),
+        (r#"{"name":"a","kernel":"/no/such/vmlinux"}"#.to_owned(), 400, Some("kernel")),
+        (format!(r#"{{"name":"A B","kernel":"{k}"}}"#), 400, Some("name")),
+        (format!(r#"{{"name":"a","kernel":"{k}","engine":"xen"}}"#), 400, Some("engine")),
+    ];
+    for (body, want, field) in &cases {
+        let (code, err) = post_raw(&c, body);
+        assert_eq!(code, *want, "{body}: {err:?}");
+        assert_eq!(err.field.as_deref(), *field, "{body}: {err:?}");
+        assert_eq!(err.error, "bad_request");
+    }
+    assert!(c.get::<Vec<Vm>>("/v1/vms").unwrap().is_empty(), "nothing half-created");
+
+    create(&c, &spec("a", &k));
+    let (code, err) = status(c.call::<_, Vm>("POST", "/v1/vms", Some(&spec("a", &k))));
+    assert_eq!((code, err.field.as_deref()), (409, Some("name")), "{err:?}");
+    assert_eq!(c.get::<Vec<Vm>>("/v1/vms").unwrap().len(), 1);
+
+    for v in ["stop", "kill", "pause", "resume", "restart"] {
+        let (code, err) = status(verb(&c, "a", v));
+        assert_eq!((code, err.state), (409, Some(VmState::Defined)), "{v}: {err:?}");
+    }
+    let (code, _) = status(verb(&c, "nope", "start"));
+    assert_eq!(code, 404);
+    let r = c.raw("POST", "/v1/vms/a/stop?timeout_secs=x", None).unwrap();
+    assert_eq!(r.status, 400);
+    let r = c.raw("GET", "/v1/vms/a/logs?stream=serial", None).unwrap();
+    assert_eq!(
+        (r.status, r.json::<kiln_api::ApiError>().unwrap().field.as_deref()),
+        (400, Some("stream"))
+    );
+    let r = c.raw("GET", "/v1/nothing", None).unwrap();
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn access_control_by_role_project_and_token() {
+    let d = daemon("access");
+    let root = d.admin();
+    let k = kernel(&d);
+    let mut in_a = spec("a1", &k);
+    in_a.project = "proj-a".into();
+    create(&root, &in_a);
+    let mut in_b = spec("b1", &k);
+    in_b.project = "proj-b".into();
+    create(&root, &in_b);
+
+    let add = |body: serde_json::Value| -> String {
+        root.call::<_, CreatedUser>("POST", "/v1/users", Some(&body)).unwrap().token
+    };
+    let viewer = d.with_token(&add(serde_json::json!({"name": "vera", "role": "viewer"})));
+    let op_a = d.with_token(&add(
+        serde_json::json!({"name": "otto", "role": "operator", "scope": {"project": "proj-a"}}),
+    ));
+    let admin_token = add(serde_json::json!({"name": "ada", "role": "admin"}));
+    let admin = d.with_token(&admin_token);
+
+    // A viewer sees everything and changes nothing.
+    assert_eq!(viewer.get::<Vec<Vm>>("/v1/vms").unwrap().len(), 2);
+    for v in ["start", "stop"] {
+        let (code, err) = status(verb(&viewer, "a1", v));
+        assert_eq!(code, 403, "{v}");
+        let want = if v == "start" { Permission::Start } else { Permission::Stop };
+        assert_eq!(err.permission, Some(want));
+        assert!(err.message.contains(&format!("`{v}`")), "{err:?}");
+    }
+    assert_eq!(status(viewer.delete("/v1/vms/a1")).0, 403);
+    assert_eq!(status(viewer.get::<Vec<Vm>>("/v1/users")).0, 403);
+
+    // An operator of project A works there and nowhere else.
+    let listed: Vec<Vm> = op_a.get("/v1/vms").unwrap();
+    assert_eq!(listed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["a1"]);
+    assert_eq!(verb(&op_a, "a1", "start").unwrap().state, VmState::Running);
+    assert_eq!(verb(&op_a, "a1", "stop").unwrap().state, VmState::Stopped);
+    assert_eq!(status(verb(&op_a, "b1", "start")).0, 403);
+    assert_eq!(status(op_a.get::<Vm>("/v1/vms/b1")).0, 403);
+    assert_eq!(status(op_a.delete("/v1/vms/b1")).0, 403);
+    let mut sneaky = spec("b2", &k);
+    sneaky.project = "proj-b".into();
+    let (code, err) = status(op_a.call::<_, Vm>("POST", "/v1/vms", Some(&sneaky)));
+    assert_eq!((code, err.permission), (403, Some(Permission::Create)));
+    let mut fine = spec("a2", &k);
+    fine.project = "proj-a".into();
+    create(&op_a, &fine);
+    assert_eq!(status(op_a.post::<kiln_api::User>("/v1/users/vera/revoke")).0, 403);
+
+    // No token, a wrong token, a revoked token.
+    let nobody = d.with_token("kiln_0000");
+    assert_eq!(status(nobody.get::<Vec<Vm>>("/v1/vms")).0, 401);
+    admin.post::<kiln_api::User>("/v1/users/vera/revoke").unwrap();
+    assert_eq!(status(viewer.get::<Vec<Vm>>("/v1/vms")).0, 401, "revoked token");
+    // Revoking root's uid mapping leaves token-less requests unauthenticated.
+    admin.post::<kiln_api::User>("/v1/users/root/revoke").unwrap();
+    let (code, err) = status(d.admin().get::<Vec<Vm>>("/v1/vms"));
+    assert_eq!(code, 401, "{err:?}");
+    let r = d.admin().raw("GET", "/v1/vms", None).unwrap();
+    assert_eq!(r.status, 401);
+
+    // Everything was audited, with who asked.
+    let audit: Vec<kiln_api::AuditEntry> = admin.get("/v1/audit?limit=1000").unwrap();
+    assert!(audit.iter().any(|e| e.principal.as_deref() == Some("otto")
+        && e.path == "/v1/vms/b1/start"
+        && e.status == 403));
+    assert!(audit.iter().any(|e| e.principal.is_none() && e.status == 401));
+    let events: Vec<Event> = admin.get("/v1/vms/a1/events").unwrap();
+    assert!(events.iter().any(|e| e.principal.as_deref() == Some("otto")));
+}
+
+#[test]
+fn fifty_vms_and_two_hundred_concurrent_requests_lose_nothing() {
+    let d = daemon("load");
+    let c = Arc::new(d.admin());
+    let k = kernel(&d);
+    let names: Vec<String> = (0..50).map(|i| format!("vm-{i:02}")).collect();
+    std::thread::scope(|s| {
+        for chunk in names.chunks(10) {
+            let c = &c;
+            let k = &k;
+            s.spawn(move || {
+                for n in chunk {
+                    create(c, &spec(n, k));
+                }
+            });
+        }
+    });
+    assert_eq!(c.get::<Vec<Vm>>("/v1/vms").unwrap().len(), 50);
+
+    // 200 requests at once: four concurrent starts of each VM (exactly one may win), mixed
+    // with reads.
+    let results: Vec<(String, &str, Result<(), u16>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let c = Arc::clone(&c);
+                let name = names[i % 50].clone();
+                let kind = match i % 8 {
+                    0..=3 => "start",
+                    4 => "show",
+                    5 => "list",
+                    6 => "events",
+                    _ => "start",
+                };
+                s.spawn(move || {
+                    let r = match kind {
+                        "start" => verb(&c, &name, "start").map(drop),
+                        "show" => c.get::<Vm>(&format!("/v1/vms/{name}")).map(drop),
+                        "list" => c.get::<Vec<Vm>>("/v1/vms").map(drop),
+                        _ => c.get::<Vec<Event>>(&format!("/v1/vms/{name}/events")).map(drop),
+                    };
+                    (name, kind, r.map_err(|e| e.status().unwrap_or(0)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (name, kind, r) in &results {
+        match (kind, r) {
+            (_, Ok(())) => {}
+            (&"start", Err(409)) => {}
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+    }
+    let vms: Vec<Vm> = c.get("/v1/vms").unwrap();
+    assert_eq!(vms.len(), 50);
+    for vm in &vms {
+        let starts = results.iter().filter(|(n, k, r)| n == &vm.name && *k == "start" && r.is_ok());
+        assert_eq!(starts.count(), 1, "{}: exactly one start wins", vm.name);
+        assert_eq!(vm.state, VmState::Running, "{vm:?}");
+        assert!(proc_state(vm.pid.unwrap()).is_some());
+        let events: Vec<Event> = c.get(&format!("/v1/vms/{}/events", vm.name)).unwrap();
+        let to: Vec<VmState> = events.iter().map(|e| e.to).collect();
+        assert_eq!(to, [VmState::Defined, VmState::Starting, VmState::Running], "{}", vm.name);
+    }
+
+    // And all stop, concurrently.
+    std::thread::scope(|s| {
+        for n in &names {
+            let c = &c;
+            s.spawn(move || assert_eq!(verb(c, n, "stop").unwrap().state, VmState::Stopped));
+        }
+    });
+    assert!(c.get::<Vec<Vm>>("/v1/vms").unwrap().iter().all(|v| v.state == VmState::Stopped));
+}

@@ -1,0 +1,230 @@
+//! A real kilnd process in a temporary state directory, with clients and test guests.
+//!
+//! Binaries: kilnd is this package's (`CARGO_BIN_EXE_kilnd`); `kiln-vmm` and `kiln` are found
+//! next to the test binary's directory (`<target>/<profile>/`), where `cargo test --workspace`
+//! puts them, also under `CARGO_TARGET_DIR`. Run `cargo build -p kiln-vmm -p kiln-cli` first
+//! when testing this package alone.
+
+#![allow(dead_code, clippy::unwrap_used)] // shared by several test binaries; set-up failures fail the test
+
+use kiln_api::{Client, ClientError, CreateVm, Vm, VmState};
+use kiln_testguest::elf::ElfImage;
+use kiln_testguest::{guests, GUEST_BASE};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `<target>/<profile>/`, the directory of the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+/// A workspace binary built by cargo, or a panic that says how to build it.
+pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p {package}` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// The three test guests, as kernel files in `dir`.
+pub struct Kernels {
+    pub idle: String,
+    pub crash: String,
+    pub hello: String,
+}
+
+impl Kernels {
+    pub fn write(dir: &Path) -> Kernels {
+        let write = |name: &str, code: Vec<u8>| {
+            let path = dir.join(name);
+            ElfImage::new(GUEST_BASE, code).write(&path).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        Kernels {
+            idle: write("idle.elf", guests::idle_forever().unwrap()),
+            crash: write("crash.elf", guests::triple_fault().unwrap()),
+            hello: write("hello.elf", guests::hello("hello from the guest\n").unwrap()),
+        }
+    }
+}
+
+/// A kilnd process and its state directory (removed on drop, after killing what it ran).
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub vmm: PathBuf,
+}
+
+impl Daemon {
+    /// Starts kilnd with the real kiln-vmm in a fresh directory named after `test`.
+    pub fn start(test: &str) -> Daemon {
+        Daemon::start_with_vmm(test, workspace_bin("kiln-vmm", "kiln-vmm"))
+    }
+
+    /// Starts kilnd with `vmm` as its monitor binary.
+    pub fn start_with_vmm(test: &str, vmm: PathBuf) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon { child: None, socket: dir.join("kilnd.sock"), dir, vmm };
+        d.spawn();
+        d
+    }
+
+    /// Starts a kilnd process on this state directory and waits until it answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "kilnd is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("kilnd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--vmm")
+            .arg(&self.vmm)
+            .args(["--stop-timeout", "5"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.admin().raw("GET", "/v1/whoami", None).is_err() {
+            assert!(Instant::now() < deadline, "kilnd did not answer; log: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs kilnd (its VMMs are not its process group, they live on).
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// kilnd's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kilnd.log")).unwrap_or_default()
+    }
+
+    /// A client authenticated by the test's uid (root or kilnd's owner: admin).
+    pub fn admin(&self) -> Client {
+        Client::new(&self.socket, None)
+    }
+
+    /// A client with a token.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client::new(&self.socket, Some(token.to_owned()))
+    }
+
+    /// Runs the `kiln` CLI against this daemon.
+    pub fn kiln(&self, args: &[&str]) -> std::process::Output {
+        Command::new(workspace_bin("kiln", "kiln-cli"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("KILN_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Kill every VMM the database knows of, so a failed test leaves no guest behind.
+        if let Ok(vms) = self.admin().get::<Vec<Vm>>("/v1/vms") {
+            for vm in vms {
+                if let Some(pid) = vm.pid {
+                    // SAFETY: kill(2) with integers only; the pid comes from kilnd's records.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) with integers only, on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A definition with the defaults the tests use (kvm engine, 16 MiB).
+pub fn spec(name: &str, kernel: &str) -> CreateVm {
+    CreateVm {
+        name: name.to_owned(),
+        vcpus: 1,
+        memory_mib: 16,
+        engine: kiln_api::Engine::Kvm,
+        kernel: kernel.to_owned(),
+        initrd: None,
+        cmdline: None,
+        project: "default".to_owned(),
+        restart_policy: kiln_api::RestartPolicy::Never,
+        restart_limit: 3,
+    }
+}
+
+/// Creates a VM, panicking on failure.
+pub fn create(client: &Client, spec: &CreateVm) -> Vm {
+    client.call("POST", "/v1/vms", Some(spec)).unwrap()
+}
+
+/// `POST /v1/vms/{name}/{verb}`.
+pub fn verb(client: &Client, name: &str, verb: &str) -> Result<Vm, ClientError> {
+    client.post(&format!("/v1/vms/{name}/{verb}"))
+}
+
+/// Polls until `name` is in `state`; returns it.
+pub fn wait_state(client: &Client, name: &str, state: VmState, timeout: Duration) -> Vm {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let vm: Vm = client.get(&format!("/v1/vms/{name}")).unwrap();
+        if vm.state == state {
+            return vm;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {} (wanted {state}): {vm:?}", vm.state);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls until the console log of `name` contains `text`.
+pub fn wait_console(client: &Client, name: &str, text: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = client.get_text(&format!("/v1/vms/{name}/logs")).unwrap();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "console of {name} lacks {text:?}: {log:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The HTTP status of a failed call.
+pub fn status(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, kiln_api::ApiError) {
+    match result {
+        Err(ClientError::Api { status, body }) => (status, body),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// `/proc/<pid>/stat` state letter.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
