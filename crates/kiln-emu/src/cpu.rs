@@ -176,8 +176,8 @@ pub struct Cpu {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub interrupt_shadow: bool,
-    /// Report FPU, FXSR, SSE and SSE2 in CPUID and accept CR4.OSFXSR/OSXMMEXCPT. Off by default:
-    /// only the subset in `exec::sse` is implemented (no x87 or SSE floating-point arithmetic).
+    /// Report FPU, FXSR, SSE and SSE2 in CPUID and accept CR4.OSFXSR/OSXMMEXCPT (on by
+    /// default; Linux requires them). Off models a CPU without them.
     pub advertise_simd: bool,
     /// This CPU's APIC id (CPUID leaf 1 EBX[31:24]).
     pub apic_id: u32,
@@ -231,7 +231,7 @@ impl Cpu {
             halted: false,
             interrupt_shadow: false,
             apic_id: 0,
-            advertise_simd: false,
+            advertise_simd: true,
             tlb: Tlb::new(),
             mem,
             dcache: crate::exec::DecodeCache::new(),

@@ -28,11 +28,17 @@ use std::time::Duration;
 pub const SLICE: u32 = 2048;
 
 /// Options of the emu engine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmuConfig {
-    /// Report FPU, FXSR, SSE and SSE2 in CPUID (see [`Cpu::advertise_simd`]). Off by default
-    /// because x87 arithmetic is not implemented; Linux refuses to boot without these bits.
+    /// Report FPU, FXSR, SSE and SSE2 in CPUID (see [`Cpu::advertise_simd`]). On by default:
+    /// Linux refuses to boot without them.
     pub advertise_simd: bool,
+}
+
+impl Default for EmuConfig {
+    fn default() -> Self {
+        EmuConfig { advertise_simd: true }
+    }
 }
 
 /// The emu engine: Kiln's own x86-64 CPU.

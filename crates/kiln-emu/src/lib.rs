@@ -11,8 +11,9 @@
 //! access touches is translated before the first byte is written).
 //!
 //! What is not here yet: the local APIC and I/O APIC (an [`kiln_engine::IrqLine`] currently records
-//! one pending external vector), the x87 FPU and SSE, legacy (non-long-mode) paging and interrupt
-//! delivery, a decoded-block cache.
+//! one pending external vector), MMX and SSE3+, legacy (non-long-mode) paging and 32-bit
+//! protected-mode interrupt delivery, a decoded-block cache. x87 and SSE/SSE2 floating point run
+//! on the host's FPU under the guest's control words (see `exec/x87.rs`, `exec/ssefp.rs`).
 
 pub mod cpu;
 mod engine;

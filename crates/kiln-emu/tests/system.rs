@@ -198,7 +198,7 @@ fn invalid_opcode_raises_ud_in_the_guest() {
 }
 
 #[test]
-fn cpuid_advertises_long_mode_and_no_sse() {
+fn cpuid_advertises_long_mode_fpu_and_sse2() {
     let mut sb = Sandbox::new().expect("sandbox");
     let code = assemble(CODE, |a| {
         a.mov(eax, 0x8000_0001u32)?;
@@ -212,8 +212,10 @@ fn cpuid_advertises_long_mode_and_no_sse() {
     sb.run(100).expect("runs");
     assert_ne!(sb.cpu.gpr[8] & (1 << 29), 0, "LM");
     assert_ne!(sb.cpu.gpr[8] & (1 << 11), 0, "SYSCALL");
-    assert_eq!(sb.cpu.gpr[2] & (1 << 26), 0, "no SSE2 yet");
-    assert_eq!(sb.cpu.gpr[2] & (1 << 24), 0, "no FXSR yet");
+    assert_ne!(sb.cpu.gpr[2] & (1 << 26), 0, "SSE2");
+    assert_ne!(sb.cpu.gpr[2] & (1 << 24), 0, "FXSR");
+    assert_ne!(sb.cpu.gpr[2] & 1, 0, "FPU");
+    assert_eq!(sb.cpu.gpr[2] & (1 << 23), 0, "no MMX");
 }
 
 #[test]

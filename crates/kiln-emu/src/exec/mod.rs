@@ -17,6 +17,7 @@ mod sse;
 mod ssefp;
 mod string;
 mod system;
+mod x87;
 
 pub use msr::{cpuid, read_msr, write_msr};
 

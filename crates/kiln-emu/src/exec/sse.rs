@@ -1,10 +1,8 @@
-//! The SSE/SSE2 subset: moves, logic and packed-integer operations on XMM registers, MXCSR,
-//! FXSAVE/FXRSTOR, and the x87 control instructions (FNINIT, FNSTSW, FNSTCW, FLDCW, FNCLEX,
-//! FWAIT) that FPU set-up code uses.
+//! SSE/SSE2 moves, logic and packed-integer operations on XMM registers, MXCSR,
+//! FXSAVE/FXRSTOR and FWAIT, and the routing of the x87 and SSE floating-point instructions.
 //!
-//! Not implemented (raise #UD): x87 arithmetic, SSE/SSE2 floating-point arithmetic and
-//! conversions, MMX forms of the packed-integer instructions, SSE3 and later. Because of that
-//! gap CPUID advertises FPU/FXSR/SSE/SSE2 only when [`crate::Cpu::advertise_simd`] is set.
+//! x87 arithmetic lives in `x87.rs`, SSE/SSE2 floating point in `ssefp.rs`. Not implemented
+//! (raise #UD): MMX forms of the packed-integer instructions, SSE3 and later.
 
 use super::{Ctx, R};
 use crate::cpu::{self, MXCSR_MASK};
@@ -16,10 +14,11 @@ use iced_x86::{Mnemonic, OpKind, Register};
 pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
     use Mnemonic as M;
     let r = match m {
-        M::Fninit | M::Fnstsw | M::Fnstcw | M::Fldcw | M::Fnclex | M::Wait => x87_control(c, m),
+        M::Wait => fwait(c),
         M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => fxsave(c, m),
         M::Ldmxcsr | M::Stmxcsr => mxcsr(c, m),
         M::Movnti => movnti(c),
+        _ if is_x87(m) => super::x87::exec(c),
         _ if super::ssefp::handles(m) => {
             if uses_mmx(c) {
                 return Some(Err(Exception::ud().into()));
@@ -37,6 +36,100 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
         }
     };
     Some(r)
+}
+
+/// x87 instructions other than the control ones handled here.
+fn is_x87(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        m,
+        M::F2xm1
+            | M::Fabs
+            | M::Fadd
+            | M::Faddp
+            | M::Fbld
+            | M::Fbstp
+            | M::Fchs
+            | M::Fcmovb
+            | M::Fcmovbe
+            | M::Fcmove
+            | M::Fcmovnb
+            | M::Fcmovnbe
+            | M::Fcmovne
+            | M::Fcmovnu
+            | M::Fcmovu
+            | M::Fcom
+            | M::Fcomi
+            | M::Fcomip
+            | M::Fcomp
+            | M::Fcompp
+            | M::Fcos
+            | M::Fdecstp
+            | M::Fdiv
+            | M::Fdivp
+            | M::Fdivr
+            | M::Fdivrp
+            | M::Ffree
+            | M::Fiadd
+            | M::Ficom
+            | M::Ficomp
+            | M::Fidiv
+            | M::Fidivr
+            | M::Fild
+            | M::Fimul
+            | M::Fincstp
+            | M::Fist
+            | M::Fistp
+            | M::Fisttp
+            | M::Fisub
+            | M::Fisubr
+            | M::Fld
+            | M::Fld1
+            | M::Fldenv
+            | M::Fldl2e
+            | M::Fldl2t
+            | M::Fldlg2
+            | M::Fldln2
+            | M::Fldpi
+            | M::Fldz
+            | M::Fmul
+            | M::Fmulp
+            | M::Fnop
+            | M::Fnsave
+            | M::Fnstenv
+            | M::Fpatan
+            | M::Fprem
+            | M::Fprem1
+            | M::Fptan
+            | M::Frndint
+            | M::Frstor
+            | M::Fscale
+            | M::Fsin
+            | M::Fsincos
+            | M::Fsqrt
+            | M::Fst
+            | M::Fstp
+            | M::Fsub
+            | M::Fsubp
+            | M::Fsubr
+            | M::Fsubrp
+            | M::Ftst
+            | M::Fucom
+            | M::Fucomi
+            | M::Fucomip
+            | M::Fucomp
+            | M::Fucompp
+            | M::Fxam
+            | M::Fxch
+            | M::Fxtract
+            | M::Fyl2x
+            | M::Fyl2xp1
+            | M::Fninit
+            | M::Fnclex
+            | M::Fnstsw
+            | M::Fnstcw
+            | M::Fldcw
+    )
 }
 
 fn is_sse(m: Mnemonic) -> bool {
@@ -545,26 +638,11 @@ fn mxcsr(c: &mut Ctx, m: Mnemonic) -> R {
     Ok(())
 }
 
-fn x87_control(c: &mut Ctx, m: Mnemonic) -> R {
-    use Mnemonic as M;
-    x87_available(c, m == M::Wait)?;
-    match m {
-        M::Fninit => c.cpu.fpu = crate::cpu::Fpu { st: c.cpu.fpu.st, ..Default::default() },
-        M::Fnclex => c.cpu.fpu.fsw &= 0x7f00,
-        M::Fnstsw => {
-            let v = u64::from(c.cpu.fpu.fsw);
-            c.write(0, v)?;
-        }
-        M::Fnstcw => {
-            let v = u64::from(c.cpu.fpu.fcw);
-            c.write(0, v)?;
-        }
-        M::Fldcw => {
-            let v = c.read(0)? as u16;
-            c.cpu.fpu.fcw = sanitize_fcw(v);
-            c.cpu.fpu.fsw = summarize_fsw(c.cpu.fpu.fsw, c.cpu.fpu.fcw);
-        }
-        _ => {}
+/// FWAIT: #NM if CR0.TS and CR0.MP, #MF if an unmasked x87 exception is pending.
+fn fwait(c: &mut Ctx) -> R {
+    x87_available(c, true)?;
+    if c.cpu.fpu.fsw & 0x80 != 0 {
+        return Err(Exception::new(Vector::MF).into());
     }
     Ok(())
 }

@@ -63,6 +63,28 @@ impl Rng {
         }
     }
 
+    /// An 80-bit extended-precision pattern, mostly normal numbers near 1.
+    pub fn float80(&mut self) -> [u8; 10] {
+        let sign = (self.below(2) as u16) << 15;
+        let exp: u16 = match self.below(10) {
+            0 => 0,
+            1 => 0x7fff,
+            2 => self.below(0x7fff) as u16,
+            _ => 0x3fff - 40 + self.below(80) as u16,
+        };
+        let mut mant = self.next();
+        if exp != 0 && !self.chance(3) {
+            mant |= 1 << 63;
+        }
+        if self.chance(20) {
+            mant &= 0xffff_ffff_0000_0000;
+        }
+        let mut out = [0u8; 10];
+        out[..8].copy_from_slice(&mant.to_le_bytes());
+        out[8..].copy_from_slice(&(sign | exp).to_le_bytes());
+        out
+    }
+
     /// A value biased towards the edges of the operand ranges.
     pub fn interesting(&mut self) -> u64 {
         match self.below(10) {
@@ -112,6 +134,10 @@ fn reg_xmm(idx: u32) -> Register {
     Register::values().nth(Register::XMM0 as usize + idx as usize).unwrap_or(Register::XMM0)
 }
 
+fn st_reg(idx: u32) -> Register {
+    Register::values().nth(Register::ST0 as usize + idx as usize).unwrap_or(Register::ST0)
+}
+
 /// One generated program.
 pub struct Program {
     pub code: Vec<u8>,
@@ -135,7 +161,7 @@ impl Gen {
                 continue;
             }
             // SIMD: only the legacy SSE encodings (VEX forms are AVX).
-            if matches!(family(op.mnemonic()), Some(Family::Sse | Family::SseFp))
+            if matches!(family(op.mnemonic()), Some(Family::Sse | Family::SseFp | Family::X87))
                 && op.encoding() != EncodingKind::Legacy
             {
                 continue;
@@ -294,6 +320,14 @@ impl Gen {
                     ins.set_op_kind(n, OpKind::Register);
                     ins.set_op_register(n, reg_xmm(rng.below(16) as u32));
                 }
+                K::st0 => {
+                    ins.set_op_kind(n, OpKind::Register);
+                    ins.set_op_register(n, Register::ST0);
+                }
+                K::sti_opcode => {
+                    ins.set_op_kind(n, OpKind::Register);
+                    ins.set_op_register(n, st_reg(rng.below(8) as u32));
+                }
                 K::xmm_or_mem => {
                     if rng.chance(40) {
                         let align = if rng.chance(85) { 16 } else { 1 };
@@ -308,7 +342,11 @@ impl Gen {
                 K::mem => {
                     let wants16 = matches!(
                         m,
-                        Mnemonic::Cmpxchg16b
+                        Mnemonic::Fnsave
+                            | Mnemonic::Frstor
+                            | Mnemonic::Fnstenv
+                            | Mnemonic::Fldenv
+                            | Mnemonic::Cmpxchg16b
                             | Mnemonic::Fxsave64
                             | Mnemonic::Fxrstor64
                             | Mnemonic::Movntdq

@@ -107,8 +107,9 @@ fn diff(sb: &Sandbox, nat: &Native, r: &libc::user_regs_struct, undefined: u64) 
     out
 }
 
-/// The address an FXSAVE64 at `at` stored to, if that is the instruction at `at`.
-fn fxsave_address(sb: &Sandbox, at: u64) -> Option<u64> {
+/// For an instruction at `at` that stores x87 state (FXSAVE64, FNSTENV, FNSAVE): the address it
+/// stored to and the byte range of the x87 instruction/data pointers in the image.
+fn x87_image(sb: &Sandbox, at: u64) -> Option<(u64, std::ops::Range<u64>)> {
     let mut b = [0u8; 15];
     sb.peek(at, &mut b);
     let i = Decoder::with_ip(64, &b, at, DecoderOptions::NONE).decode();
@@ -117,8 +118,14 @@ fn fxsave_address(sb: &Sandbox, at: u64) -> Option<u64> {
         iced_x86::Register::GS => sb.cpu.seg[kiln_emu::cpu::GS].base,
         _ => DATA,
     };
-    (i.mnemonic() == iced_x86::Mnemonic::Fxsave64)
-        .then(|| base.wrapping_add(i.memory_displacement64()))
+    let la = base.wrapping_add(i.memory_displacement64());
+    let ptrs = match (i.mnemonic(), i.memory_size().size()) {
+        (iced_x86::Mnemonic::Fxsave64, _) => 6..24,
+        (iced_x86::Mnemonic::Fnstenv | iced_x86::Mnemonic::Fnsave, 14 | 94) => 6..14,
+        (iced_x86::Mnemonic::Fnstenv | iced_x86::Mnemonic::Fnsave, _) => 12..28,
+        _ => return None,
+    };
+    Some((la, ptrs))
 }
 
 #[test]
@@ -208,7 +215,8 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
         sb.cpu.seg[kiln_emu::cpu::FS].base = DATA + 0x400;
         sb.cpu.seg[kiln_emu::cpu::GS].base = DATA + 0xc00;
         nat.set_regs(&regs).expect("set host registers");
-        let simd = prog.families.iter().any(|f| matches!(f, Family::Sse | Family::SseFp));
+        let simd =
+            prog.families.iter().any(|f| matches!(f, Family::Sse | Family::SseFp | Family::X87));
         if simd {
             let mut fp = base_fp;
             // Random rounding mode, sometimes DAZ/FTZ, sometimes an unmasked exception.
@@ -221,6 +229,27 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
                 mxcsr &= !(1 << (7 + *rng.pick(&[0u64, 1, 2, 5])));
             }
             fp.mxcsr = mxcsr;
+            // x87: random registers, tags and TOP; mostly the default control word.
+            let mut fpu = kiln_emu::cpu::Fpu::default();
+            if rng.chance(30) {
+                fpu.fcw = 0x37f ^ ((rng.below(16) as u16) << 8);
+            }
+            if rng.chance(10) {
+                fpu.fcw &= !(1 << rng.below(6));
+            }
+            fpu.fsw = (rng.below(8) as u16) << 11;
+            fpu.ftw = rng.next() as u8;
+            for k in 0..8 {
+                fpu.st[k][..10].copy_from_slice(&rng.float80());
+                for w in 0..4 {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(&fpu.st[k][4 * w..4 * w + 4]);
+                    fp.st_space[4 * k + w] = u32::from_le_bytes(b);
+                }
+            }
+            fp.cwd = fpu.fcw;
+            fp.swd = fpu.fsw;
+            fp.ftw = u16::from(fpu.ftw);
             for k in 0..16 {
                 let v = rng.xmm();
                 sb.cpu.xmm[k] = v;
@@ -230,7 +259,7 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
             }
             nat.set_fpregs(&fp).expect("set host FP registers");
             sb.cpu.mxcsr = fp.mxcsr;
-            sb.cpu.fpu = kiln_emu::cpu::Fpu::default();
+            sb.cpu.fpu = fpu;
         }
         sb.cpu.gpr = g;
         sb.cpu.rip = CODE;
@@ -275,16 +304,23 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
                 }
             }
             compared += 1;
-            // MXCSR_MASK in an FXSAVE image is model-specific (AMD sets bit 17): adopt ours.
             if host_stop == Stop::Trap && emu_fault.is_none() {
-                if let Some(la) = fxsave_address(&sb, at) {
-                    nat.write(la + 28, &kiln_emu::cpu::MXCSR_MASK.to_le_bytes());
+                if let Some((la, ptrs)) = x87_image(&sb, at) {
+                    // AMD keeps FOP/FIP/FDP only with an exception pending; Intel (which this CPU
+                    // reports) always does. MXCSR_MASK in an FXSAVE image is model-specific.
+                    // Adopt ours for both.
+                    let mut ours = vec![0u8; (ptrs.end - ptrs.start) as usize];
+                    sb.peek(la + ptrs.start, &mut ours);
+                    nat.write(la + ptrs.start, &ours);
+                    if ptrs.start == 6 && ptrs.end == 24 {
+                        nat.write(la + 28, &kiln_emu::cpu::MXCSR_MASK.to_le_bytes());
+                    }
                 }
             }
             let fault_ok = matches!(
                 (host_stop, emu_fault),
                 (Stop::Trap, None)
-                    | (Stop::Signal(libc::SIGFPE), Some(Vector::DE | Vector::XM))
+                    | (Stop::Signal(libc::SIGFPE), Some(Vector::DE | Vector::XM | Vector::MF))
                     | (Stop::Signal(libc::SIGILL), Some(Vector::UD))
                     | (
                         Stop::Signal(libc::SIGSEGV | libc::SIGBUS),

@@ -16,9 +16,11 @@ pub enum Family {
     Branch,
     Sse,
     SseFp,
+    X87,
 }
 
-pub const FAMILIES: [Family; 11] = [
+pub const FAMILIES: [Family; 12] = [
+    Family::X87,
     Family::Sse,
     Family::SseFp,
     Family::Alu,
@@ -303,6 +305,89 @@ pub fn family(m: Mnemonic) -> Option<Family> {
         | M::Cvtsd2si
         | M::Cvttss2si
         | M::Cvttsd2si => Family::SseFp,
+        M::F2xm1
+        | M::Fabs
+        | M::Fadd
+        | M::Faddp
+        | M::Fbld
+        | M::Fbstp
+        | M::Fchs
+        | M::Fcmovb
+        | M::Fcmovbe
+        | M::Fcmove
+        | M::Fcmovnb
+        | M::Fcmovnbe
+        | M::Fcmovne
+        | M::Fcmovnu
+        | M::Fcmovu
+        | M::Fcom
+        | M::Fcomi
+        | M::Fcomip
+        | M::Fcomp
+        | M::Fcompp
+        | M::Fcos
+        | M::Fdecstp
+        | M::Fdiv
+        | M::Fdivp
+        | M::Fdivr
+        | M::Fdivrp
+        | M::Ffree
+        | M::Fiadd
+        | M::Ficom
+        | M::Ficomp
+        | M::Fidiv
+        | M::Fidivr
+        | M::Fild
+        | M::Fimul
+        | M::Fincstp
+        | M::Fist
+        | M::Fistp
+        | M::Fisttp
+        | M::Fisub
+        | M::Fisubr
+        | M::Fld
+        | M::Fld1
+        | M::Fldl2e
+        | M::Fldl2t
+        | M::Fldlg2
+        | M::Fldln2
+        | M::Fldpi
+        | M::Fldz
+        | M::Fmul
+        | M::Fmulp
+        | M::Fnop
+        | M::Fpatan
+        | M::Fprem
+        | M::Fprem1
+        | M::Fptan
+        | M::Frndint
+        | M::Fscale
+        | M::Fsin
+        | M::Fsincos
+        | M::Fsqrt
+        | M::Fst
+        | M::Fstp
+        | M::Fsub
+        | M::Fsubp
+        | M::Fsubr
+        | M::Fsubrp
+        | M::Ftst
+        | M::Fucom
+        | M::Fucomi
+        | M::Fucomip
+        | M::Fucomp
+        | M::Fucompp
+        | M::Fxam
+        | M::Fxch
+        | M::Fxtract
+        | M::Fyl2x
+        | M::Fyl2xp1
+        | M::Fldcw
+        | M::Fnclex
+        | M::Fnstenv
+        | M::Fldenv
+        | M::Fnsave
+        | M::Frstor => Family::X87,
         _ => return None,
     })
 }
@@ -345,6 +430,8 @@ pub fn operand_supported(k: K) -> bool {
             | K::xmm_reg
             | K::xmm_rm
             | K::xmm_or_mem
+            | K::st0
+            | K::sti_opcode
     )
 }
 
