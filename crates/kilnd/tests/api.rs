@@ -241,3 +241,51 @@ fn fifty_vms_and_two_hundred_concurrent_requests_lose_nothing() {
     });
     assert!(c.get::<Vec<Vm>>("/v1/vms").unwrap().iter().all(|v| v.state == VmState::Stopped));
 }
+
+#[test]
+fn a_vmm_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
+    let base = std::env::temp_dir().join(format!("kilnd-stubborn-{}", std::process::id()));
+    let vmm = base.with_extension("stubborn-vmm.sh");
+    // `sleep` in the background so the shell itself (which ignores TERM) is the VMM.
+    std::fs::write(&vmm, "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with_vmm("stubborn", vmm);
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("s", &k));
+    verb(&c, "s", "start").unwrap();
+    let t0 = std::time::Instant::now();
+    let vm: Vm = c.post("/v1/vms/s/stop?timeout_secs=1").unwrap();
+    let took = t0.elapsed();
+    assert_eq!(vm.state, VmState::Stopped, "{vm:?}");
+    assert_eq!(vm.reason.as_deref(), Some("killed after the 1 s stop timeout"));
+    assert!(took >= std::time::Duration::from_millis(900) && took.as_secs() < 5, "{took:?}");
+    let (code, err) = status(c.post::<Vm>("/v1/vms/s/stop?bogus=1"));
+    assert_eq!((code, err.field.as_deref()), (400, Some("bogus")), "{err:?}");
+}
+
+#[test]
+fn a_second_kilnd_on_the_same_state_is_refused() {
+    let d = daemon("twice");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--socket")
+        .arg(d.dir.join("other.sock"))
+        .arg("--state-dir")
+        .arg(d.dir.join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another kilnd uses the state directory"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--state-dir")
+        .arg(d.dir.join("state2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another kilnd is listening"), "{err}");
+    // The first one still answers.
+    assert!(d.admin().get::<Vec<Vm>>("/v1/vms").is_ok());
+}
