@@ -11,6 +11,7 @@
 //! dropped), and the VMM carries on.
 
 pub mod block;
+pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 pub mod rng;
