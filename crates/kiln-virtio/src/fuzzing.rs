@@ -52,7 +52,7 @@ impl Input<'_> {
 }
 
 fn device(kind: u8) -> Option<Box<dyn VirtioDevice>> {
-    if kind % 2 == 0 {
+    if kind.is_multiple_of(2) {
         return Some(Box::new(Rng));
     }
     let path = std::env::temp_dir().join(format!("kiln-fuzz-disk-{}", std::process::id()));
