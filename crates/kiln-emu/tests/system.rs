@@ -263,6 +263,13 @@ fn msrs_round_trip_and_unknown_msrs_fault() {
         a.rdmsr()?;
         a.mov(r8, rdx)?;
         a.mov(r9, rax)?;
+        a.mov(ecx, 0x8bu32)?; // BIOS_SIGN_ID: Linux writes 0, then reads the revision
+        a.xor(eax, eax)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.mov(eax, 1u32)?;
+        a.rdmsr()?;
+        a.mov(r10, rax)?;
         a.mov(ecx, 0x1234u32)?;
         a.rdmsr()?; // #GP(0)
         a.hlt()
@@ -270,6 +277,7 @@ fn msrs_round_trip_and_unknown_msrs_fault() {
     load(&mut sb, CODE, &code);
     sb.run(100).expect("runs");
     assert_eq!((sb.cpu.gpr[8], sb.cpu.gpr[9]), (0xffff_8000, 0x89ab_cdef));
+    assert_eq!(sb.cpu.gpr[10], 0, "microcode revision 0");
     assert_eq!(sb.cpu.seg[kiln_emu::cpu::GS].base, 0xffff_8000_89ab_cdef);
     assert_eq!(sb.halted_vector(), Some(13));
 }

@@ -1,7 +1,8 @@
 //! Model-specific registers (RDMSR/WRMSR), the TSC (RDTSC/RDTSCP) and CPUID.
 //!
 //! MSRs: EFER, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX, TSC,
-//! APIC_BASE, PAT, MISC_ENABLE and the SYSENTER trio; any other MSR raises #GP(0). The TSC counts
+//! APIC_BASE, PAT, MISC_ENABLE, BIOS_SIGN_ID (microcode revision 0) and the SYSENTER trio; any
+//! other MSR raises #GP(0). The TSC counts
 //! retired instructions. CPUID reports only what this CPU implements.
 
 use super::{Ctx, R};
@@ -12,6 +13,7 @@ use crate::fault::{is_canonical, Exception};
 mod index {
     pub const TSC: u32 = 0x10;
     pub const APIC_BASE: u32 = 0x1b;
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
     pub const SYSENTER_CS: u32 = 0x174;
     pub const SYSENTER_EIP: u32 = 0x176;
     pub const MISC_ENABLE: u32 = 0x1a0;
@@ -32,6 +34,8 @@ pub fn read_msr(cpu: &Cpu, index: u32) -> Option<u64> {
     Some(match index {
         index::TSC => cpu.icount.wrapping_add(cpu.msr.tsc_offset),
         index::APIC_BASE => cpu.msr.apic_base,
+        // The microcode revision: none loaded.
+        index::BIOS_SIGN_ID => 0,
         index::SYSENTER_CS..=index::SYSENTER_EIP => {
             cpu.msr.sysenter[(index - index::SYSENTER_CS) as usize]
         }
@@ -72,6 +76,8 @@ pub fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<(), Exception> {
             cpu.msr.sysenter[(index - index::SYSENTER_CS) as usize] = v
         }
         index::MISC_ENABLE => cpu.msr.misc_enable = v,
+        // Writing 0 before CPUID(1) asks for the microcode revision; there is none to update.
+        index::BIOS_SIGN_ID => {}
         index::PAT => {
             for b in v.to_le_bytes() {
                 if matches!(b, 2 | 3) || b > 7 {
