@@ -5,13 +5,13 @@
 //! the disk's serial. The image is locked with `flock`: exclusively when writable, shared when
 //! read-only, so an image in use by one VM cannot be opened writable by a second.
 
-use crate::{device_type, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::{device_type, drain_queue, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 /// Sector size of the virtio-blk protocol.
@@ -212,15 +212,6 @@ impl VirtioDevice for Block {
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
-            let head = chain.head_index();
-            let written = self.serve_chain(chain, memory);
-            if queue.add_used(memory, head, written).is_err() {
-                break;
-            }
-            used = true;
-        }
-        used
+        drain_queue(queue, memory, |chain| self.serve_chain(chain, memory))
     }
 }

@@ -60,6 +60,26 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// Serves every available chain of `queue` with `serve`, which returns the bytes it wrote into
+/// the chain, and returns the chains to the driver. Returns true if any chain was used.
+pub(crate) fn drain_queue(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    use virtio_queue::QueueT;
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(memory) {
+        let head = chain.head_index();
+        let written = serve(chain);
+        if queue.add_used(memory, head, written).is_err() {
+            break;
+        }
+        used = true;
+    }
+    used
+}
+
 /// Copies `data` of a configuration space into `out` at `offset`, zero-filling past its end.
 pub(crate) fn read_config_bytes(config: &[u8], offset: u64, out: &mut [u8]) {
     for (i, byte) in out.iter_mut().enumerate() {

@@ -6,7 +6,7 @@
 //! while the driver has no receive buffer waits in the device until the driver adds one.
 
 use crate::tap::Tap;
-use crate::{device_type, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::{device_type, drain_queue, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
 use virtio_queue::{Queue, QueueT};
@@ -40,9 +40,7 @@ impl Net {
     }
 
     fn transmit(&mut self, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
-            let head = chain.head_index();
+        drain_queue(queue, memory, |chain| {
             if let Ok(mut reader) = chain.reader(memory) {
                 let len = reader.available_bytes().min(NET_HDR_LEN + MAX_FRAME);
                 let mut packet = vec![0u8; len];
@@ -51,12 +49,8 @@ impl Net {
                     let _ = self.tap.send(&packet[NET_HDR_LEN..]);
                 }
             }
-            if queue.add_used(memory, head, 0).is_err() {
-                break;
-            }
-            used = true;
-        }
-        used
+            0
+        })
     }
 
     fn receive(&mut self, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {

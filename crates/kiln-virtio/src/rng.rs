@@ -1,7 +1,7 @@
 //! virtio-rng: fills the driver's buffers from the host's `getrandom`.
 
-use crate::{device_type, VirtioDevice, VIRTIO_F_VERSION_1};
-use virtio_queue::{Queue, QueueT};
+use crate::{device_type, drain_queue, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 /// The most bytes served per buffer, so a guest cannot make one request arbitrarily expensive.
@@ -34,27 +34,21 @@ impl VirtioDevice for Rng {
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
-            let head = chain.head_index();
-            let mut written = 0u32;
+        drain_queue(queue, memory, |chain| {
+            let mut written = 0usize;
             for desc in chain.writable() {
-                let len = (desc.len() as usize).min(MAX_BYTES_PER_BUFFER - written as usize);
+                let len = (desc.len() as usize).min(MAX_BYTES_PER_BUFFER - written);
                 let mut bytes = vec![0u8; len];
                 if !fill_random(&mut bytes) || memory.write_slice(&bytes, desc.addr()).is_err() {
                     break;
                 }
-                written += len as u32;
-                if written as usize >= MAX_BYTES_PER_BUFFER {
+                written += len;
+                if written >= MAX_BYTES_PER_BUFFER {
                     break;
                 }
             }
-            if queue.add_used(memory, head, written).is_err() {
-                break;
-            }
-            used = true;
-        }
-        used
+            written as u32
+        })
     }
 }
 
