@@ -2,8 +2,8 @@
 //!
 //! * [`EmuEngine`] creates [`EmuVm`]s; an `EmuVm` creates [`EmuVcpu`]s over the VM's memory.
 //! * Interrupts: there is no local APIC or I/O APIC yet. An [`kiln_engine::IrqLine`] for GSI `n`
-//!   records external vector `0x20 + n` as pending for the boot processor (the vectors a legacy PIC
-//!   remapped to 0x20 would use); the vCPU delivers the highest pending vector when RFLAGS.IF
+//!   records external vector `0x30 + n` as pending for the boot processor (Linux's vectors for
+//!   the legacy ISA interrupts, `ISA_IRQ_VECTOR(n)`); the vCPU delivers the highest pending vector when RFLAGS.IF
 //!   allows. A real APIC with its timer, an I/O APIC and INIT/SIPI come later.
 //! * Kicks: an atomic flag checked every [`SLICE`] instructions and while halted.
 //! * HLT with interrupts disabled and nothing pending returns [`VcpuStop::Halted`]; HLT with
@@ -23,6 +23,10 @@ use kiln_engine::{
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+/// The vector of interrupt line 0 until there is an interrupt controller: Linux assigns
+/// `0x30 + n` to ISA interrupt `n`.
+pub const ISA_VECTOR_BASE: u32 = 0x30;
 
 /// Instructions executed between two checks of the kick flag and pending interrupts.
 pub const SLICE: u32 = 2048;
@@ -160,13 +164,16 @@ impl Vm for EmuVm {
     }
 
     fn irq_line(&self, gsi: u32) -> kiln_engine::Result<Arc<dyn IrqLine>> {
-        if gsi >= 224 {
+        if gsi >= 256 - ISA_VECTOR_BASE {
             return Err(EngineError::Unsupported {
                 engine: "emu",
-                what: format!("interrupt line {gsi} (at most 224 lines)"),
+                what: format!("interrupt line {gsi} (at most {} lines)", 256 - ISA_VECTOR_BASE),
             });
         }
-        Ok(Arc::new(EmuIrqLine { vector: (0x20 + gsi) as u8, signals: self.signals.clone() }))
+        Ok(Arc::new(EmuIrqLine {
+            vector: (ISA_VECTOR_BASE + gsi) as u8,
+            signals: self.signals.clone(),
+        }))
     }
 }
 

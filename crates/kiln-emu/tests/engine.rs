@@ -57,7 +57,7 @@ fn an_interrupt_line_wakes_a_halted_vcpu_into_its_handler() {
     a.hlt().expect("asm");
     let h = a.assemble(handler).expect("asm");
     sb.poke(handler, &h);
-    sb.set_gate(0x24, handler, 0xe, 0, 0); // GSI 4 -> vector 0x24
+    sb.set_gate(0x34, handler, 0xe, 0, 0); // GSI 4 -> vector 0x34
     let code = assemble(|a| {
         a.sti()?;
         a.hlt()?;
