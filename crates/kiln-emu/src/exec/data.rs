@@ -162,7 +162,7 @@ fn mov(c: &mut Ctx) -> R {
                 let dst = i.op_register(0);
                 let size = dst.size() as u32;
                 let full = dst.full_register();
-                let idx = full as usize - Register::RAX as usize;
+                let idx = (full as usize).wrapping_sub(Register::RAX as usize);
                 c.cpu.set_gpr_sized(idx, size.max(4), v);
                 return Ok(());
             }
@@ -278,12 +278,12 @@ fn cmov(c: &mut Ctx) -> R {
     let v = c.read(1)?;
     let size = c.op_size(0);
     let dst = c.i.op_register(0);
-    let idx = dst.full_register() as usize - Register::RAX as usize;
+    let idx = (dst.full_register() as usize).wrapping_sub(Register::RAX as usize);
     if c.cpu.cond(c.i.condition_code()) {
         c.cpu.set_gpr_sized(idx, size, v);
     } else if size == 4 {
         // A 32-bit CMOV writes its destination even when the condition is false.
-        let old = c.cpu.gpr[idx];
+        let old = c.cpu.gpr[idx & 15];
         c.cpu.set_gpr_sized(idx, 4, old);
     }
     Ok(())

@@ -455,7 +455,7 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
                 mask |= (((s >> ((k + 1) * bits - 1)) & 1) as u64) << k;
             }
             let r = c.i.op_register(0);
-            let idx = r.full_register() as usize - Register::RAX as usize;
+            let idx = (r.full_register() as usize).wrapping_sub(Register::RAX as usize);
             c.cpu.set_gpr_sized(idx & 15, 8, mask);
         }
         M::Pshufd | M::Pshuflw | M::Pshufhw | M::Shufps | M::Shufpd => {

@@ -105,7 +105,7 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
 fn store_selector(c: &mut Ctx, v: u64) -> R {
     if c.i.op0_kind() == OpKind::Register {
         let r = c.i.op_register(0);
-        let idx = r.full_register() as usize - Register::RAX as usize;
+        let idx = (r.full_register() as usize).wrapping_sub(Register::RAX as usize);
         c.cpu.set_gpr_sized(idx, r.size() as u32, v);
         Ok(())
     } else {
