@@ -17,7 +17,7 @@ use kiln_devices::power::AcpiPower;
 use kiln_devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
 use kiln_devices::{DeviceManager, ExitReason, ExitSignal};
-use kiln_engine::{EngineError, Kick, Vcpu, VcpuStop, VmSpec};
+use kiln_engine::{EngineError, EngineKind, Kick, Vcpu, VcpuStop, VmSpec};
 use kiln_virtio::block::Block;
 use kiln_virtio::mmio::{MmioTransport, MMIO_WINDOW};
 use kiln_virtio::net::{random_mac, Net};
@@ -101,7 +101,7 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
         eprintln!("kiln-vmm: net: TAP {} with MAC {}", tap.name(), format_mac(mac));
         virtio.push(Box::new(Net::new(tap, mac)));
     }
-    let cmdline = virtio_cmdline(&config.cmdline, virtio.len());
+    let cmdline = engine_cmdline(virtio_cmdline(&config.cmdline, virtio.len()), engine);
     let mmio_devices: Vec<MmioDevice> = (0..virtio.len())
         .map(|slot| {
             let (base, gsi) = virtio_slot(slot);
@@ -196,6 +196,19 @@ fn virtio_cmdline(user: &str, devices: usize) -> String {
     for slot in 0..devices {
         let (base, gsi) = virtio_slot(slot);
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    }
+    cmdline
+}
+
+/// The emu engine's TSC advances one tick per retired instruction, which Kiln declares to be
+/// 1 GHz (guest time is driven by executed instructions). Linux must be told, or it calibrates
+/// the TSC against the PIT, which fails under a slow software CPU.
+const EMU_TSC_KHZ: u32 = 1_000_000;
+
+/// Adds what the engine needs the kernel to know, unless the user said otherwise.
+fn engine_cmdline(mut cmdline: String, engine: &Selection) -> String {
+    if engine.engine.kind() == EngineKind::Emu && !cmdline.contains("tsc_early_khz=") {
+        cmdline.push_str(&format!(" tsc_early_khz={EMU_TSC_KHZ}"));
     }
     cmdline
 }
