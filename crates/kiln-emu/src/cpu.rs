@@ -127,6 +127,11 @@ pub const MXCSR_DEFAULT: u32 = 0x1f80;
 /// The MXCSR bits software may set (DAZ supported).
 pub const MXCSR_MASK: u32 = 0xffff;
 
+/// The nominal TSC frequency: the TSC advances one tick per retired instruction, and CPUID
+/// leaves 0x15/0x16 report this frequency (and a crystal of the same frequency, which Linux
+/// also uses as the local APIC timer clock).
+pub const TSC_HZ: u64 = 1_000_000_000;
+
 /// The power-on value of IA32_PAT.
 pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 

@@ -563,3 +563,27 @@ fn iretq_to_the_same_privilege_serializes_like_sync_core() {
     assert_eq!(sb.cpu.gpr[4], sb::RSP0_TOP, "the whole frame was popped");
     assert_eq!(sb.cpu.seg[kiln_emu::cpu::SS].selector, sb::KERNEL_DS);
 }
+
+#[test]
+fn cpuid_reports_the_tsc_frequency_so_linux_need_not_calibrate() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.xor(eax, eax)?;
+        a.cpuid()?;
+        a.mov(r8d, eax)?; // max basic leaf
+        a.mov(eax, 0x15u32)?;
+        a.cpuid()?;
+        a.mov(r9d, eax)?;
+        a.mov(r10d, ebx)?;
+        a.mov(r11d, ecx)?;
+        a.mov(eax, 0x16u32)?;
+        a.cpuid()?;
+        a.hlt()
+    });
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.gpr[8] >= 0x16);
+    let (den, num, crystal) = (sb.cpu.gpr[9], sb.cpu.gpr[10], sb.cpu.gpr[11]);
+    assert_eq!(crystal * num / den, kiln_emu::cpu::TSC_HZ);
+    assert_eq!(sb.cpu.gpr[0], kiln_emu::cpu::TSC_HZ / 1_000_000, "base MHz");
+}

@@ -158,7 +158,7 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
         (w(0), w(1), w(2), w(3))
     };
     match leaf {
-        0 => (7, ascii4(b"Genu"), ascii4(b"ntel"), ascii4(b"ineI")),
+        0 => (0x16, ascii4(b"Genu"), ascii4(b"ntel"), ascii4(b"ineI")),
         1 => {
             let eax = 0x0000_0601; // family 6, model 0, stepping 1
             let ebx = (cpu.apic_id << 24) | (1 << 16) | (8 << 8);
@@ -180,6 +180,14 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             (eax, ebx, ecx, edx)
         }
         7 if sub == 0 => (0, 1 << 3, 0, 0), // BMI1
+        // TSC/crystal ratio 1:1 and the crystal frequency, so Linux need not calibrate (it also
+        // derives the local APIC timer period from the crystal clock).
+        0x15 => (1, 1, cpu::TSC_HZ as u32, 0),
+        // Base/maximum/bus frequencies in MHz.
+        0x16 => {
+            let mhz = (cpu::TSC_HZ / 1_000_000) as u32;
+            (mhz, mhz, mhz, 0)
+        }
         0x4000_0000 => (0x4000_0000, ascii4(b"Kiln"), ascii4(b"Kiln"), ascii4(b"Kiln")),
         0x8000_0000 => (0x8000_0008, 0, 0, 0),
         0x8000_0001 => {
