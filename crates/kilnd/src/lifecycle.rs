@@ -34,8 +34,8 @@ pub const AT_REST: [VmState; 3] = STARTABLE;
 pub const ACTIVE: [VmState; 4] =
     [VmState::Starting, VmState::Running, VmState::Paused, VmState::Stopping];
 
-/// Longest wait for a paused VMM's threads to stop.
-pub const PAUSE_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a VMM's threads to stop after SIGSTOP, or to run after SIGCONT.
+pub const SIGNAL_WAIT: Duration = Duration::from_secs(2);
 
 /// Errors of the life-cycle verbs.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +223,7 @@ impl Manager {
     }
 
     /// SIGSTOP: every thread of the VMM stops, the guest with them. Answers once they have
-    /// (a vCPU thread leaves KVM_RUN first), or after [`PAUSE_WAIT`] at worst.
+    /// (a vCPU thread leaves KVM_RUN first), or after [`SIGNAL_WAIT`] at worst.
     pub async fn pause(&self, name: &str, principal: Option<&str>) -> Result<Vm> {
         let vm = self.signal_verb(
             name,
@@ -233,25 +233,22 @@ impl Manager {
             libc::SIGSTOP,
             "pause",
         )?;
-        if let Some(pid) = vm.pid {
-            let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
-            while !procfs::all_threads_stopped(pid) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
+        settle(&vm, |stopped, total| stopped == total).await;
         Ok(vm)
     }
 
-    /// SIGCONT.
-    pub fn resume(&self, name: &str, principal: Option<&str>) -> Result<Vm> {
-        self.signal_verb(
+    /// SIGCONT; answers once no thread of the VMM is stopped (or after [`SIGNAL_WAIT`]).
+    pub async fn resume(&self, name: &str, principal: Option<&str>) -> Result<Vm> {
+        let vm = self.signal_verb(
             name,
             principal,
             VmState::Paused,
             VmState::Running,
             libc::SIGCONT,
             "resume",
-        )
+        )?;
+        settle(&vm, |stopped, _| stopped == 0).await;
+        Ok(vm)
     }
 
     fn signal_verb(
@@ -299,6 +296,21 @@ impl Manager {
     pub fn log_tail(&self, name: &str, stream: Stream, max: u64) -> Result<Vec<u8>> {
         self.db.vm(name)?;
         Ok(self.logs(name).tail(stream, max)?)
+    }
+}
+
+/// Waits until the VMM's threads satisfy `done(stopped, total)`, it is gone, or
+/// [`SIGNAL_WAIT`] has passed.
+async fn settle(vm: &Vm, done: impl Fn(usize, usize) -> bool) {
+    let Some(pid) = vm.pid else { return };
+    let deadline = tokio::time::Instant::now() + SIGNAL_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match procfs::stopped_threads(pid) {
+            Some((stopped, total)) if total > 0 && !done(stopped, total) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ => return,
+        }
     }
 }
 

@@ -70,20 +70,21 @@ pub fn signal(pid: u32, start_time: u64, signal: i32) -> Result<(), ProcError> {
     Ok(())
 }
 
-/// True if every thread of `pid` is stopped (`T`, or `t` when traced).
-pub fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-    let mut any = false;
+/// How many threads of `pid` are stopped (`T`, or `t` when traced), and how many it has;
+/// `None` if the process is gone. Threads that exit while being counted are left out.
+pub fn stopped_threads(pid: u32) -> Option<(usize, usize)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut stopped, mut total) = (0, 0);
     for task in tasks.flatten() {
         let stat = std::fs::read_to_string(task.path().join("stat")).ok();
-        match stat.as_deref().and_then(parse_stat) {
-            Some(s) if s.state == 'T' || s.state == 't' => any = true,
-            // A thread that has exited meanwhile does not count.
-            None => {}
-            Some(_) => return false,
+        if let Some(s) = stat.as_deref().and_then(parse_stat) {
+            total += 1;
+            if s.state == 'T' || s.state == 't' {
+                stopped += 1;
+            }
         }
     }
-    any
+    Some((stopped, total))
 }
 
 /// The host's RAM in MiB (`MemTotal` of `/proc/meminfo`), or `None` if unreadable.

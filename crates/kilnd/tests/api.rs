@@ -247,13 +247,15 @@ fn a_vmm_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
     let base = std::env::temp_dir().join(format!("kilnd-stubborn-{}", std::process::id()));
     let vmm = base.with_extension("stubborn-vmm.sh");
     // `sleep` in the background so the shell itself (which ignores TERM) is the VMM.
-    std::fs::write(&vmm, "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::write(&vmm, "#!/bin/sh\ntrap '' TERM\necho ready\nwhile :; do sleep 1; done\n")
+        .unwrap();
     std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
     let d = Daemon::start_with_vmm("stubborn", vmm);
     let c = d.admin();
     let k = kernel(&d);
     create(&c, &spec("s", &k));
     verb(&c, "s", "start").unwrap();
+    wait_console(&c, "s", "ready", std::time::Duration::from_secs(10));
     let t0 = std::time::Instant::now();
     let vm: Vm = c.post("/v1/vms/s/stop?timeout_secs=1").unwrap();
     let took = t0.elapsed();

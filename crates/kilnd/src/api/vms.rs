@@ -202,7 +202,9 @@ pub async fn resume(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Start)?;
-    Ok(Json(mgr.resume(&name, Some(&p.name)).map_err(|e| ApiFailure::from(e).during("resume"))?))
+    let vm =
+        mgr.resume(&name, Some(&p.name)).await.map_err(|e| ApiFailure::from(e).during("resume"))?;
+    Ok(Json(vm))
 }
 
 /// The VM's state changes, oldest first.
