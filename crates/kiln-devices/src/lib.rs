@@ -9,6 +9,8 @@ pub mod boot_timer;
 pub mod bus;
 mod exit;
 pub mod i8042;
+pub mod pic;
+pub mod pit;
 pub mod power;
 pub mod rtc;
 pub mod serial;

@@ -13,6 +13,8 @@ use kiln_boot::{layout, BootError, BootSpec};
 use kiln_devices::boot_timer::{BootTimer, ReadyTime, BOOT_TIMER_PORT};
 use kiln_devices::bus::BusError;
 use kiln_devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use kiln_devices::pic::{Pic, PIC_MASTER_PORT, PIC_SLAVE_PORT};
+use kiln_devices::pit::{Pit, PIT_LEN, PIT_PORT};
 use kiln_devices::power::AcpiPower;
 use kiln_devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
@@ -128,6 +130,14 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     devices.pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
     devices.pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
     devices.pio.insert(RTC_PORT, RTC_LEN, Arc::new(Mutex::new(Rtc::new())))?;
+    if engine.engine.kind() == EngineKind::Emu {
+        // KVM has the PICs and the PIT in the host kernel; emu needs them as devices.
+        devices.pio.insert(PIC_MASTER_PORT, 2, Arc::new(Mutex::new(Pic::new())))?;
+        devices.pio.insert(PIC_SLAVE_PORT, 2, Arc::new(Mutex::new(Pic::new())))?;
+        let pit = Pit::new(vm.irq_line(0)?)
+            .map_err(|source| VmError::Thread { name: "kiln-pit".into(), source })?;
+        devices.pio.insert(PIT_PORT, PIT_LEN, Arc::new(Mutex::new(pit)))?;
+    }
     let power = AcpiPower::new(exit.clone());
     devices.pio.insert(u64::from(SLEEP_CONTROL_PORT), 2, Arc::new(Mutex::new(power)))?;
     let report = Box::new(|t: Duration| {
