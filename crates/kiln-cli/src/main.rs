@@ -46,6 +46,11 @@ enum Command {
     Grant(access::GrantArgs),
     /// Who kilnd takes you for, and your grants.
     Whoami(access::ApiOnly),
+    /// Print a shell completion script (e.g. `kiln completions bash > /etc/bash_completion.d/kiln`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The audit log: who did what (admin).
     Audit {
         /// How many of the latest entries.
@@ -78,6 +83,11 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
         }
         Command::Vm(command) => vm::run(command),
         Command::User(args) => access::user(args),

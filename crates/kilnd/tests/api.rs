@@ -262,6 +262,8 @@ fn a_vmm_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
     assert_eq!(vm.state, VmState::Stopped, "{vm:?}");
     assert_eq!(vm.reason.as_deref(), Some("killed after the 1 s stop timeout"));
     assert!(took >= std::time::Duration::from_millis(900) && took.as_secs() < 5, "{took:?}");
+    let (code, err) = status(c.post::<Vm>("/v1/vms/s/stop?timeout_secs=99999999999"));
+    assert_eq!((code, err.field.as_deref()), (400, Some("timeout_secs")), "{err:?}");
     let (code, err) = status(c.post::<Vm>("/v1/vms/s/stop?bogus=1"));
     assert_eq!((code, err.field.as_deref()), (400, Some("bogus")), "{err:?}");
 }
@@ -290,4 +292,19 @@ fn a_second_kilnd_on_the_same_state_is_refused() {
     assert!(err.contains("another kilnd is listening"), "{err}");
     // The first one still answers.
     assert!(d.admin().get::<Vec<Vm>>("/v1/vms").is_ok());
+}
+
+#[test]
+fn a_missing_vmm_binary_makes_start_fail_and_the_vm_crashed_with_the_reason() {
+    let d = Daemon::start_with_vmm("novmm", PathBuf::from("/nonexistent/kiln-vmm"));
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("x", &k));
+    let (code, err) = status(verb(&c, "x", "start"));
+    assert_eq!(code, 500, "{err:?}");
+    assert!(err.message.contains("/nonexistent/kiln-vmm"), "{err:?}");
+    let vm: Vm = c.get("/v1/vms/x").unwrap();
+    assert_eq!(vm.state, VmState::Crashed);
+    assert!(vm.reason.unwrap().contains("could not start the VMM"));
+    assert_eq!(vm.pid, None);
 }

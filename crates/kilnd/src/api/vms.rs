@@ -119,8 +119,17 @@ pub async fn start(
     Ok(Json(vm))
 }
 
-fn timeout(options: &StopOptions) -> Option<Duration> {
-    options.timeout_secs.map(Duration::from_secs)
+/// Longest stop timeout a request may ask for.
+const MAX_STOP_TIMEOUT_SECS: u64 = 3600;
+
+fn timeout(options: &StopOptions) -> ApiResult<Option<Duration>> {
+    match options.timeout_secs {
+        Some(t) if t > MAX_STOP_TIMEOUT_SECS => Err(ApiFailure::bad_request(
+            Some("timeout_secs".to_owned()),
+            format!("timeout_secs {t} is more than {MAX_STOP_TIMEOUT_SECS}"),
+        )),
+        t => Ok(t.map(Duration::from_secs)),
+    }
 }
 
 /// SIGTERM to the VMM, SIGKILL after the timeout; answers once it has ended.
@@ -136,7 +145,7 @@ pub async fn stop(
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Stop)?;
     let vm = mgr
-        .stop(&name, Some(&p.name), timeout(&options))
+        .stop(&name, Some(&p.name), timeout(&options)?)
         .await
         .map_err(|e| ApiFailure::from(e).during("stop"))?;
     Ok(Json(vm))
@@ -171,7 +180,7 @@ pub async fn restart(
     vm_for(&mgr, &p, &name, Permission::Stop)?;
     vm_for(&mgr, &p, &name, Permission::Start)?;
     let vm = mgr
-        .restart(&name, Some(&p.name), timeout(&options))
+        .restart(&name, Some(&p.name), timeout(&options)?)
         .await
         .map_err(|e| ApiFailure::from(e).during("restart"))?;
     Ok(Json(vm))
