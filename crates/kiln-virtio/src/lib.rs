@@ -17,6 +17,7 @@ pub mod net;
 pub mod rng;
 pub mod tap;
 pub mod test_driver;
+pub mod vsock;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -32,6 +33,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Socket device (vsock).
+    pub const VSOCK: u32 = 19;
 }
 
 /// The logic of one virtio device, independent of transport and of how it is notified.
