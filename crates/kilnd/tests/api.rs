@@ -242,15 +242,42 @@ fn fifty_vms_and_two_hundred_concurrent_requests_lose_nothing() {
     assert!(c.get::<Vec<Vm>>("/v1/vms").unwrap().iter().all(|v| v.state == VmState::Stopped));
 }
 
-#[test]
-fn a_vmm_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
-    let base = std::env::temp_dir().join(format!("kilnd-stubborn-{}", std::process::id()));
+/// A stand-in VMM that ignores SIGTERM (the shell itself is the VMM; `sleep` runs in a loop).
+fn stubborn_daemon(test: &str) -> Daemon {
+    let base = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));
     let vmm = base.with_extension("stubborn-vmm.sh");
-    // `sleep` in the background so the shell itself (which ignores TERM) is the VMM.
     std::fs::write(&vmm, "#!/bin/sh\ntrap '' TERM\necho ready\nwhile :; do sleep 1; done\n")
         .unwrap();
     std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = Daemon::start_with_vmm("stubborn", vmm);
+    Daemon::start_with_vmm(test, vmm)
+}
+
+#[test]
+fn a_stop_cut_short_by_a_dying_kilnd_is_finished_by_the_next() {
+    let mut d = stubborn_daemon("stopcut");
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("s", &k));
+    let pid = verb(&c, "s", "start").unwrap().pid.unwrap();
+    wait_console(&c, "s", "ready", std::time::Duration::from_secs(10));
+    let stopper = std::thread::spawn(move || c.post::<Vm>("/v1/vms/s/stop?timeout_secs=60"));
+    wait_state(&d.admin(), "s", VmState::Stopping, std::time::Duration::from_secs(10));
+    d.sigkill();
+    assert!(stopper.join().unwrap().is_err(), "the stop request died with kilnd");
+    assert!(proc_state(pid).is_some(), "the VMM ignored SIGTERM and lives on");
+    d.spawn();
+    let c = d.admin();
+    let vm: Vm = c.get("/v1/vms/s").unwrap();
+    assert_eq!((vm.state, vm.pid), (VmState::Stopping, Some(pid)), "re-adopted while stopping");
+    // The new kilnd sends SIGTERM again and SIGKILL after its own stop timeout (5 s here).
+    let vm = wait_state(&c, "s", VmState::Stopped, std::time::Duration::from_secs(15));
+    assert_eq!(vm.pid, None);
+    assert!(!matches!(proc_state(pid), Some(s) if s != 'Z'), "the VMM is gone");
+}
+
+#[test]
+fn a_vmm_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
+    let d = stubborn_daemon("stubborn");
     let c = d.admin();
     let k = kernel(&d);
     create(&c, &spec("s", &k));
