@@ -95,3 +95,62 @@ fn kiln_guest_boots_under_hardware_kvm_runs_a_command_and_resets() {
     assert!(console.contains(&format!("KILN-SUM {sum}")), "{console}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The whole Kiln guest on Kiln's own CPU: boot to the ready marker, run commands, check a
+/// hash computed in the guest, reset. About 1.5 minutes of host time on these machines.
+#[test]
+fn kiln_guest_boots_under_emu_runs_commands_and_resets() {
+    let test = "kiln-vmm::kiln_guest_boots_under_emu";
+    let Some(kernel) = guest_kernel(test, "KILN_GUEST_KERNEL") else { return };
+    let dir = std::env::temp_dir().join(format!("kiln-emu-linux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("init.user");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nuname -a\ngrep -c ^processor /proc/cpuinfo\n\
+         echo KILN-SUM $(seq 1 20000 | sha256sum)\n",
+    )
+    .unwrap();
+    let initrd = dir.join("initramfs.cpio");
+    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
+        .args(["initramfs", "--out"])
+        .arg(&initrd)
+        .arg("--init")
+        .arg(&script)
+        .status();
+    if !matches!(built, Ok(s) if s.success()) {
+        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--engine", "emu", "--memory", "256", "--timeout", "900", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{log}");
+    assert_eq!(out.status.code(), Some(0), "{console}\n{log}");
+    assert!(console.contains("KILN-GUEST-READY 6.12"), "{console}");
+    assert!(console.contains("Linux (none) 6.12"), "uname -a: {console}");
+    let expected: String = {
+        let numbers: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+        let digest = std::process::Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                std::io::Write::write_all(child.stdin.as_mut().unwrap(), numbers.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&digest.stdout).split_whitespace().next().unwrap().to_string()
+    };
+    assert!(console.contains(&format!("KILN-SUM {expected}")), "guest hash: {console}");
+    assert!(console.contains("KILN-GUEST-DONE status=0"), "{console}");
+    assert!(log.contains("boot timer: guest ready"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
