@@ -2,7 +2,7 @@
 //!
 //! One connection behind a mutex: every read-check-write (a state transition) happens while the
 //! lock is held, so two requests can never both move a VM out of the same state, and no update
-//! is lost. The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] brings an older
+//! is lost. The schema is versioned with `PRAGMA user_version`; `MIGRATIONS` brings an older
 //! database up to date when the daemon opens it.
 
 use kiln_api::{
@@ -465,6 +465,14 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes all but the latest `keep` audit entries; returns how many went.
+    pub fn prune_audit(&self, keep: u32) -> Result<usize> {
+        Ok(self.lock().execute(
+            "DELETE FROM audit WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM audit) - ?1",
+            [keep],
+        )?)
+    }
+
     /// The last `limit` audit entries, oldest first.
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         let conn = self.lock();
@@ -628,6 +636,18 @@ mod tests {
 
     fn spec(name: &str) -> CreateVm {
         serde_json::from_str(&format!(r#"{{"name":"{name}","kernel":"/k"}}"#)).expect("valid spec")
+    }
+
+    #[test]
+    fn audit_pruning_keeps_the_latest_entries() {
+        let db = Db::in_memory().expect("opens");
+        for i in 0..10 {
+            db.audit(Some("p"), "GET", &format!("/{i}"), 200).expect("audit");
+        }
+        assert_eq!(db.prune_audit(3).expect("prunes"), 7);
+        let left: Vec<String> =
+            db.audit_log(100).expect("reads").into_iter().map(|e| e.path).collect();
+        assert_eq!(left, ["/7", "/8", "/9"]);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Audit entries kept across a restart of kilnd (older ones are deleted at start-up).
+pub const AUDIT_KEEP: u32 = 1_000_000;
+
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -93,6 +96,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let _lock = lock_state_dir(dir)?;
     let db = Db::open(&dir.join("kilnd.db"))?;
     auth::bootstrap(&db, procfs::euid())?;
+    db.prune_audit(AUDIT_KEEP)?;
     let host_memory_mib = procfs::host_memory_mib().ok_or(ServerError::HostMemory)?;
     let settings = Settings {
         state_dir: dir.clone(),

@@ -2,7 +2,7 @@
 //!
 //! A VMM kilnd started is its child: the task waits on it and knows its exit status. A VMM
 //! re-adopted after a restart of kilnd is not (its parent died), so its task polls `/proc`
-//! every [`POLL`] and judges the end from the VMM's last diagnostic line. Either way the end is
+//! every 200 ms and judges the end from the VMM's last diagnostic line. Either way the end is
 //! recorded in one transition out of the active states, the exit watch is raised for the
 //! requests waiting on it, and the restart policy may start the VM again.
 //!

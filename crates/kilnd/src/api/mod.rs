@@ -1,6 +1,6 @@
 //! The REST API: routes, authentication and audit middleware, request extractors, errors.
 //!
-//! Every request passes [`authenticate_and_audit`]: it resolves the principal (token or Unix
+//! Every request passes `authenticate_and_audit`: it resolves the principal (token or Unix
 //! peer uid), refuses the request with 401 if there is none, and records method, path, principal
 //! and status in the audit log once the handler has answered. Handlers check the permission they
 //! need on their target and answer 403 naming it.
