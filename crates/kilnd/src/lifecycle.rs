@@ -281,7 +281,9 @@ impl Manager {
         Ok(())
     }
 
-    /// The VM is active in the database but kilnd has no VMM for it: record it as stopped.
+    /// kilnd has no VMM for the VM: either its supervisor has just recorded its end (a race
+    /// with the request, answered with the recorded state), or the VM is active in the database
+    /// with no VMM behind it, which is recorded as stopped.
     fn lost(&self, name: &str) -> Result<Vm> {
         let change = Change {
             message: "no VMM was running".to_owned(),
@@ -289,7 +291,11 @@ impl Manager {
             pid: Some(None),
             ..Change::default()
         };
-        Ok(self.db.transition(name, &ACTIVE, VmState::Stopped, change)?)
+        match self.db.transition(name, &ACTIVE, VmState::Stopped, change) {
+            Ok(vm) => Ok(vm),
+            Err(DbError::WrongState { .. }) => Ok(self.db.vm(name)?.vm),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Console or VMM log tail.
