@@ -202,7 +202,7 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
                     vm.vcpus.to_string(),
                     format!("{} MiB", vm.memory_mib),
                     vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                    vm.reason.clone().unwrap_or_default(),
+                    shorten(vm.reason.as_deref().unwrap_or_default(), 60),
                 ]);
             }
             t.print()
@@ -254,6 +254,16 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
     }
 }
 
+/// At most `max` characters of `text`, ending in `...` when cut (a crash reason carries the
+/// registers; `kiln show` prints it whole).
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(max.saturating_sub(3)).collect();
+    format!("{cut}...")
+}
+
 fn with_timeout(path: String, timeout: Option<u64>) -> String {
     match timeout {
         Some(t) => format!("{path}?timeout_secs={t}"),
@@ -294,4 +304,15 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
         println!("{k:<8} {v}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_shortened_for_the_table() {
+        assert_eq!(shorten("short", 10), "short");
+        assert_eq!(shorten("0123456789abc", 10), "0123456...");
+    }
 }
