@@ -1,0 +1,111 @@
+//! `kiln-agent`: in the guest, `kiln-agent [serve]` serves the agent protocol on vsock port 52;
+//! on the host, `kiln-agent exec --uds PATH -- CMD...` runs CMD in the guest through the VMM's
+//! vsock socket and exits with its status. See `kiln_agent::protocol` for the protocol.
+
+use clap::{Parser, Subcommand};
+use kiln_agent::protocol;
+use kiln_agent::vsock::VsockListener;
+use kiln_agent::AGENT_PORT;
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit status when the agent cannot be reached (as `env` and `docker run` use it), so it is
+/// not confused with the command's own failures.
+const EXIT_AGENT_FAILED: u8 = 125;
+
+/// The Kiln guest agent and its host-side client.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-agent", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// In the guest: listen on vsock and run commands for the host (the default).
+    Serve {
+        /// vsock port.
+        #[arg(long, default_value_t = AGENT_PORT)]
+        port: u32,
+    },
+    /// On the host: run a command in the guest and exit with its status (125 if the agent
+    /// cannot be reached). Needs a booted guest running `kiln-agent`.
+    Exec {
+        /// The VMM's vsock Unix socket (`kiln-vmm --vsock cid=N,uds=PATH`).
+        #[arg(long, value_name = "PATH")]
+        uds: PathBuf,
+        /// The agent's vsock port.
+        #[arg(long, default_value_t = AGENT_PORT)]
+        port: u32,
+        /// Seconds to wait for each answer.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+}
+
+fn report(e: &dyn std::error::Error) {
+    let mut message = format!("kiln-agent: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    eprintln!("{message}");
+}
+
+fn serve(port: u32) -> ExitCode {
+    let listener = match VsockListener::bind(port) {
+        Ok(l) => l,
+        Err(e) => {
+            report(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("kiln-agent: listening on vsock port {port}");
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                std::thread::spawn(move || {
+                    let Ok(input) = conn.try_clone() else { return };
+                    if let Err(e) = protocol::serve(&mut BufReader::new(input), &mut &conn) {
+                        report(&e);
+                    }
+                });
+            }
+            Err(e) => {
+                report(&e);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn exec(uds: &std::path::Path, port: u32, timeout: u64, argv: &[String]) -> ExitCode {
+    match kiln_agent::client::exec(uds, port, argv, Duration::from_secs(timeout)) {
+        Ok(result) => {
+            let _ = std::io::stdout().write_all(result.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(result.stderr.as_bytes());
+            if result.truncated {
+                eprintln!("kiln-agent: output was truncated by the agent");
+            }
+            ExitCode::from(u8::try_from(result.status).unwrap_or(EXIT_AGENT_FAILED))
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(EXIT_AGENT_FAILED)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Args::parse().command.unwrap_or(Cmd::Serve { port: AGENT_PORT }) {
+        Cmd::Serve { port } => serve(port),
+        Cmd::Exec { uds, port, timeout, argv } => exec(&uds, port, timeout, &argv),
+    }
+}
