@@ -335,3 +335,33 @@ fn a_missing_vmm_binary_makes_start_fail_and_the_vm_crashed_with_the_reason() {
     assert!(vm.reason.unwrap().contains("could not start the VMM"));
     assert_eq!(vm.pid, None);
 }
+
+#[test]
+fn a_chatty_console_is_bounded_by_rotation() {
+    let base = std::env::temp_dir().join(format!("kilnd-chatty-{}", std::process::id()));
+    let vmm = base.with_extension("chatty-vmm.sh");
+    std::fs::write(
+        &vmm,
+        "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho; echo done-writing\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with_vmm("chatty", vmm);
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("talker", &k));
+    verb(&c, "talker", "start").unwrap();
+    let log = d.dir.join("state/vms/talker/console.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let tail = c.get_text("/v1/vms/talker/logs?tail_bytes=100").unwrap();
+        let size = std::fs::metadata(&log).unwrap().len();
+        if tail.contains("done-writing") && size <= kilnd::logs::MAX_LOG_BYTES {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "console.log stays at {size} bytes");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(d.dir.join("state/vms/talker/console.log.1").exists());
+    verb(&c, "talker", "kill").unwrap();
+}
