@@ -365,3 +365,46 @@ fn a_chatty_console_is_bounded_by_rotation() {
     assert!(d.dir.join("state/vms/talker/console.log.1").exists());
     verb(&c, "talker", "kill").unwrap();
 }
+
+#[test]
+fn a_unix_uid_mapped_to_a_principal_acts_as_it_without_a_token() {
+    use std::os::unix::process::CommandExt;
+    if kiln_api::paths::current_uid() != Some(0) {
+        kiln_testguest::skip::skip(
+            "kilnd::uid_mapping",
+            "needs root, to run the kiln CLI as other uids",
+        );
+        return;
+    }
+    let d = daemon("uidmap");
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("shared", &k));
+    let body = serde_json::json!({"name": "nob", "role": "viewer", "uid": 65534});
+    c.call::<_, CreatedUser>("POST", "/v1/users", Some(&body)).unwrap();
+    let try_as = |uid: u32, args: &[&str]| {
+        std::process::Command::new(workspace_bin("kiln", "kiln-cli"))
+            .args(args)
+            .arg("--socket")
+            .arg(&d.socket)
+            .env_remove("KILN_TOKEN")
+            .uid(uid)
+            .gid(65534)
+            .output()
+    };
+    if let Err(e) = try_as(65534, &["whoami"]) {
+        // The build tree may sit under a directory other uids cannot enter (e.g. /root).
+        kiln_testguest::skip::skip(
+            "kilnd::uid_mapping",
+            &format!("uid 65534 cannot run kiln: {e}"),
+        );
+        return;
+    }
+    let kiln_as = |uid: u32, args: &[&str]| try_as(uid, args).unwrap();
+    let o = kiln_as(65534, &["whoami", "--output", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"nob\""));
+    assert!(kiln_as(65534, &["list"]).status.success());
+    assert_eq!(kiln_as(65534, &["start", "shared"]).status.code(), Some(4), "viewer by uid");
+    assert_eq!(kiln_as(65533, &["list"]).status.code(), Some(4), "an unmapped uid");
+}
