@@ -469,3 +469,35 @@ fn malformed_packets_are_survived() {
     let (_, payload) = g.expect("RW", |h| h.op == Op::Rw && h.src_port == hp);
     assert_eq!(payload, b"alive");
 }
+
+/// Waits up to `ms` for the device's backend descriptor to become readable, as the VMM's
+/// backend thread does.
+fn backend_readable(g: &Guest, ms: i32) -> bool {
+    let fd = g.t.backend_fd().unwrap();
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+#[test]
+fn backend_fd_wakes_for_host_connects_and_unanswered_requests_time_out() {
+    let uds = temp_socket("timeout");
+    let mut g = Guest::new(&uds);
+    assert!(!backend_readable(&g, 50), "idle device: nothing to do");
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 60\n").unwrap();
+    assert!(backend_readable(&g, 1000), "a host connect wakes the backend thread");
+    let (req, _) = g.expect("REQUEST", |h| h.op == Op::Request);
+    // The guest never answers: the device gives up after its connect timeout.
+    let start = Instant::now();
+    assert!(backend_readable(&g, 1000), "the timeout timer wakes the backend thread");
+    let (rst, _) = g.expect("RST after timeout", |h| h.op == Op::Rst);
+    assert_eq!((rst.src_port, rst.dst_port), (req.src_port, 60));
+    assert!(start.elapsed() >= Duration::from_millis(1500), "not before the timeout");
+    host.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the host process sees EOF, no OK");
+    g.pump();
+    assert!(!backend_readable(&g, 400), "timer disarmed once nothing waits");
+}

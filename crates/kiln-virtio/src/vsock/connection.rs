@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 /// The receive buffer the device advertises per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
@@ -86,6 +87,7 @@ pub struct Connection {
     dead: bool,
     /// The interest last registered with epoll.
     pub registered: Interest,
+    created: Instant,
 }
 
 impl Connection {
@@ -110,6 +112,7 @@ impl Connection {
             host_eof: false,
             dead: false,
             registered: Interest::default(),
+            created: Instant::now(),
         }
     }
 
@@ -141,6 +144,16 @@ impl Connection {
     /// True once the connection is finished and can be dropped.
     pub fn is_dead(&self) -> bool {
         self.dead
+    }
+
+    /// A host-initiated connection the guest has not answered within `limit` is reset (the
+    /// host process sees EOF instead of `OK`). Returns true if it was.
+    pub fn expire(&mut self, limit: Duration) -> bool {
+        let late = self.state == State::AwaitingResponse && self.created.elapsed() >= limit;
+        if late {
+            self.reset();
+        }
+        late
     }
 
     /// Resets the connection: RST goes to the guest, the host socket will be closed.

@@ -44,14 +44,17 @@ impl Interest {
     }
 }
 
-/// An epoll set plus a "wake" eventfd that is a member of it.
+/// An epoll set plus a "wake" eventfd and a periodic timer that are members of it.
 pub struct Epoll {
     epoll: OwnedFd,
     wake: OwnedFd,
+    timer: OwnedFd,
+    timer_armed: bool,
 }
 
 impl Epoll {
-    /// A new set containing only the wake eventfd (token `wake_token`).
+    /// A new set containing the wake eventfd and the (disarmed) timer, both with token
+    /// `wake_token`.
     pub fn new(wake_token: u64) -> Result<Self, EpollError> {
         // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -67,8 +70,19 @@ impl Epoll {
         }
         // SAFETY: fd is a fresh descriptor owned by nobody else.
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        let set = Epoll { epoll, wake };
-        set.add(set.wake.as_raw_fd(), wake_token, Interest { read: true, write: false })?;
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd we own.
+        let fd = unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+        };
+        if fd < 0 {
+            return Err(EpollError::Create(io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        let timer = unsafe { OwnedFd::from_raw_fd(fd) };
+        let set = Epoll { epoll, wake, timer, timer_armed: false };
+        let read = Interest { read: true, write: false };
+        set.add(set.wake.as_raw_fd(), wake_token, read)?;
+        set.add(set.timer.as_raw_fd(), wake_token, read)?;
         Ok(set)
     }
 
@@ -112,10 +126,32 @@ impl Epoll {
         unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
-    /// Resets the wake eventfd.
+    /// Resets the wake eventfd and the timer's expiry count.
     pub fn clear_wake(&self) {
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a valid 8-byte buffer from our non-blocking eventfd.
-        unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        for fd in [&self.wake, &self.timer] {
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a valid 8-byte buffer from our non-blocking
+            // eventfd or timerfd.
+            unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        }
+    }
+
+    /// Makes the set readable every `period` (`None`: never).
+    pub fn set_timer(&mut self, period: Option<std::time::Duration>) {
+        if self.timer_armed == period.is_some() {
+            return;
+        }
+        let ts = period.map_or(libc::timespec { tv_sec: 0, tv_nsec: 0 }, |p| libc::timespec {
+            tv_sec: p.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(p.subsec_nanos() as i32),
+        });
+        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+        // SAFETY: `spec` is a valid itimerspec for the call; the old value is not wanted.
+        let rc = unsafe {
+            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+        };
+        if rc == 0 {
+            self.timer_armed = period.is_some();
+        }
     }
 }

@@ -20,6 +20,7 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Most connections at once; further requests get RST.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -29,6 +30,10 @@ const MAX_HANDSHAKES: usize = 64;
 const MAX_LINE: usize = 32;
 /// Most RSTs for unknown connections waiting for RX buffers; beyond it they are dropped.
 const MAX_STRAY_RSTS: usize = 1024;
+/// How long the guest has to answer a host-initiated REQUEST (Firecracker's value).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often pending REQUESTs are checked for [`CONNECT_TIMEOUT`].
+const TIMEOUT_TICK: Duration = Duration::from_millis(250);
 /// First host port given to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// epoll token of the listener; every other host socket shares token 0 (the muxer serves all
@@ -148,8 +153,7 @@ impl Muxer {
         }
         let mut target = self.path.clone().into_os_string();
         target.push(format!("_{}", h.dst_port));
-        let stream = UnixStream::connect(&target).and_then(|s| s.set_nonblocking(true).map(|()| s));
-        match stream {
+        match connect_nonblocking(Path::new(&target)) {
             Ok(stream) => {
                 let conn = Connection::guest_initiated(stream, h);
                 self.insert(conn);
@@ -177,6 +181,7 @@ impl Muxer {
         self.accept();
         self.read_handshakes();
         for conn in self.connections.values_mut() {
+            conn.expire(CONNECT_TIMEOUT);
             conn.on_host();
         }
         self.settle();
@@ -253,6 +258,8 @@ impl Muxer {
             }
             true
         });
+        let waiting = self.connections.values().any(|c| c.state() == State::AwaitingResponse);
+        self.epoll.set_timer(waiting.then_some(TIMEOUT_TICK));
     }
 
     /// True if a packet for the guest is waiting.
@@ -293,6 +300,37 @@ impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Connects to the Unix socket `path` without blocking: a host listener whose backlog is full
+/// refuses (EAGAIN) instead of stalling the vCPU thread that serves the guest's REQUEST.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket takes no pointers; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid, NUL-terminated sockaddr_un of `len` bytes for the call.
+    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 /// Parses `CONNECT <port>` (without the newline).
