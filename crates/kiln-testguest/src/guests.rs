@@ -353,6 +353,32 @@ pub fn cpl3(exit: Cpl3Exit) -> Result<Vec<u8>> {
     finish(a)
 }
 
+/// The interpreter-speed benchmark guest (mode-neutral like [`startup_probe`], so QEMU boots it
+/// through its PVH note): prints `!`, runs `iterations` of a two-instruction loop, prints `#`,
+/// waits for the UART, then exits through QEMU's `isa-debug-exit` or Kiln's i8042 reset. The host
+/// times the two marks.
+pub fn speed_probe(iterations: u32) -> Result<Vec<u8>> {
+    let mut a = new_asm()?;
+    emit_boot_timer(&mut a)?;
+    emit_print(&mut a, "!")?;
+    a.mov(ecx, iterations)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    emit_print(&mut a, "#")?;
+    let mut drain = a.create_label();
+    a.set_label(&mut drain)?;
+    a.mov(dx, (SERIAL_PORT + 5) as u32)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x40)?;
+    a.jz(drain)?;
+    a.mov(al, 0_u32)?;
+    a.out(0xf4, al)?;
+    emit_reset(&mut a)?;
+    finish(a)
+}
+
 /// Busy work at CPL0: counts `iterations` down in a register, then prints `done` and resets.
 pub fn spin(iterations: u32) -> Result<Vec<u8>> {
     let mut a = new_asm()?;
