@@ -408,3 +408,20 @@ fn a_unix_uid_mapped_to_a_principal_acts_as_it_without_a_token() {
     assert_eq!(kiln_as(65534, &["start", "shared"]).status.code(), Some(4), "viewer by uid");
     assert_eq!(kiln_as(65533, &["list"]).status.code(), Some(4), "an unmapped uid");
 }
+
+#[test]
+fn a_sigterm_stops_kilnd_but_not_its_vms() {
+    let mut d = daemon("sigterm");
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("keep", &k));
+    let pid = verb(&c, "keep", "start").unwrap().pid.unwrap();
+    assert_eq!(d.terminate(), Some(0));
+    assert!(!d.socket.exists(), "kilnd removes its socket");
+    assert!(proc_state(pid).is_some(), "the VM runs on");
+    assert!(d.log().contains("VMs keep running"), "{}", d.log());
+    d.spawn();
+    let vm: Vm = d.admin().get("/v1/vms/keep").unwrap();
+    assert_eq!((vm.state, vm.pid), (VmState::Running, Some(pid)));
+    assert_eq!(verb(&d.admin(), "keep", "stop").unwrap().state, VmState::Stopped);
+}

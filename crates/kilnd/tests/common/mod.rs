@@ -115,6 +115,14 @@ impl Daemon {
         }
     }
 
+    /// SIGTERMs kilnd and waits for it to exit; returns its exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) with integers only, on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().ok()?.code()
+    }
+
     /// kilnd's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("kilnd.log")).unwrap_or_default()
