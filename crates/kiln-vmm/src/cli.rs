@@ -60,4 +60,9 @@ pub struct Args {
     /// A virtio-rng entropy device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-vsock device for guest CID N (3 or more): host processes reach guest port P by
+    /// connecting to the Unix socket PATH and writing `CONNECT P\n` (answered `OK <port>\n`);
+    /// guest connections to host port P go to the Unix socket PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<String>,
 }

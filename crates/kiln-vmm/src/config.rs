@@ -2,7 +2,7 @@
 
 use crate::cli::{Args, EngineChoice};
 use kiln_boot::{image::ImageError, layout, BootError, KernelImage};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The most vCPUs a VM can have: APIC IDs 0-254 of the xAPIC, 255 is broadcast.
 pub const MAX_VCPUS: u32 = 254;
@@ -52,6 +52,54 @@ impl NetSpec {
             }
         }
         Ok(net)
+    }
+}
+
+/// The `--vsock` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// Guest context ID.
+    pub cid: u64,
+    /// The Unix socket host processes connect to.
+    pub uds: PathBuf,
+}
+
+/// Longest `--vsock` socket path: `sockaddr_un` holds 107 bytes, and guest connections to
+/// host port P use `PATH_P` (up to 11 more bytes).
+pub const MAX_VSOCK_PATH: usize = 96;
+
+impl VsockSpec {
+    /// Parses `cid=N,uds=PATH`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |problem: String| ConfigError::Vsock { spec: spec.to_string(), problem };
+        let (mut cid, mut uds) = (None, None);
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("cid", n)) => {
+                    let n: u64 =
+                        n.parse().map_err(|_| bad(format!("cid {n:?} is not a number")))?;
+                    if !(kiln_virtio::vsock::MIN_GUEST_CID..u64::from(u32::MAX)).contains(&n) {
+                        return Err(bad(format!(
+                            "cid {n} is reserved: give 3 or more (0-2 are the hypervisor, \
+                             local and host; below 4294967295)"
+                        )));
+                    }
+                    cid = Some(n);
+                }
+                Some(("uds", path)) if !path.is_empty() => uds = Some(PathBuf::from(path)),
+                _ => return Err(bad(format!("unknown option {part:?}; use cid=N,uds=PATH"))),
+            }
+        }
+        let cid = cid.ok_or_else(|| bad("give the guest CID: cid=N (3 or more)".into()))?;
+        let uds = uds.ok_or_else(|| bad("give the host socket path: uds=PATH".into()))?;
+        if uds.as_os_str().len() > MAX_VSOCK_PATH {
+            return Err(bad(format!("uds path is longer than {MAX_VSOCK_PATH} bytes")));
+        }
+        let parent = uds.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(bad(format!("directory {} does not exist", parent.display())));
+        }
+        Ok(VsockSpec { cid, uds })
     }
 }
 
@@ -127,6 +175,14 @@ pub enum ConfigError {
         /// What is wrong and what to do.
         problem: String,
     },
+    /// The `--vsock` value is malformed.
+    #[error("--vsock {spec:?}: {problem}")]
+    Vsock {
+        /// The value given.
+        spec: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// More virtio devices than interrupt lines.
     #[error("too many virtio devices ({0}); at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDevices(usize),
@@ -158,6 +214,8 @@ pub struct VmConfig {
     pub nets: Vec<NetSpec>,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockSpec>,
     /// Stop the VM after this long.
     pub timeout: Option<std::time::Duration>,
 }
@@ -186,7 +244,9 @@ impl VmConfig {
         kiln_boot::check_fit(&kernel, args.initrd.as_deref(), memory_bytes)?;
         let disks = args.disk.iter().map(|d| DiskSpec::parse(d)).collect::<Result<Vec<_>, _>>()?;
         let nets = args.net.iter().map(|n| NetSpec::parse(n)).collect::<Result<Vec<_>, _>>()?;
-        let devices = disks.len() + nets.len() + usize::from(args.rng);
+        let vsock = args.vsock.as_deref().map(VsockSpec::parse).transpose()?;
+        let devices =
+            disks.len() + nets.len() + usize::from(args.rng) + usize::from(vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -201,6 +261,7 @@ impl VmConfig {
             disks,
             nets,
             rng: args.rng,
+            vsock,
             timeout: args.timeout.map(std::time::Duration::from_secs),
         })
     }

@@ -25,6 +25,7 @@ use kiln_virtio::mmio::{MmioTransport, MMIO_WINDOW};
 use kiln_virtio::net::{random_mac, Net};
 use kiln_virtio::rng::Rng;
 use kiln_virtio::tap::Tap;
+use kiln_virtio::vsock::Vsock;
 use kiln_virtio::VirtioDevice;
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -62,6 +63,9 @@ pub enum VmError {
     /// A TAP interface cannot be opened.
     #[error(transparent)]
     Tap(#[from] kiln_virtio::tap::TapError),
+    /// The vsock device cannot be set up.
+    #[error(transparent)]
+    Vsock(#[from] kiln_virtio::vsock::VsockError),
     /// The device layout is inconsistent (a VMM bug).
     #[error("device layout")]
     Bus(#[from] BusError),
@@ -102,6 +106,10 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
         let mac = net.mac.unwrap_or_else(random_mac);
         eprintln!("kiln-vmm: net: TAP {} with MAC {}", tap.name(), format_mac(mac));
         virtio.push(Box::new(Net::new(tap, mac)));
+    }
+    if let Some(vsock) = &config.vsock {
+        virtio.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));
+        eprintln!("kiln-vmm: vsock: guest CID {} on {}", vsock.cid, vsock.uds.display());
     }
     let cmdline = engine_cmdline(virtio_cmdline(&config.cmdline, virtio.len()), engine);
     let mmio_devices: Vec<MmioDevice> = (0..virtio.len())
@@ -191,6 +199,11 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
         let _ = thread.join();
     }
     drop(vm);
+    if let Some(vsock) = &config.vsock {
+        // The device lives on in the backend thread until the process exits: remove its
+        // socket now so no host process connects to a VM that is gone.
+        let _ = std::fs::remove_file(&vsock.uds);
+    }
     Ok(Outcome { reason })
 }
 

@@ -317,3 +317,50 @@ fn acpi_power_off_exits_0_on_both_engines() {
         assert!(stderr(&out).contains("guest powered off"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn vsock_device_appears_and_listens_on_its_socket() {
+    let dir = TempDir::new("vsock");
+    // The device-ID register of the first virtio window: 19 is a socket device.
+    let kernel = write_guest(&dir, "id.elf", guests::print_mmio_word(0xd000_0008).unwrap());
+    let uds = dir.path("v.sock");
+    let spec = format!("cid=3,uds={}", p(&uds));
+    let out = kiln_vmm(&["--kernel", p(&kernel), "--engine", "emu", "--vsock", &spec]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, [19, 0, 0, 0]);
+    assert!(!uds.exists(), "the socket is removed when the VM ends");
+
+    // While a VM runs, its socket accepts host processes.
+    let idle = write_guest(&dir, "idle.elf", guests::idle_forever().unwrap());
+    let mut vmm = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--kernel", p(&idle), "--engine", "emu", "--timeout", "3", "--vsock", &spec])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !uds.exists() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let connected = std::os::unix::net::UnixStream::connect(&uds);
+    let status = vmm.wait().unwrap();
+    assert!(connected.is_ok(), "connect to {}: {connected:?}", uds.display());
+    assert_eq!(status.code(), Some(4), "stopped by --timeout");
+}
+
+#[test]
+fn bad_vsock_options_are_named() {
+    let dir = TempDir::new("vsockbad");
+    let good = write_guest(&dir, "good.elf", guests::hello("x").unwrap());
+    let uds = format!("uds={}", p(&dir.path("v.sock")));
+    let bad = |spec: String, expect: &[&str]| {
+        assert_bad_input(&["--kernel", p(&good), "--vsock", &spec], expect);
+    };
+    bad(format!("cid=2,{uds}"), &["--vsock", "cid 2 is reserved", "3 or more"]);
+    bad(format!("cid=x,{uds}"), &["--vsock", "not a number"]);
+    bad(uds.clone(), &["--vsock", "cid=N"]);
+    bad("cid=3".into(), &["--vsock", "uds=PATH"]);
+    bad("cid=3,uds=/no/such/dir/v.sock".into(), &["--vsock", "/no/such/dir does not exist"]);
+    bad(format!("cid=3,{uds},port=1"), &["--vsock", "unknown option \"port=1\""]);
+}
