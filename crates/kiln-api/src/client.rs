@@ -47,10 +47,17 @@ impl ClientError {
 pub struct Response {
     pub status: u16,
     pub content_type: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Response {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
     /// The body as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -139,9 +146,14 @@ impl Client {
 
     /// `GET path` as text.
     pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        Ok(self.get_raw(path)?.text())
+    }
+
+    /// `GET path`, the whole answer; an error status becomes [`ClientError::Api`].
+    pub fn get_raw(&self, path: &str) -> Result<Response, ClientError> {
         let response = self.raw("GET", path, None)?;
         check(&response)?;
-        Ok(response.text())
+        Ok(response)
     }
 
     /// `DELETE path`, expecting no body.
@@ -183,10 +195,13 @@ fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     let mut chunked = false;
     let mut length = None;
     let mut content_type = None;
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
+        let name = name.trim().to_ascii_lowercase();
+        headers.push((name.clone(), value.to_owned()));
+        match name.as_str() {
             "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
             "content-length" => length = value.parse::<usize>().ok(),
             "content-type" => content_type = Some(value.to_owned()),
@@ -203,7 +218,7 @@ fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     } else {
         rest.to_vec()
     };
-    Ok(Response { status, content_type, body })
+    Ok(Response { status, content_type, headers, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, ClientError> {

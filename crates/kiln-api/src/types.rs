@@ -226,8 +226,12 @@ pub struct StopOptions {
 pub struct LogOptions {
     /// `console` (the guest's serial output, default) or `vmm` (the monitor's diagnostics).
     pub stream: Option<String>,
-    /// At most this many bytes from the end (default 65536).
+    /// At most this many bytes (default 65536): the end of the log, or from `from` on.
     pub tail_bytes: Option<u64>,
+    /// Read the current log file from this offset (the `x-kiln-log-offset` header of the
+    /// previous answer) instead of its end: how `kiln logs --follow` polls. An offset past the
+    /// end (the file was rotated) reads from the start of the new file.
+    pub from: Option<u64>,
 }
 
 /// A principal's role. Roles nest: admin can do all that operator can, operator all that viewer

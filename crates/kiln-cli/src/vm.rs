@@ -121,6 +121,9 @@ pub struct LogsArgs {
     /// At most this many bytes from the end.
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     pub tail: u64,
+    /// Keep printing what is appended, until interrupted or the VM is at rest.
+    #[arg(long, short)]
+    pub follow: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -244,12 +247,26 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
         }
         VmCommand::Logs(a) => {
             let stream = if a.vmm { "vmm" } else { "console" };
-            let path =
-                format!("{}?stream={stream}&tail_bytes={}", vm_path(&a.name, "logs"), a.tail);
-            let text = client.get_text(&path)?;
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(text.as_bytes()).map_err(CliError::Stdout)?;
-            Ok(())
+            let base = format!("{}?stream={stream}", vm_path(&a.name, "logs"));
+            let mut response = client.get_raw(&format!("{base}&tail_bytes={}", a.tail))?;
+            loop {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&response.body).map_err(CliError::Stdout)?;
+                stdout.flush().map_err(CliError::Stdout)?;
+                drop(stdout);
+                if !a.follow {
+                    return Ok(());
+                }
+                let offset = response.header("x-kiln-log-offset").unwrap_or("0").to_owned();
+                if response.body.is_empty() {
+                    let vm: Vm = client.get(&vm_path(&a.name, ""))?;
+                    if !vm.state.is_active() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                response = client.get_raw(&format!("{base}&from={offset}"))?;
+            }
         }
     }
 }

@@ -298,10 +298,24 @@ impl Manager {
         }
     }
 
-    /// Console or VMM log tail.
-    pub fn log_tail(&self, name: &str, stream: Stream, max: u64) -> Result<Vec<u8>> {
+    /// Console or VMM log: the last `max` bytes, or `max` bytes from offset `from` of the
+    /// current file; and the offset where the answer ends.
+    pub fn log_read(
+        &self,
+        name: &str,
+        stream: Stream,
+        from: Option<u64>,
+        max: u64,
+    ) -> Result<(Vec<u8>, u64)> {
         self.db.vm(name)?;
-        Ok(self.logs(name).tail(stream, max)?)
+        let logs = self.logs(name);
+        Ok(match from {
+            Some(from) => logs.read_from(stream, from, max)?,
+            None => {
+                let end = logs.size(stream);
+                (logs.tail(stream, max)?, end)
+            }
+        })
     }
 }
 

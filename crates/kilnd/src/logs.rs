@@ -132,6 +132,33 @@ impl VmLogs {
         Ok(out)
     }
 
+    /// Up to `max` bytes of a stream's current file from offset `from` (from 0 if the file is
+    /// shorter, i.e. it was rotated since), and the offset where they end.
+    pub fn read_from(
+        &self,
+        stream: Stream,
+        from: u64,
+        max: u64,
+    ) -> Result<(Vec<u8>, u64), LogError> {
+        let path = self.path(stream);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let len = f.metadata().map_err(io(&path))?.len();
+        let start = if from > len { 0 } else { from };
+        f.seek(SeekFrom::Start(start)).map_err(io(&path))?;
+        let mut out = Vec::new();
+        let n = f.take(max).read_to_end(&mut out).map_err(io(&path))?;
+        Ok((out, start + n as u64))
+    }
+
+    /// The size of a stream's current file (0 if there is none).
+    pub fn size(&self, stream: Stream) -> u64 {
+        self.path(stream).metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// The VMM's last diagnostic line (`kiln-vmm: ...`), the reason it gave for ending.
     pub fn last_vmm_line(&self) -> Option<String> {
         let tail = self.tail(Stream::Vmm, 16 * 1024).ok()?;
@@ -174,6 +201,8 @@ mod tests {
         f.write_all(b"bbb").expect("appends after truncation");
         let tail = logs.tail(Stream::Console, 5).expect("tail");
         assert_eq!(tail, b"aabbb");
+        assert_eq!(logs.read_from(Stream::Console, 1, 10).expect("reads"), (b"bb".to_vec(), 3));
+        assert_eq!(logs.read_from(Stream::Console, 50, 10).expect("reads"), (b"bbb".to_vec(), 3));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -425,3 +425,30 @@ fn a_sigterm_stops_kilnd_but_not_its_vms() {
     assert_eq!((vm.state, vm.pid), (VmState::Running, Some(pid)));
     assert_eq!(verb(&d.admin(), "keep", "stop").unwrap().state, VmState::Stopped);
 }
+
+#[test]
+fn kiln_logs_follow_prints_the_console_as_it_grows_and_ends_with_the_vm() {
+    let base = std::env::temp_dir().join(format!("kilnd-follow-{}", std::process::id()));
+    let vmm = base.with_extension("ticking-vmm.sh");
+    std::fs::write(
+        &vmm,
+        "#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo tick$i; sleep 0.3; done\necho 'kiln-vmm: guest reset after 1 ms; exiting' >&2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with_vmm("follow", vmm);
+    let c = d.admin();
+    let k = kernel(&d);
+    create(&c, &spec("ticker", &k));
+    verb(&c, "ticker", "start").unwrap();
+    wait_console(&c, "ticker", "tick1", std::time::Duration::from_secs(10));
+    let o = d.kiln(&["logs", "ticker", "--follow"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let ticks: Vec<&str> = out.lines().filter(|l| l.starts_with("tick")).collect();
+    assert_eq!(ticks, ["tick1", "tick2", "tick3", "tick4", "tick5", "tick6"], "{out}");
+    let vm: Vm = c.get("/v1/vms/ticker").unwrap();
+    assert_eq!(vm.state, VmState::Stopped, "{vm:?}");
+    let r = c.get_raw("/v1/vms/ticker/logs?from=0&tail_bytes=6").unwrap();
+    assert_eq!(r.header("x-kiln-log-offset"), Some("6"));
+}

@@ -231,7 +231,8 @@ pub async fn events(
 /// The tail of the console (or VMM) log, as text.
 #[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms",
     params(("name" = String, Path), LogOptions),
-    responses((status = 200, content_type = "text/plain", body = String),
+    responses((status = 200, content_type = "text/plain", body = String,
+            headers(("x-kiln-log-offset" = u64, description = "offset in the current log file where this answer ends; pass it as `from` to poll for more"))),
         (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn logs(
     State(mgr): State<AppState>,
@@ -247,6 +248,11 @@ pub async fn logs(
         )
     })?;
     vm_for(&mgr, &p, &name, Permission::Read)?;
-    let bytes = mgr.log_tail(&name, stream, options.tail_bytes.unwrap_or(65_536))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
+    let max = options.tail_bytes.unwrap_or(65_536);
+    let (bytes, end) = mgr.log_read(&name, stream, options.from, max)?;
+    let headers = [
+        (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+        (header::HeaderName::from_static("x-kiln-log-offset"), end.to_string()),
+    ];
+    Ok((headers, bytes))
 }
