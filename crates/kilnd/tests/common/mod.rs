@@ -32,6 +32,13 @@ pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
     path
 }
 
+/// The kilnd binary: cargo names it to tests and benches; examples find it like the others.
+pub fn kilnd_bin() -> PathBuf {
+    option_env!("CARGO_BIN_EXE_kilnd")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_bin("kilnd", "kilnd"))
+}
+
 /// The three test guests, as kernel files in `dir`.
 pub struct Kernels {
     pub idle: String,
@@ -86,7 +93,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("kilnd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        let child = Command::new(kilnd_bin())
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
