@@ -1,0 +1,145 @@
+//! `kiln-agent exec` against a real Linux guest: the Kiln kernel and an initramfs holding the
+//! static agent boot under `kiln-vmm --vsock` (emu here, kvm where hardware virtualization
+//! exists), and the host runs commands in the guest through the VMM's vsock socket.
+//!
+//! Needs, or is skipped with the reason:
+//! - `KILN_GUEST_KERNEL`: the Kiln vmlinux (`scripts/test` builds it with `kiln-image kernel`);
+//! - the static agent: `KILN_AGENT_STATIC`, else `<target>/x86_64-unknown-linux-gnu/debug/kiln-agent`
+//!   (`RUSTFLAGS="-C target-feature=+crt-static" cargo build -p kiln-agent --target x86_64-unknown-linux-gnu`);
+//! - `kiln-vmm` and `kiln-image` built next to this crate's binary (`cargo test --workspace`).
+
+#![allow(clippy::unwrap_used)] // test set-up failures should fail the test
+
+use kiln_agent::client::{self, ClientError};
+use kiln_testguest::skip;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TEST: &str = "kiln-agent::exec_in_a_real_guest";
+
+/// True if `path` is an ELF with no program interpreter (a static or static-pie binary).
+fn is_static_elf(path: &Path) -> bool {
+    let Ok(elf) = std::fs::read(path) else { return false };
+    let word = |at: usize, n: usize| -> Option<u64> {
+        let bytes = elf.get(at..at + n)?;
+        Some(bytes.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (word(0x20, 8), word(0x36, 2), word(0x38, 2))
+    else {
+        return false;
+    };
+    elf.starts_with(b"\x7fELF\x02")
+        && (0..phnum).all(|i| word((phoff + i * phentsize) as usize, 4) != Some(3))
+    // PT_INTERP
+}
+
+fn find_inputs() -> Result<(PathBuf, PathBuf, PathBuf, PathBuf), String> {
+    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_kiln-agent"));
+    let bin_dir = own.parent().unwrap();
+    let target = bin_dir.parent().unwrap();
+    let agent = std::env::var_os("KILN_AGENT_STATIC").map(PathBuf::from).unwrap_or_else(|| {
+        target.join("x86_64-unknown-linux-gnu").join("debug").join("kiln-agent")
+    });
+    if !is_static_elf(&agent) {
+        return Err(format!(
+            "no static kiln-agent at {} (build it with RUSTFLAGS=\"-C target-feature=+crt-static\" \
+             cargo build -p kiln-agent --target x86_64-unknown-linux-gnu, or set KILN_AGENT_STATIC)",
+            agent.display()
+        ));
+    }
+    let (vmm, image) = (bin_dir.join("kiln-vmm"), bin_dir.join("kiln-image"));
+    if !vmm.is_file() || !image.is_file() {
+        return Err(format!("kiln-vmm and kiln-image are not built in {}", bin_dir.display()));
+    }
+    Ok((kernel, agent, vmm, image))
+}
+
+#[test]
+fn exec_in_a_real_guest_returns_output_and_status() {
+    let (kernel, agent, vmm, image) = match find_inputs() {
+        Ok(inputs) => inputs,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let dir = std::env::temp_dir().join(format!("kiln-agent-guest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("init.user");
+    std::fs::write(&script, "#!/bin/sh\n/bin/kiln-agent serve &\nsleep 900\n").unwrap();
+    let initrd = dir.join("initramfs.cpio");
+    let built = Command::new(&image)
+        .args(["initramfs", "--out"])
+        .arg(&initrd)
+        .arg("--init")
+        .arg(&script)
+        .arg("--add")
+        .arg(format!("{}:/bin/kiln-agent", agent.display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "kiln-image initramfs");
+
+    let uds = dir.join("v.sock");
+    let console = dir.join("console.log");
+    let mut vm = Command::new(&vmm)
+        .args(["--memory", "256", "--timeout", "900", "--no-console-input", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--vsock")
+        .arg(format!("cid=3,uds={}", uds.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // Wait for the guest to boot and the agent to listen: until then the VMM socket is missing
+    // or the guest refuses port 52.
+    let argv: Vec<String> = ["sh", "-c", "uname -s; echo to-stderr >&2; exit 7"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let started = Instant::now();
+    let result = loop {
+        match client::exec(&uds, 52, &argv, Duration::from_secs(120)) {
+            Ok(result) => break result,
+            Err(ClientError::Connect { .. } | ClientError::Refused(_))
+                if started.elapsed() < Duration::from_secs(600) =>
+            {
+                if let Some(status) = vm.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(&console).unwrap_or_default();
+                    panic!("the VM ended ({status}) before the agent answered:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                let _ = vm.kill();
+                let log = std::fs::read_to_string(&console).unwrap_or_default();
+                panic!("exec failed after {:?}: {e:?}\n{log}", started.elapsed());
+            }
+        }
+    };
+    eprintln!(
+        "{TEST}: the agent answered {:.1} s after the VMM started",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(result.stdout, "Linux\n");
+    assert_eq!(result.stderr, "to-stderr\n");
+    assert_eq!(result.status, 7);
+
+    // A few hundred KiB of output exercise the guest's and the device's credit updates.
+    let big = ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' k"].map(String::from);
+    let result = client::exec(&uds, 52, &big, Duration::from_secs(120)).unwrap();
+    assert_eq!(result.status, 0);
+    assert_eq!(result.stdout.len(), 300_000);
+    assert!(result.stdout.bytes().all(|b| b == b'k'), "output arrived intact");
+
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
