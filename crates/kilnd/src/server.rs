@@ -109,6 +109,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if adopted + lost > 0 {
         eprintln!("kilnd: re-adopted {adopted} running VMM(s); {lost} were gone");
     }
+    if config.vmm.components().count() > 1 && !procfs::is_file(&config.vmm) {
+        eprintln!(
+            "kilnd: warning: the VMM {} does not exist; starting VMs will fail (see --vmm)",
+            config.vmm.display()
+        );
+    }
     let listener = bind(&config.socket)?;
     eprintln!(
         "kilnd: listening on {} (state in {}, VMM {})",

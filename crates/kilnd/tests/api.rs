@@ -333,6 +333,11 @@ fn a_missing_vmm_binary_makes_start_fail_and_the_vm_crashed_with_the_reason() {
     let vm: Vm = c.get("/v1/vms/x").unwrap();
     assert_eq!(vm.state, VmState::Crashed);
     assert!(vm.reason.unwrap().contains("could not start the VMM"));
+    assert!(
+        d.log().contains("warning: the VMM /nonexistent/kiln-vmm does not exist"),
+        "{}",
+        d.log()
+    );
     assert_eq!(vm.pid, None);
 }
 
