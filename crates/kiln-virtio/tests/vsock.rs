@@ -501,3 +501,35 @@ fn backend_fd_wakes_for_host_connects_and_unanswered_requests_time_out() {
     g.pump();
     assert!(!backend_readable(&g, 400), "timer disarmed once nothing waits");
 }
+
+#[test]
+fn a_closed_host_socket_waiting_for_guest_credit_does_not_keep_the_backend_awake() {
+    let uds = temp_socket("hup");
+    let mut g = Guest::new(&uds);
+    let (host, hp) = host_connect(&mut g, &uds, 52);
+    let mut writer = host.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        writer.write_all(&vec![7u8; 3 * GUEST_BUF as usize]).unwrap();
+    });
+    // The guest takes what its credit allows and never sends a credit update.
+    let mut received = 0;
+    let end = Instant::now() + LIMIT;
+    while received < GUEST_BUF as usize && Instant::now() < end {
+        for (h, payload) in g.pump() {
+            assert!(h.op != Op::Rw || h.src_port == hp);
+            received += payload.len();
+        }
+    }
+    assert_eq!(received, GUEST_BUF as usize, "exactly the guest's buffer, no more");
+    drop(g.pump());
+    // The host hangs up with data still waiting for credit: nothing can move, so nothing wakes.
+    drop(host);
+    feeder.join().unwrap_or(());
+    g.pump();
+    assert!(!backend_readable(&g, 300), "a hung-up socket with nothing to do stays quiet");
+    // Credit arrives: the rest flows.
+    g.fwd_cnt = received as u32;
+    g.send(52, hp, Op::CreditUpdate, 0, &[]);
+    let (_, payload) = g.expect("more data", |h| h.op == Op::Rw);
+    assert!(!payload.is_empty());
+}

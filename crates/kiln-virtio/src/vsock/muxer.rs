@@ -163,16 +163,8 @@ impl Muxer {
     }
 
     fn insert(&mut self, conn: Connection) {
-        let key = (conn.host_port, conn.guest_port);
-        // The socket starts with no interest; `settle` registers what it needs.
-        if self.epoll.add(conn.stream().as_raw_fd(), 0, Interest::default()).is_ok() {
-            self.connections.insert(key, conn);
-        } else {
-            // Cannot watch it: refuse the connection rather than stall it.
-            let mut conn = conn;
-            conn.reset();
-            self.connections.insert(key, conn);
-        }
+        // Not watched yet: `settle` registers what it needs.
+        self.connections.insert((conn.host_port, conn.guest_port), conn);
     }
 
     /// Serves every host socket: new host processes, `CONNECT` lines, data both ways.
@@ -252,9 +244,24 @@ impl Muxer {
                 epoll.remove(conn.stream().as_raw_fd());
                 return false;
             }
+            // A socket with nothing to watch leaves the set altogether: epoll reports a hang-up
+            // even for an empty interest, which would wake the backend thread for nothing.
             let want = conn.interest();
-            if want != conn.registered && epoll.modify(conn.stream().as_raw_fd(), 0, want).is_ok() {
-                conn.registered = want;
+            let fd = conn.stream().as_raw_fd();
+            let none = Interest::default();
+            let result = match (conn.registered == none, want == none) {
+                _ if want == conn.registered => Ok(()),
+                (true, false) => epoll.add(fd, 0, want),
+                (false, true) => {
+                    epoll.remove(fd);
+                    Ok(())
+                }
+                _ => epoll.modify(fd, 0, want),
+            };
+            match result {
+                Ok(()) => conn.registered = want,
+                // Cannot watch it: reset the connection rather than stall it.
+                Err(_) => conn.reset(),
             }
             true
         });
