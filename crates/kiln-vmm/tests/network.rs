@@ -1,0 +1,159 @@
+//! Issue 4's network check on real guests: two Kiln guests under emu, each on a TAP on one Linux
+//! bridge, with static addresses from the documentation range 192.0.2.0/24. Everything lives in
+//! a network namespace the test creates and deletes, so no packet leaves it.
+
+#![allow(clippy::unwrap_used)] // test set-up failures should fail the test
+
+use kiln_testguest::skip;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Namespace(String);
+
+impl Namespace {
+    fn create(name: &str) -> Option<Self> {
+        let ok =
+            Command::new("ip").args(["netns", "add", name]).status().is_ok_and(|s| s.success());
+        ok.then(|| Namespace(name.to_string()))
+    }
+
+    fn ip(&self, args: &str) {
+        let status =
+            Command::new("ip").args(["-n", &self.0]).args(args.split(' ')).status().unwrap();
+        assert!(status.success(), "ip -n {} {args}", self.0);
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0, program]);
+        cmd
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn initramfs(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, script).unwrap();
+    let out = dir.join(format!("{name}.cpio"));
+    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
+        .args(["initramfs", "--out"])
+        .arg(&out)
+        .arg("--init")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "kiln-image initramfs");
+    out
+}
+
+/// Starts a VM in the namespace and forwards its console lines, tagged, to `lines`.
+fn start_vm(
+    ns: &Namespace,
+    kernel: &Path,
+    initrd: &Path,
+    tap: &str,
+    mac: &str,
+    lines: mpsc::Sender<String>,
+    tag: &'static str,
+) -> Child {
+    let mut vm = ns
+        .command(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--engine", "emu", "--timeout", "900", "--no-console-input", "--kernel"])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--net", &format!("tap={tap},mac={mac}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = vm.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(format!("{tag}: {line}"));
+        }
+    });
+    vm
+}
+
+#[test]
+fn two_guests_on_a_bridge_transfer_over_tcp_and_answer_host_ping() {
+    let test = "kiln-vmm::two_guests_on_a_bridge";
+    let Some(kernel) =
+        std::env::var_os("KILN_GUEST_KERNEL").map(PathBuf::from).filter(|p| p.is_file())
+    else {
+        return skip::skip(
+            test,
+            "KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it",
+        );
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip::skip(test, "needs root for a network namespace, a bridge and TAPs");
+    }
+    let Some(ns) = Namespace::create(&format!("kiln-test-{}", std::process::id())) else {
+        return skip::skip(test, "cannot create a network namespace here (ip netns add failed)");
+    };
+    ns.ip("link set lo up");
+    ns.ip("link add kbr0 type bridge");
+    for tap in ["ktap0", "ktap1"] {
+        ns.ip(&format!("tuntap add dev {tap} mode tap"));
+        ns.ip(&format!("link set {tap} master kbr0"));
+        ns.ip(&format!("link set {tap} up"));
+    }
+    ns.ip("addr add 192.0.2.254/24 dev kbr0");
+    ns.ip("link set kbr0 up");
+
+    let dir = std::env::temp_dir().join(format!("kiln-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The payload is the guest's own /bin/busybox: the same bytes as the host's, a few MiB.
+    let sender = initramfs(
+        &dir,
+        "sender",
+        "#!/bin/sh\nip addr add 192.0.2.1/24 dev eth0 && ip link set eth0 up\n\
+        until nc 192.0.2.2 5000 < /bin/busybox; do sleep 1; done\necho KILN-SENT\nsleep 100000\n",
+    );
+    let receiver = initramfs(&dir, "receiver", "#!/bin/sh\nip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up\n\
+        echo KILN-LISTENING\nnc -l -p 5000 > /tmp/received\necho \"KILN-RECEIVED $(sha256sum /tmp/received)\"\nsleep 100000\n");
+    let (tx, rx) = mpsc::channel();
+    let mut vms = vec![
+        start_vm(&ns, &kernel, &receiver, "ktap1", "02:00:00:00:00:02", tx.clone(), "receiver"),
+        start_vm(&ns, &kernel, &sender, "ktap0", "02:00:00:00:00:01", tx, "sender"),
+    ];
+    let mut console = String::new();
+    let mut received = None;
+    while received.is_none() {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(900)) else { break };
+        console.push_str(&line);
+        console.push('\n');
+        if let Some(rest) = line.strip_prefix("receiver: KILN-RECEIVED ") {
+            received = rest.split_whitespace().next().map(str::to_string);
+        }
+    }
+    let ping = |addr: &str| {
+        ns.command("/bin/busybox").args(["ping", "-c", "2", "-W", "5", addr]).output().unwrap()
+    };
+    let pings = [ping("192.0.2.1"), ping("192.0.2.2")];
+    for vm in &mut vms {
+        let _ = vm.kill();
+        let _ = vm.wait();
+    }
+    let host = Command::new("sha256sum").arg("/bin/busybox").output().unwrap();
+    let expected =
+        String::from_utf8_lossy(&host.stdout).split_whitespace().next().unwrap().to_string();
+    assert_eq!(received.as_deref(), Some(expected.as_str()), "TCP payload hash:\n{console}");
+    for (addr, out) in ["192.0.2.1", "192.0.2.2"].iter().zip(&pings) {
+        assert!(out.status.success(), "host ping {addr}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
