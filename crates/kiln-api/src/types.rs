@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 /// The life-cycle state of a VM.
 ///
-/// `queued` is reserved for the scheduler's executor (a VM that does not fit the host yet); the
-/// manager does not enter it today.
+/// `queued`: `start` was asked but the VM does not fit the host now (or others are ahead of it);
+/// the scheduler starts it when the policy says so (`GET /v1/queue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
@@ -133,6 +133,9 @@ fn default_restart_limit() -> u32 {
     3
 }
 
+/// The run time the scheduler assumes when a VM declares none: one hour.
+pub const DEFAULT_EXPECTED_RUNTIME_SECS: u64 = 3600;
+
 /// `POST /v1/vms`: define a VM. Paths must be absolute (they are read by the daemon).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +166,14 @@ pub struct CreateVm {
     /// How many automatic restarts `on_crash` allows before the VM stays crashed (0-100).
     #[serde(default = "default_restart_limit")]
     pub restart_limit: u32,
+    /// Scheduling priority (larger starts first under `--policy priority`), -1000..1000;
+    /// default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Declared run time in seconds, an estimate for SJF and backfilling (1..=31536000); absent:
+    /// the scheduler assumes 3600. A VM is not stopped when it runs longer.
+    #[serde(default)]
+    pub expected_runtime_secs: Option<u64>,
 }
 
 /// A VM: its definition and its current state.
@@ -185,6 +196,10 @@ pub struct Vm {
     pub pid: Option<u32>,
     /// Automatic restarts since the last start by a user.
     pub restarts: u32,
+    /// Scheduling priority (larger first under the priority policy).
+    pub priority: i32,
+    /// Declared run time in seconds, if any (the scheduler assumes 3600 when absent).
+    pub expected_runtime_secs: Option<u64>,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC, the last state change.
@@ -215,6 +230,72 @@ pub struct Event {
 pub struct StopOptions {
     /// Seconds between SIGTERM and SIGKILL (default: the daemon's, 10).
     pub timeout_secs: Option<u64>,
+}
+
+/// Query of `start`: scheduling parameters that replace the VM's stored ones.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StartOptions {
+    /// New priority (-1000..1000), kept for later starts.
+    pub priority: Option<i32>,
+    /// New declared run time in seconds (1..=31536000), kept for later starts.
+    pub expected_runtime_secs: Option<u64>,
+}
+
+/// The host as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostCapacity {
+    /// Physical (or configured) vCPUs.
+    pub vcpus: u64,
+    /// Physical (or configured) memory, MiB.
+    pub memory_mib: u64,
+    /// vCPU over-commit ratio.
+    pub vcpu_overcommit: f64,
+    /// Memory over-commit ratio.
+    pub memory_overcommit: f64,
+    /// What may be allocated: floor(vcpus * ratio).
+    pub capacity_vcpus: u64,
+    /// What may be allocated: floor(memory_mib * ratio).
+    pub capacity_memory_mib: u64,
+    /// Held by VMs that are starting, running, paused or stopping.
+    pub used_vcpus: u64,
+    /// Held by VMs that are starting, running, paused or stopping.
+    pub used_memory_mib: u64,
+}
+
+/// One queued VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueEntry {
+    /// 1 = the head (next to start).
+    pub position: u32,
+    pub name: String,
+    pub project: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub priority: i32,
+    /// The run time the scheduler assumes (declared, or the default 3600).
+    pub expected_runtime_secs: u64,
+    /// RFC 3339 UTC: when it was queued.
+    pub queued_at: String,
+    /// Seconds waited so far.
+    pub waited_secs: f64,
+    /// RFC 3339 UTC, the head only: when it can start if running VMs end at their declared run
+    /// times (the planner's reservation; a VM past its declared time counts as ending now).
+    pub estimated_start: Option<String>,
+}
+
+/// `GET /v1/queue`: the queue in policy order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    /// The policy: `fcfs`, `sjf`, `priority` or `easy`, followed by ` (aging R/h)` when aging
+    /// is on.
+    pub policy: String,
+    pub host: HostCapacity,
+    /// Positions count every queued VM; VMs the caller may not read are left out.
+    pub entries: Vec<QueueEntry>,
 }
 
 /// Query of `GET /v1/vms/{name}/logs`.

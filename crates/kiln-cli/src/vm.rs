@@ -1,4 +1,5 @@
-//! VM management: `kiln create|list|show|start|stop|kill|restart|pause|resume|destroy|events|logs`.
+//! VM management: `kiln create|list|show|start|stop|kill|restart|pause|resume|destroy|events|logs`
+//! and `kiln queue`.
 //!
 //! A client of kilnd's API only (over its Unix socket, see [`crate::api_client`]); it reads no
 //! state of its own. Tables for people by default, `--output json` for scripts.
@@ -6,7 +7,7 @@
 use crate::api_client::{ApiArgs, CliError, Output};
 use crate::table::Table;
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_api::{CreateVm, Engine, Event, RestartPolicy, Vm};
+use kiln_api::{CreateVm, Engine, Event, QueueView, RestartPolicy, Vm};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -19,9 +20,10 @@ pub enum VmCommand {
     List(ListArgs),
     /// Show one VM.
     Show(NameArg),
-    /// Start a VM's monitor (from defined, stopped or crashed).
-    Start(NameArg),
-    /// Stop a VM: SIGTERM to its monitor, SIGKILL after the timeout.
+    /// Start a VM's monitor (from defined, stopped or crashed), or queue it if it does not fit.
+    Start(StartArgs),
+    /// Stop a VM: SIGTERM to its monitor, SIGKILL after the timeout (a queued VM leaves the
+    /// queue and becomes stopped).
     Stop(StopArgs),
     /// Kill a VM's monitor at once (SIGKILL).
     Kill(NameArg),
@@ -37,6 +39,22 @@ pub enum VmCommand {
     Events(NameArg),
     /// A VM's console log (or its monitor's diagnostics with --vmm).
     Logs(LogsArgs),
+    /// The queue of VMs waiting for room, in policy order, with the head's estimated start.
+    Queue(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The VM's name.
+    pub name: String,
+    /// New scheduling priority (-1000..1000; larger first under --policy priority).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// New declared run time in seconds (an estimate for sjf and easy).
+    #[arg(long, value_name = "SECS")]
+    pub expected_runtime: Option<u64>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +114,12 @@ pub struct CreateArgs {
     /// Most automatic restarts (on-crash).
     #[arg(long, default_value_t = 3)]
     pub restart_limit: u32,
+    /// Scheduling priority (-1000..1000; larger first under kilnd's --policy priority).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Declared run time in seconds, an estimate for sjf and easy [kilnd assumes 3600].
+    #[arg(long, value_name = "SECS")]
+    pub expected_runtime: Option<u64>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -132,11 +156,11 @@ impl VmCommand {
     fn api(&self) -> &ApiArgs {
         match self {
             VmCommand::Create(a) => &a.api,
-            VmCommand::List(a) => &a.api,
+            VmCommand::List(a) | VmCommand::Queue(a) => &a.api,
+            VmCommand::Start(a) => &a.api,
             VmCommand::Stop(a) | VmCommand::Restart(a) => &a.api,
             VmCommand::Logs(a) => &a.api,
             VmCommand::Show(a)
-            | VmCommand::Start(a)
             | VmCommand::Kill(a)
             | VmCommand::Pause(a)
             | VmCommand::Resume(a)
@@ -187,6 +211,8 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
                     PolicyArg::OnCrash => RestartPolicy::OnCrash,
                 },
                 restart_limit: a.restart_limit,
+                priority: a.priority,
+                expected_runtime_secs: a.expected_runtime,
             };
             one(client.call("POST", "/v1/vms", Some(&spec))?)
         }
@@ -211,7 +237,27 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
             t.print()
         }
         VmCommand::Show(a) => one(client.get(&vm_path(&a.name, ""))?),
-        VmCommand::Start(a) => one(client.post(&vm_path(&a.name, "start"))?),
+        VmCommand::Start(a) => {
+            let mut query = Vec::new();
+            if let Some(p) = a.priority {
+                query.push(format!("priority={p}"));
+            }
+            if let Some(t) = a.expected_runtime {
+                query.push(format!("expected_runtime_secs={t}"));
+            }
+            let mut path = vm_path(&a.name, "start");
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            one(client.post(&path)?)
+        }
+        VmCommand::Queue(_) => {
+            let view: QueueView = client.get("/v1/queue")?;
+            if out == Output::Json {
+                return crate::api_client::print_json(&view);
+            }
+            print_queue(&view)
+        }
         VmCommand::Stop(a) => one(client.post(&with_timeout(vm_path(&a.name, "stop"), a.timeout))?),
         VmCommand::Kill(a) => one(client.post(&vm_path(&a.name, "kill"))?),
         VmCommand::Restart(a) => {
@@ -281,6 +327,45 @@ fn shorten(text: &str, max: usize) -> String {
     format!("{cut}...")
 }
 
+fn print_queue(view: &QueueView) -> Result<(), CliError> {
+    let h = &view.host;
+    println!(
+        "policy {}; host {} vCPUs, {} MiB; capacity {} vCPUs (x{}), {} MiB (x{}); used {} vCPUs, {} MiB",
+        view.policy,
+        h.vcpus,
+        h.memory_mib,
+        h.capacity_vcpus,
+        h.vcpu_overcommit,
+        h.capacity_memory_mib,
+        h.memory_overcommit,
+        h.used_vcpus,
+        h.used_memory_mib
+    );
+    let mut t = Table::new(&[
+        "POS",
+        "NAME",
+        "VCPUS",
+        "MEMORY",
+        "PRIORITY",
+        "RUNTIME",
+        "WAITED",
+        "EST. START",
+    ]);
+    for e in &view.entries {
+        t.row(vec![
+            e.position.to_string(),
+            e.name.clone(),
+            e.vcpus.to_string(),
+            format!("{} MiB", e.memory_mib),
+            e.priority.to_string(),
+            format!("{} s", e.expected_runtime_secs),
+            format!("{:.1} s", e.waited_secs),
+            e.estimated_start.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.print()
+}
+
 fn with_timeout(path: String, timeout: Option<u64>) -> String {
     match timeout {
         Some(t) => format!("{path}?timeout_secs={t}"),
@@ -300,6 +385,13 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
         ("reason", vm.reason.clone().unwrap_or_else(none)),
         ("pid", vm.pid.map(|p| p.to_string()).unwrap_or_else(none)),
         ("vcpus", vm.vcpus.to_string()),
+        ("priority", vm.priority.to_string()),
+        (
+            "runtime",
+            vm.expected_runtime_secs
+                .map(|t| format!("{t} s (declared)"))
+                .unwrap_or_else(|| "- (3600 s assumed)".to_owned()),
+        ),
         ("memory", format!("{} MiB", vm.memory_mib)),
         ("engine", vm.engine.as_str().to_owned()),
         ("kernel", vm.kernel.clone()),
@@ -318,7 +410,7 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
         ("updated", vm.updated_at.clone()),
     ];
     for (k, v) in rows {
-        println!("{k:<8} {v}");
+        println!("{k:<9} {v}");
     }
     Ok(())
 }

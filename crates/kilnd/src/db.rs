@@ -14,7 +14,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vms (
     name TEXT PRIMARY KEY,
     project TEXT NOT NULL,
@@ -67,7 +68,15 @@ CREATE TABLE audit (
     path TEXT NOT NULL,
     status INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE vms ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN expected_runtime_secs INTEGER;
+ALTER TABLE vms ADD COLUMN queued_ms INTEGER;
+ALTER TABLE vms ADD COLUMN queue_seq INTEGER;
+ALTER TABLE vms ADD COLUMN started_ms INTEGER;
+"#,
+];
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,28 @@ pub struct Change {
     pub pid: Option<Option<(u32, u64)>>,
     /// New automatic-restart count.
     pub restarts: Option<u32>,
+    /// New priority.
+    pub priority: Option<i32>,
+    /// New declared run time.
+    pub expected_runtime_secs: Option<u64>,
+}
+
+/// What the scheduler needs of a VM that holds or waits for capacity.
+#[derive(Debug, Clone)]
+pub struct SchedRow {
+    pub name: String,
+    pub project: String,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub priority: i32,
+    pub expected_runtime_secs: Option<u64>,
+    /// When it entered the queue (queued VMs).
+    pub queued_ms: Option<i64>,
+    /// Its place in arrival order (queued VMs): unique, increasing.
+    pub queue_seq: Option<i64>,
+    /// When it last entered `starting`.
+    pub started_ms: Option<i64>,
 }
 
 /// A principal as authentication sees it.
@@ -210,8 +241,9 @@ impl Db {
         let now = now_ms();
         let inserted = tx.execute(
             "INSERT INTO vms (name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
-                 restart_policy, restart_limit, state, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+                 restart_policy, restart_limit, state, created_ms, updated_ms, priority,
+                 expected_runtime_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)
              ON CONFLICT(name) DO NOTHING",
             params![
                 spec.name,
@@ -225,7 +257,9 @@ impl Db {
                 spec.restart_policy.as_str(),
                 spec.restart_limit,
                 VmState::Defined.as_str(),
-                now
+                now,
+                spec.priority,
+                spec.expected_runtime_secs.map(|s| s as i64)
             ],
         )?;
         if inserted == 0 {
@@ -274,11 +308,34 @@ impl Db {
         };
         let reason = change.reason.clone().unwrap_or(current.vm.reason);
         let restarts = change.restarts.unwrap_or(current.vm.restarts);
+        let priority = change.priority.unwrap_or(current.vm.priority);
+        let runtime = change.expected_runtime_secs.or(current.vm.expected_runtime_secs);
         tx.execute(
             "UPDATE vms SET state = ?2, reason = ?3, pid = ?4, pid_start_time = ?5, restarts = ?6,
-                 updated_ms = ?7 WHERE name = ?1",
-            params![name, to.as_str(), reason, pid, start.map(|s| s as i64), restarts, now],
+                 updated_ms = ?7, priority = ?8, expected_runtime_secs = ?9 WHERE name = ?1",
+            params![
+                name,
+                to.as_str(),
+                reason,
+                pid,
+                start.map(|s| s as i64),
+                restarts,
+                now,
+                priority,
+                runtime.map(|s| s as i64)
+            ],
         )?;
+        if to == VmState::Queued && state != VmState::Queued {
+            tx.execute(
+                "UPDATE vms SET queued_ms = ?2,
+                     queue_seq = (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM vms)
+                 WHERE name = ?1",
+                params![name, now],
+            )?;
+        }
+        if to == VmState::Starting {
+            tx.execute("UPDATE vms SET started_ms = ?2 WHERE name = ?1", params![name, now])?;
+        }
         insert_event(
             &tx,
             name,
@@ -291,6 +348,49 @@ impl Db {
         let record = get_vm(&tx, name)?;
         tx.commit()?;
         Ok(record.vm)
+    }
+
+    /// The VMs that hold capacity (starting, running, paused, stopping) or wait for it (queued).
+    pub fn sched_rows(&self) -> Result<Vec<SchedRow>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT name, project, state, vcpus, memory_mib, priority, expected_runtime_secs,
+                 queued_ms, queue_seq, started_ms FROM vms
+             WHERE state IN ('queued', 'starting', 'running', 'paused', 'stopping')
+             ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, u64>(4)?,
+                r.get::<_, i32>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, Option<i64>>(8)?,
+                r.get::<_, Option<i64>>(9)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, project, state, vcpus, memory_mib, priority, runtime, queued, seq, started) =
+                row?;
+            out.push(SchedRow {
+                name,
+                project,
+                state: parse_state(&state)?,
+                vcpus,
+                memory_mib,
+                priority,
+                expected_runtime_secs: runtime.map(|s| s as u64),
+                queued_ms: queued,
+                queue_seq: seq,
+                started_ms: started,
+            });
+        }
+        Ok(out)
     }
 
     /// Removes a VM that has no monitor (state in `from`), with its events.
@@ -496,7 +596,7 @@ impl Db {
 
 const VM_SELECT: &str = "SELECT name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
     restart_policy, restart_limit, state, reason, pid, pid_start_time, restarts, created_ms,
-    updated_ms FROM vms";
+    updated_ms, priority, expected_runtime_secs FROM vms";
 
 fn get_vm(conn: &Connection, name: &str) -> Result<VmRecord> {
     conn.query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_from_row)
@@ -528,6 +628,8 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
                 reason: r.get(11)?,
                 pid: r.get(12)?,
                 restarts: r.get(14)?,
+                priority: r.get(17)?,
+                expected_runtime_secs: r.get::<_, Option<i64>>(18)?.map(|s| s as u64),
                 created_at: rfc3339_ms(r.get(15)?),
                 updated_at: rfc3339_ms(r.get(16)?),
             },

@@ -7,6 +7,7 @@
 //! | [`server`] | start-up: lock the state dir, open the database, re-adopt VMMs, serve |
 //! | [`api`] | routes, auth/audit middleware, handlers, error answers, the OpenAPI document |
 //! | [`lifecycle`] | the verbs and their state transitions |
+//! | [`scheduler`] | the host's capacity; planning rounds with `kiln-sched`'s planner |
 //! | [`supervisor`] | spawning VMMs, waiting for their end, re-adoption after a restart |
 //! | [`db`] | the SQLite schema and every query |
 //! | [`auth`] | tokens, principals, roles and grants |
@@ -20,6 +21,7 @@ pub mod db;
 pub mod lifecycle;
 pub mod logs;
 pub mod procfs;
+pub mod scheduler;
 pub mod server;
 pub mod supervisor;
 pub mod validate;

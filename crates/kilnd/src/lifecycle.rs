@@ -7,7 +7,13 @@
 //! stopped <──VMM exit 0 / stop done───┼───┴──> stopping <──────┘
 //! crashed <──VMM exit != 0 ───────────┘
 //! stopped, crashed ─start─> starting;  defined, stopped, crashed ─destroy─> (gone)
+//! defined, stopped, crashed ─start, no room─> queued ─scheduler─> starting
+//! queued ─stop/kill─> stopped ("removed from the queue")
 //! ```
+//! `start` asks the scheduler ([`crate::scheduler`]) first: the VM starts at once only if the
+//! policy would start it now (it fits, and nothing ahead of it in the queue is blocked), else it
+//! is queued. A round runs whenever room frees (a VMM ends, a queued VM is cancelled, a VM is
+//! destroyed) and at kilnd's start; it starts what the planner says, in its order.
 //! Every transition is a compare-and-set in the database ([`Db::transition`]), so concurrent
 //! requests cannot both act on one state: one wins, the other gets a conflict naming the state.
 //! "stop" is SIGTERM to the VMM (it exits 0 with "stopped by SIGTERM"), then SIGKILL after the
@@ -17,9 +23,10 @@
 use crate::db::{Change, Db, DbError};
 use crate::logs::{LogError, Stream, VmLogs};
 use crate::procfs::{self, ProcError};
+use crate::scheduler::{Capacity, Round, SchedError};
 use crate::supervisor;
 use crate::validate::{self, Invalid};
-use kiln_api::{CreateVm, Vm, VmState};
+use kiln_api::{CreateVm, QueueView, StartOptions, Vm, VmState};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -54,6 +61,8 @@ pub enum LifecycleError {
     Log(#[from] LogError),
     #[error(transparent)]
     Proc(#[from] ProcError),
+    #[error("scheduling")]
+    Sched(#[from] SchedError),
 }
 
 type Result<T> = std::result::Result<T, LifecycleError>;
@@ -69,6 +78,8 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// The host's RAM, the upper bound of a VM's memory.
     pub host_memory_mib: u64,
+    /// The host's size, over-commit ratios and queueing policy.
+    pub capacity: Capacity,
 }
 
 /// A VMM kilnd supervises.
@@ -93,12 +104,19 @@ pub struct Manager {
     pub db: Db,
     pub settings: Settings,
     monitors: Mutex<HashMap<String, Monitor>>,
+    /// Held for a whole scheduling round (plan, then start), so rounds never overlap.
+    rounds: Mutex<()>,
 }
 
 impl Manager {
     /// A manager over `db`.
     pub fn new(db: Db, settings: Settings) -> Arc<Manager> {
-        Arc::new(Manager { db, settings, monitors: Mutex::new(HashMap::new()) })
+        Arc::new(Manager {
+            db,
+            settings,
+            monitors: Mutex::new(HashMap::new()),
+            rounds: Mutex::new(()),
+        })
     }
 
     /// The log files of a VM.
@@ -125,20 +143,184 @@ impl Manager {
     /// Defines a VM after validating every field; nothing is stored if a check fails.
     pub fn create(&self, spec: &CreateVm, principal: Option<&str>) -> Result<Vm> {
         validate::create_vm(spec, self.settings.host_memory_mib)?;
+        self.check_fits_host(spec.vcpus, spec.memory_mib)?;
         Ok(self.db.create_vm(spec, principal)?)
     }
 
-    /// Starts the VMM of a VM at rest.
-    pub fn start(self: &Arc<Self>, name: &str, principal: Option<&str>) -> Result<Vm> {
+    /// A VM larger than the host's capacity could never start: refused with the field named.
+    fn check_fits_host(&self, vcpus: u32, memory_mib: u64) -> Result<()> {
+        let limit = self.settings.capacity.limit();
+        if u64::from(vcpus) > limit.vcpus {
+            return Err(validate::Invalid {
+                field: "vcpus",
+                message: format!(
+                    "{vcpus} is more than this host's capacity of {} vCPUs",
+                    limit.vcpus
+                ),
+            }
+            .into());
+        }
+        if memory_mib > limit.memory_mib {
+            return Err(validate::Invalid {
+                field: "memory_mib",
+                message: format!(
+                    "{memory_mib} MiB is more than this host's capacity of {} MiB",
+                    limit.memory_mib
+                ),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn rounds(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rounds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a VM at rest if the scheduler lets it start now, else queues it (`queued`, with the
+    /// reason in an event); the scheduler starts it later. `options` replace its priority and
+    /// declared run time.
+    pub fn start(
+        self: &Arc<Self>,
+        name: &str,
+        principal: Option<&str>,
+        options: &StartOptions,
+    ) -> Result<Vm> {
+        validate::scheduling(options.priority, options.expected_runtime_secs)?;
+        let _round = self.rounds();
+        let vm = self.db.vm(name)?.vm;
+        if !STARTABLE.contains(&vm.state) {
+            return Err(DbError::WrongState { name: name.to_owned(), state: vm.state }.into());
+        }
+        self.check_fits_host(vm.vcpus, vm.memory_mib)?;
+        let now = crate::db::now_ms();
+        let mut rows = self.db.sched_rows()?;
+        // The VM as a candidate at the back of the queue: it starts now only if the policy
+        // would start it now.
+        let candidate_seq = rows.iter().filter_map(|r| r.queue_seq).max().unwrap_or(0) + 1;
+        rows.push(crate::db::SchedRow {
+            name: vm.name.clone(),
+            project: vm.project.clone(),
+            state: VmState::Queued,
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            priority: options.priority.unwrap_or(vm.priority),
+            expected_runtime_secs: options.expected_runtime_secs.or(vm.expected_runtime_secs),
+            queued_ms: Some(now),
+            queue_seq: Some(candidate_seq),
+            started_ms: None,
+        });
+        let mut round = Round::new(&self.settings.capacity, rows, now)?;
+        let decisions = round.plan();
+        let now_ok = decisions.iter().any(|d| round.name(d.request) == Some(name));
         let change = Change {
-            message: "start requested".to_owned(),
             principal: principal.map(str::to_owned),
-            reason: Some(None),
             restarts: Some(0),
+            priority: options.priority,
+            expected_runtime_secs: options.expected_runtime_secs,
             ..Change::default()
         };
-        let vm = self.db.transition(name, &STARTABLE, VmState::Starting, change)?;
-        self.launch(&vm)
+        let result = if now_ok {
+            let change =
+                Change { message: "start requested".to_owned(), reason: Some(None), ..change };
+            let vm = self.db.transition(name, &STARTABLE, VmState::Starting, change)?;
+            self.launch(&vm)
+        } else {
+            let need = kiln_sched::Resources::new(u64::from(vm.vcpus), vm.memory_mib);
+            let why = round.why_queued(need);
+            let change = Change {
+                message: format!("start requested; queued: {why}"),
+                reason: Some(Some(format!("queued: {why}"))),
+                ..change
+            };
+            Ok(self.db.transition(name, &STARTABLE, VmState::Queued, change)?)
+        };
+        // Anything else the round decided (normally nothing: rounds run whenever room frees).
+        self.run_round_locked();
+        result
+    }
+
+    /// Runs a scheduling round: starts the queued VMs the planner says may start now, in its
+    /// order, through the normal start path. Called whenever room frees or the queue changes.
+    pub fn schedule(self: &Arc<Self>) {
+        let _round = self.rounds();
+        self.run_round_locked();
+    }
+
+    fn run_round_locked(self: &Arc<Self>) {
+        if let Err(e) = self.try_round() {
+            eprintln!("kilnd: scheduling round failed: {}", crate::chain(&e));
+        }
+    }
+
+    fn try_round(self: &Arc<Self>) -> Result<()> {
+        let now = crate::db::now_ms();
+        let rows = self.db.sched_rows()?;
+        if !rows.iter().any(|r| r.state == VmState::Queued) {
+            return Ok(());
+        }
+        let queued: HashMap<String, Option<i64>> =
+            rows.iter().map(|r| (r.name.clone(), r.queued_ms)).collect();
+        let mut round = Round::new(&self.settings.capacity, rows, now)?;
+        let policy = self.settings.capacity.policy_name();
+        for d in round.plan() {
+            let Some(name) = round.name(d.request) else { continue };
+            let waited = queued.get(name).copied().flatten().map_or(0, |q| now - q);
+            let how = if d.backfilled { ", backfilled" } else { "" };
+            let change = Change {
+                message: format!(
+                    "dequeued by the scheduler (policy {policy}{how}) after {:.3} s",
+                    waited as f64 / 1000.0
+                ),
+                reason: Some(None),
+                ..Change::default()
+            };
+            // A VM cancelled meanwhile is no longer queued: skip it.
+            if let Ok(vm) = self.db.transition(name, &[VmState::Queued], VmState::Starting, change)
+            {
+                // A failed spawn is recorded (crashed, with the reason) by `launch`.
+                let _ = self.launch(&vm);
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue in policy order, the host and its use.
+    pub fn queue(&self) -> Result<QueueView> {
+        let round =
+            Round::new(&self.settings.capacity, self.db.sched_rows()?, crate::db::now_ms())?;
+        Ok(QueueView {
+            policy: self.settings.capacity.policy_name(),
+            host: round.host(),
+            entries: round.queue(),
+        })
+    }
+
+    /// Takes a queued VM out of the queue (to `stopped`, "removed from the queue"); `None` if
+    /// it is not queued.
+    fn dequeue(
+        self: &Arc<Self>,
+        name: &str,
+        principal: Option<&str>,
+        verb: &str,
+    ) -> Result<Option<Vm>> {
+        let change = Change {
+            message: format!("{verb} requested while queued: removed from the queue"),
+            principal: principal.map(str::to_owned),
+            reason: Some(Some("removed from the queue".to_owned())),
+            ..Change::default()
+        };
+        let vm = {
+            let _round = self.rounds();
+            match self.db.transition(name, &[VmState::Queued], VmState::Stopped, change) {
+                Ok(vm) => vm,
+                Err(DbError::WrongState { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // Whatever waited behind it may start now.
+        self.schedule();
+        Ok(Some(vm))
     }
 
     /// Spawns the VMM of `vm` (in state `starting`) and hands it to a supervisor; on failure the
@@ -169,6 +351,9 @@ impl Manager {
         timeout: Option<Duration>,
     ) -> Result<Vm> {
         let timeout = timeout.unwrap_or(self.settings.stop_timeout);
+        if let Some(vm) = self.dequeue(name, principal, "stop")? {
+            return Ok(vm);
+        }
         let change = Change {
             message: format!("stop requested (SIGTERM, SIGKILL after {} s)", timeout.as_secs()),
             principal: principal.map(str::to_owned),
@@ -197,6 +382,9 @@ impl Manager {
 
     /// SIGKILL at once (also cuts a stop that is waiting for its timeout).
     pub async fn kill(self: &Arc<Self>, name: &str, principal: Option<&str>) -> Result<Vm> {
+        if let Some(vm) = self.dequeue(name, principal, "kill")? {
+            return Ok(vm);
+        }
         let change = Change {
             message: "kill requested (SIGKILL)".to_owned(),
             principal: principal.map(str::to_owned),
@@ -219,7 +407,7 @@ impl Manager {
         timeout: Option<Duration>,
     ) -> Result<Vm> {
         self.stop(name, principal, timeout).await?;
-        self.start(name, principal)
+        self.start(name, principal, &StartOptions::default())
     }
 
     /// SIGSTOP: every thread of the VMM stops, the guest with them. Answers once they have
@@ -275,9 +463,10 @@ impl Manager {
     }
 
     /// Removes a VM at rest: its definition, events and logs.
-    pub fn destroy(&self, name: &str) -> Result<()> {
+    pub fn destroy(self: &Arc<Self>, name: &str) -> Result<()> {
         self.db.delete_vm(name, &AT_REST)?;
         self.logs(name).remove()?;
+        self.schedule();
         Ok(())
     }
 

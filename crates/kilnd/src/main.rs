@@ -1,7 +1,8 @@
 //! `kilnd`: the Kiln VM manager daemon. See `docs/kilnd.md`.
 
 use clap::Parser;
-use kilnd::server::{self, Config};
+use kiln_sched::Policy;
+use kilnd::server::{self, Config, SchedConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,9 +26,36 @@ struct Args {
     /// Seconds between SIGTERM and SIGKILL when stopping a VM
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout: u64,
+    /// Queueing policy for VMs that do not fit: fcfs, sjf (by declared run time), priority, or
+    /// easy (FCFS with EASY backfilling)
+    #[arg(long, value_enum, default_value = "fcfs")]
+    policy: PolicyArg,
+    /// Aging: score points per hour waited added to a queued VM's priority (0 = none)
+    #[arg(long, value_name = "POINTS_PER_HOUR", default_value_t = 0.0)]
+    aging: f64,
+    /// vCPUs that may be allocated per physical vCPU (>= 1)
+    #[arg(long, value_name = "RATIO", default_value_t = 4.0)]
+    vcpu_overcommit: f64,
+    /// Memory that may be allocated per MiB of RAM (>= 1)
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0)]
+    memory_overcommit: f64,
+    /// The host's vCPUs as the scheduler sees them [default: available_parallelism]
+    #[arg(long, value_name = "N")]
+    host_vcpus: Option<u64>,
+    /// The host's memory as the scheduler sees it, MiB [default: MemTotal of /proc/meminfo]
+    #[arg(long, value_name = "MIB")]
+    host_memory_mib: Option<u64>,
     /// Print the OpenAPI document and exit
     #[arg(long)]
     print_openapi: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Fcfs,
+    Sjf,
+    Priority,
+    Easy,
 }
 
 fn default_vmm() -> PathBuf {
@@ -44,11 +72,31 @@ fn main() -> ExitCode {
         print!("{}", kilnd::api::openapi::document());
         return ExitCode::SUCCESS;
     }
+    let policy = match args.policy {
+        PolicyArg::Fcfs => Policy::fcfs(),
+        PolicyArg::Sjf => Policy::sjf(),
+        PolicyArg::Priority => Policy::priority(),
+        PolicyArg::Easy => Policy::easy(),
+    };
+    let policy = match policy.with_aging(args.aging) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kilnd: error: --aging: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = Config {
         socket: args.socket.unwrap_or_else(kiln_api::paths::default_socket),
         state_dir: args.state_dir.unwrap_or_else(kiln_api::paths::default_state_dir),
         vmm: args.vmm.unwrap_or_else(default_vmm),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        sched: SchedConfig {
+            host_vcpus: args.host_vcpus,
+            host_memory_mib: args.host_memory_mib,
+            vcpu_overcommit: args.vcpu_overcommit,
+            memory_overcommit: args.memory_overcommit,
+            policy,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

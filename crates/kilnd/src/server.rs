@@ -6,6 +6,7 @@ use crate::api::{self, Peer};
 use crate::auth::{self, AuthError};
 use crate::db::{Db, DbError};
 use crate::lifecycle::{LifecycleError, Manager, Settings};
+use crate::scheduler::{self, Capacity, SchedError};
 use crate::{procfs, supervisor};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
@@ -29,8 +30,8 @@ pub enum ServerError {
     Locked(PathBuf),
     #[error("another kilnd is listening on {0}")]
     SocketInUse(PathBuf),
-    #[error("cannot read the host's memory size from /proc/meminfo")]
-    HostMemory,
+    #[error("the host's capacity")]
+    Capacity(#[from] SchedError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -48,6 +49,33 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub vmm: PathBuf,
     pub stop_timeout: Duration,
+    /// The scheduler's settings.
+    pub sched: SchedConfig,
+}
+
+/// The host's size (detected unless given), over-commit ratios and the queueing policy.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedConfig {
+    /// vCPUs of the host [default: `available_parallelism`].
+    pub host_vcpus: Option<u64>,
+    /// Memory of the host in MiB [default: `/proc/meminfo`'s MemTotal].
+    pub host_memory_mib: Option<u64>,
+    pub vcpu_overcommit: f64,
+    pub memory_overcommit: f64,
+    /// Queue order, backfilling and aging.
+    pub policy: kiln_sched::Policy,
+}
+
+impl SchedConfig {
+    /// The host's capacity, detecting what is not given.
+    pub fn capacity(&self) -> Result<Capacity, SchedError> {
+        let vcpus = self.host_vcpus.unwrap_or_else(scheduler::host_vcpus);
+        let memory = match self.host_memory_mib {
+            Some(m) => m,
+            None => procfs::host_memory_mib().ok_or(SchedError::HostMemory)?,
+        };
+        Capacity::new(vcpus, memory, self.vcpu_overcommit, self.memory_overcommit, self.policy)
+    }
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
@@ -97,18 +125,30 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let db = Db::open(&dir.join("kilnd.db"))?;
     auth::bootstrap(&db, procfs::euid())?;
     db.prune_audit(AUDIT_KEEP)?;
-    let host_memory_mib = procfs::host_memory_mib().ok_or(ServerError::HostMemory)?;
+    let capacity = config.sched.capacity()?;
     let settings = Settings {
         state_dir: dir.clone(),
         vmm: config.vmm.clone(),
         stop_timeout: config.stop_timeout,
-        host_memory_mib,
+        host_memory_mib: capacity.memory_mib,
+        capacity,
     };
     let mgr = Manager::new(db, settings);
     let (adopted, lost) = supervisor::adopt_all(&mgr).map_err(ServerError::Adopt)?;
     if adopted + lost > 0 {
         eprintln!("kilnd: re-adopted {adopted} running VMM(s); {lost} were gone");
     }
+    let limit = capacity.limit();
+    eprintln!(
+        "kilnd: host {} vCPUs, {} MiB; capacity {} vCPUs, {} MiB; policy {}",
+        capacity.vcpus,
+        capacity.memory_mib,
+        limit.vcpus,
+        limit.memory_mib,
+        capacity.policy_name()
+    );
+    // VMs queued before a restart of kilnd.
+    mgr.schedule();
     if config.vmm.components().count() > 1 && !procfs::is_file(&config.vmm) {
         eprintln!(
             "kilnd: warning: the VMM {} does not exist; starting VMs will fail (see --vmm)",

@@ -168,6 +168,8 @@ fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: wat
             }
         }
     }
+    // Its room is free: queued VMs may start.
+    mgr.schedule();
 }
 
 /// The state and reason for a VMM that ended on its own.

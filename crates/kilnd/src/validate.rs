@@ -12,6 +12,10 @@ pub const MIN_MEMORY_MIB: u64 = 8;
 pub const MAX_CMDLINE: usize = 2048;
 /// Most automatic restarts a policy may allow.
 pub const MAX_RESTART_LIMIT: u32 = 100;
+/// Largest priority magnitude.
+pub const MAX_PRIORITY: i32 = 1000;
+/// Longest declared run time: a year.
+pub const MAX_EXPECTED_RUNTIME_SECS: u64 = 365 * 86_400;
 
 /// A field of the request is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +96,30 @@ pub fn create_vm(spec: &CreateVm, host_memory_mib: u64) -> Result<(), Invalid> {
             format!("{} is more than {MAX_RESTART_LIMIT}", spec.restart_limit),
         ));
     }
+    scheduling(Some(spec.priority), spec.expected_runtime_secs)
+}
+
+/// Checks a priority and a declared run time (of `create` or `start`).
+pub fn scheduling(
+    priority: Option<i32>,
+    expected_runtime_secs: Option<u64>,
+) -> Result<(), Invalid> {
+    if let Some(p) = priority {
+        if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&p) {
+            return Err(invalid(
+                "priority",
+                format!("{p} is out of range -{MAX_PRIORITY}..{MAX_PRIORITY}"),
+            ));
+        }
+    }
+    if let Some(t) = expected_runtime_secs {
+        if t == 0 || t > MAX_EXPECTED_RUNTIME_SECS {
+            return Err(invalid(
+                "expected_runtime_secs",
+                format!("{t} is out of range 1-{MAX_EXPECTED_RUNTIME_SECS} seconds"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -118,6 +146,11 @@ mod tests {
             (r#"{"name":"a","kernel":"relative"}"#.to_owned(), "kernel"),
             (format!(r#"{{"name":"a","kernel":"{k}","initrd":"/nope"}}"#), "initrd"),
             (format!(r#"{{"name":"a","kernel":"{k}","restart_limit":1000}}"#), "restart_limit"),
+            (format!(r#"{{"name":"a","kernel":"{k}","priority":1001}}"#), "priority"),
+            (
+                format!(r#"{{"name":"a","kernel":"{k}","expected_runtime_secs":0}}"#),
+                "expected_runtime_secs",
+            ),
         ];
         for (json, field) in cases {
             let err = create_vm(&spec(&json), 1024).expect_err(&json);

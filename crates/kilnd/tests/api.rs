@@ -25,7 +25,8 @@ fn fake_vmm(dir: &Path) -> PathBuf {
 
 fn daemon(test: &str) -> Daemon {
     let base = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));
-    Daemon::start_with_vmm(test, fake_vmm(&base))
+    // A host large enough that the 50 VMs below all fit whatever this machine's size.
+    Daemon::start_with(test, fake_vmm(&base), &["--host-vcpus", "64", "--host-memory-mib", "65536"])
 }
 
 fn kernel(d: &Daemon) -> String {
@@ -456,4 +457,52 @@ fn kiln_logs_follow_prints_the_console_as_it_grows_and_ends_with_the_vm() {
     assert_eq!(vm.state, VmState::Stopped, "{vm:?}");
     let r = c.get_raw("/v1/vms/ticker/logs?from=0&tail_bytes=6").unwrap();
     assert_eq!(r.header("x-kiln-log-offset"), Some("6"));
+}
+
+#[test]
+fn a_vm_that_does_not_fit_is_queued_cancelled_or_started_when_room_frees() {
+    let base = std::env::temp_dir().join(format!("kilnd-queue-{}", std::process::id()));
+    let args = ["--host-vcpus", "1", "--host-memory-mib", "1024", "--vcpu-overcommit", "1"];
+    let d = Daemon::start_with("queue", fake_vmm(&base), &args);
+    let c = d.admin();
+    let k = kernel(&d);
+    for n in ["a", "b"] {
+        create(&c, &spec(n, &k));
+    }
+    let mut big = spec("big", &k);
+    big.vcpus = 2;
+    let (code, err) = status(c.call::<_, Vm>("POST", "/v1/vms", Some(&big)));
+    assert_eq!((code, err.field.as_deref()), (400, Some("vcpus")), "{err:?}");
+    let (code, err) = status(c.post::<Vm>("/v1/vms/b/start?priority=5000"));
+    assert_eq!((code, err.field.as_deref()), (400, Some("priority")), "{err:?}");
+    let (code, err) = status(c.post::<Vm>("/v1/vms/b/start?expected_runtime_secs=0"));
+    assert_eq!((code, err.field.as_deref()), (400, Some("expected_runtime_secs")), "{err:?}");
+
+    assert_eq!(verb(&c, "a", "start").unwrap().state, VmState::Running);
+    let vm: Vm = c.post("/v1/vms/b/start?priority=7&expected_runtime_secs=60").unwrap();
+    assert_eq!(vm.state, VmState::Queued);
+    assert_eq!((vm.priority, vm.expected_runtime_secs), (7, Some(60)), "start options are kept");
+    assert!(vm.reason.unwrap().starts_with("queued: needs 1 vCPU(s)"));
+    let (code, body) = status(verb(&c, "b", "start"));
+    assert_eq!((code, body.state), (409, Some(VmState::Queued)));
+    let (code, _) = status(c.delete("/v1/vms/b"));
+    assert_eq!(code, 409, "a queued VM is not destroyed");
+
+    let vm = verb(&c, "b", "kill").unwrap();
+    assert_eq!(
+        (vm.state, vm.reason.as_deref()),
+        (VmState::Stopped, Some("removed from the queue"))
+    );
+    assert!(c.get::<kiln_api::QueueView>("/v1/queue").unwrap().entries.is_empty());
+
+    assert_eq!(verb(&c, "b", "start").unwrap().state, VmState::Queued);
+    verb(&c, "a", "stop").unwrap();
+    let vm = wait_state(&c, "b", VmState::Running, std::time::Duration::from_secs(10));
+    assert!(vm.reason.is_none(), "{vm:?}");
+    let events: Vec<Event> = c.get("/v1/vms/b/events").unwrap();
+    let to: Vec<VmState> = events.iter().map(|e| e.to).collect();
+    use VmState::*;
+    assert_eq!(to, [Defined, Queued, Stopped, Queued, Starting, Running]);
+    assert!(events[4].message.starts_with("dequeued by the scheduler (policy fcfs)"), "{events:?}");
+    verb(&c, "b", "stop").unwrap();
 }

@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
         Authenticate with `Authorization: Bearer TOKEN`, or as a Unix peer uid mapped to a principal."),
     paths(
         vms::list, vms::create, vms::show, vms::destroy, vms::start, vms::stop, vms::kill,
-        vms::restart, vms::pause, vms::resume, vms::events, vms::logs,
+        vms::restart, vms::pause, vms::resume, vms::events, vms::logs, vms::queue,
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami,
     ),

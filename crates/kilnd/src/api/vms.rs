@@ -9,7 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use kiln_api::{ApiError, CreateVm, Event, LogOptions, Permission, StopOptions, Vm};
+use kiln_api::{
+    ApiError, CreateVm, Event, LogOptions, Permission, QueueView, StartOptions, StopOptions, Vm,
+};
 use std::time::Duration;
 
 type ApiResult<T> = Result<T, ApiFailure>;
@@ -105,18 +107,38 @@ pub async fn destroy(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Starts the VMM (from defined, stopped or crashed); answers once it runs.
-#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "lifecycle", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 403, body = ApiError), (status = 404, body = ApiError),
-        (status = 409, body = ApiError)))]
+/// Starts the VMM (from defined, stopped or crashed) if the scheduler lets it start now, and
+/// answers once it runs; otherwise the VM is `queued` (the answer says so, with the reason) and
+/// starts when the policy picks it.
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "lifecycle",
+    params(("name" = String, Path), StartOptions),
+    responses((status = 200, description = "running, or queued", body = Vm), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn start(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
+    ApiQuery(options): ApiQuery<StartOptions>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Start)?;
-    let vm = mgr.start(&name, Some(&p.name)).map_err(|e| ApiFailure::from(e).during("start"))?;
+    let vm = mgr
+        .start(&name, Some(&p.name), &options)
+        .map_err(|e| ApiFailure::from(e).during("start"))?;
     Ok(Json(vm))
+}
+
+/// The queue in policy order (positions count every queued VM; those the caller may not read
+/// are left out), the host's capacity and use, and the head's estimated start.
+#[utoipa::path(get, path = "/v1/queue", tag = "vms",
+    responses((status = 200, body = QueueView), (status = 401, body = ApiError)))]
+pub async fn queue(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<QueueView>> {
+    let mut view = mgr.queue()?;
+    view.entries
+        .retain(|e| p.may(Permission::Read, Target::Vm { name: &e.name, project: &e.project }));
+    Ok(Json(view))
 }
 
 /// Longest stop timeout a request may ask for.

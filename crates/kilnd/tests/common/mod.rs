@@ -67,6 +67,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub vmm: PathBuf,
+    /// More kilnd arguments (host size, policy).
+    pub args: Vec<String>,
 }
 
 impl Daemon {
@@ -77,10 +79,16 @@ impl Daemon {
 
     /// Starts kilnd with `vmm` as its monitor binary.
     pub fn start_with_vmm(test: &str, vmm: PathBuf) -> Daemon {
+        Daemon::start_with(test, vmm, &[])
+    }
+
+    /// Starts kilnd with `vmm` and more arguments.
+    pub fn start_with(test: &str, vmm: PathBuf, args: &[&str]) -> Daemon {
         let dir = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon { child: None, socket: dir.join("kilnd.sock"), dir, vmm };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut d = Daemon { child: None, socket: dir.join("kilnd.sock"), dir, vmm, args };
         d.spawn();
         d
     }
@@ -101,6 +109,7 @@ impl Daemon {
             .arg("--vmm")
             .arg(&self.vmm)
             .args(["--stop-timeout", "5"])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -196,6 +205,8 @@ pub fn spec(name: &str, kernel: &str) -> CreateVm {
         project: "default".to_owned(),
         restart_policy: kiln_api::RestartPolicy::Never,
         restart_limit: 3,
+        priority: 0,
+        expected_runtime_secs: None,
     }
 }
 
