@@ -329,8 +329,8 @@ fn shorten(text: &str, max: usize) -> String {
 
 fn print_queue(view: &QueueView) -> Result<(), CliError> {
     let h = &view.host;
-    println!(
-        "policy {}; host {} vCPUs, {} MiB; capacity {} vCPUs (x{}), {} MiB (x{}); used {} vCPUs, {} MiB",
+    let summary = format!(
+        "policy {}; host {} vCPUs, {} MiB; capacity {} vCPUs (x{}), {} MiB (x{}); used {} vCPUs, {} MiB\n",
         view.policy,
         h.vcpus,
         h.memory_mib,
@@ -341,6 +341,7 @@ fn print_queue(view: &QueueView) -> Result<(), CliError> {
         h.used_vcpus,
         h.used_memory_mib
     );
+    std::io::stdout().lock().write_all(summary.as_bytes()).map_err(CliError::Stdout)?;
     let mut t = Table::new(&[
         "POS",
         "NAME",
@@ -409,10 +410,8 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
         ("created", vm.created_at.clone()),
         ("updated", vm.updated_at.clone()),
     ];
-    for (k, v) in rows {
-        println!("{k:<9} {v}");
-    }
-    Ok(())
+    let text: String = rows.iter().map(|(k, v)| format!("{k:<9} {v}\n")).collect();
+    std::io::stdout().lock().write_all(text.as_bytes()).map_err(CliError::Stdout)
 }
 
 #[cfg(test)]
