@@ -360,6 +360,20 @@ mod tests {
     }
 
     #[test]
+    fn aging_lets_an_old_low_priority_vm_pass_a_newer_high_priority_one() {
+        // 1 point per hour: after 3 hours "old" (priority 0) beats "new" (priority 2).
+        let policy = Policy::priority().with_aging(1.0).expect("valid rate");
+        let rows = vec![
+            row("old", VmState::Queued, 1, 0, 0, 1),
+            row("new", VmState::Queued, 1, 2, 3 * 3_600_000, 2),
+        ];
+        let mut round = Round::new(&host(1, policy), rows, 3 * 3_600_000 + 1_000).expect("loads");
+        assert_eq!(round.capacity.policy_name(), "priority (aging 1/h)");
+        let d = round.plan();
+        assert_eq!(names(&round, &d), ["old"]);
+    }
+
+    #[test]
     fn bad_host_sizes_and_ratios_are_refused() {
         assert!(Capacity::new(0, 1024, 1.0, 1.0, Policy::fcfs()).is_err());
         assert!(Capacity::new(2, 1024, 0.5, 1.0, Policy::fcfs()).is_err());

@@ -463,7 +463,7 @@ fn kiln_logs_follow_prints_the_console_as_it_grows_and_ends_with_the_vm() {
 fn a_vm_that_does_not_fit_is_queued_cancelled_or_started_when_room_frees() {
     let base = std::env::temp_dir().join(format!("kilnd-queue-{}", std::process::id()));
     let args = ["--host-vcpus", "1", "--host-memory-mib", "1024", "--vcpu-overcommit", "1"];
-    let d = Daemon::start_with("queue", fake_vmm(&base), &args);
+    let mut d = Daemon::start_with("queue", fake_vmm(&base), &args);
     let c = d.admin();
     let k = kernel(&d);
     for n in ["a", "b"] {
@@ -496,6 +496,15 @@ fn a_vm_that_does_not_fit_is_queued_cancelled_or_started_when_room_frees() {
     assert!(c.get::<kiln_api::QueueView>("/v1/queue").unwrap().entries.is_empty());
 
     assert_eq!(verb(&c, "b", "start").unwrap().state, VmState::Queued);
+    // A restart of kilnd keeps the queue (and re-adopts a): nothing starts twice.
+    d.sigkill();
+    d.spawn();
+    let c = d.admin();
+    assert_eq!(c.get::<Vm>("/v1/vms/a").unwrap().state, VmState::Running);
+    assert_eq!(c.get::<Vm>("/v1/vms/b").unwrap().state, VmState::Queued);
+    let view: kiln_api::QueueView = c.get("/v1/queue").unwrap();
+    assert_eq!(view.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(view.host.used_vcpus, 1);
     verb(&c, "a", "stop").unwrap();
     let vm = wait_state(&c, "b", VmState::Running, std::time::Duration::from_secs(10));
     assert!(vm.reason.is_none(), "{vm:?}");
