@@ -61,6 +61,21 @@ pub fn emit_reset(a: &mut CodeAssembler) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the UART has sent everything (LSR bit 6, transmitter empty; QEMU drops output
+/// still queued when `isa-debug-exit` ends the process), exits through QEMU's `isa-debug-exit`
+/// at port 0xf4 (unclaimed in Kiln), then resets through the i8042.
+fn emit_drain_and_exit(a: &mut CodeAssembler) -> Result<()> {
+    let mut drain = a.create_label();
+    a.set_label(&mut drain)?;
+    a.mov(dx, (SERIAL_PORT + 5) as u32)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x40)?;
+    a.jz(drain)?;
+    a.mov(al, 0_u32)?;
+    a.out(0xf4, al)?;
+    emit_reset(a)
+}
+
 /// Marks boot, prints `text`, resets.
 pub fn hello(text: &str) -> Result<Vec<u8>> {
     let mut a = new_asm()?;
@@ -88,17 +103,7 @@ pub fn startup_probe() -> Result<Vec<u8>> {
     // first instruction of a PVH guest (seen with QEMU 7.2), which would make it look hung.
     emit_boot_timer(&mut a)?;
     emit_print(&mut a, "!")?;
-    // Wait until the UART has sent the byte (LSR bit 6, transmitter empty): QEMU drops output
-    // still queued when isa-debug-exit ends the process.
-    let mut drain = a.create_label();
-    a.set_label(&mut drain)?;
-    a.mov(dx, (SERIAL_PORT + 5) as u32)?;
-    a.in_(al, dx)?;
-    a.test(al, 0x40)?;
-    a.jz(drain)?;
-    a.mov(al, 0_u32)?;
-    a.out(0xf4, al)?;
-    emit_reset(&mut a)?;
+    emit_drain_and_exit(&mut a)?;
     finish(a)
 }
 
@@ -367,15 +372,7 @@ pub fn speed_probe(iterations: u32) -> Result<Vec<u8>> {
     a.dec(ecx)?;
     a.jnz(top)?;
     emit_print(&mut a, "#")?;
-    let mut drain = a.create_label();
-    a.set_label(&mut drain)?;
-    a.mov(dx, (SERIAL_PORT + 5) as u32)?;
-    a.in_(al, dx)?;
-    a.test(al, 0x40)?;
-    a.jz(drain)?;
-    a.mov(al, 0_u32)?;
-    a.out(0xf4, al)?;
-    emit_reset(&mut a)?;
+    emit_drain_and_exit(&mut a)?;
     finish(a)
 }
 

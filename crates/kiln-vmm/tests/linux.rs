@@ -19,6 +19,29 @@ fn guest_kernel(test: &str, var: &str) -> Option<PathBuf> {
     }
 }
 
+/// Writes `script` as the guest's /init.user into a Kiln initramfs under a fresh directory
+/// named `name`. Returns the directory and the initramfs, or `None` (skip recorded) when
+/// kiln-image is not built next to kiln-vmm.
+fn initramfs_with(test: &str, name: &str, script: &str) -> Option<(PathBuf, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("kiln-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = dir.join("init.user");
+    std::fs::write(&init, script).unwrap();
+    let initrd = dir.join("initramfs.cpio");
+    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
+        .args(["initramfs", "--out"])
+        .arg(&initrd)
+        .arg("--init")
+        .arg(&init)
+        .stdout(Stdio::null())
+        .status();
+    if !matches!(built, Ok(s) if s.success()) {
+        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
+        return None;
+    }
+    Some((dir, initrd))
+}
+
 #[test]
 fn kiln_guest_vmlinux_is_a_linux_elf_with_a_pvh_note_and_bzimage_is_recognised() {
     let test = "kiln-vmm::kiln_guest_kernel_formats";
@@ -65,21 +88,11 @@ fn kiln_guest_boots_under_hardware_kvm_runs_a_command_and_resets() {
         return;
     }
     let Some(kernel) = guest_kernel(test, "KILN_GUEST_KERNEL") else { return };
-    let dir = std::env::temp_dir().join(format!("kiln-linux-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("init.user");
-    std::fs::write(&script, "#!/bin/sh\necho KILN-SUM $(echo kiln | sha256sum)\n").unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&script)
-        .status();
-    if !matches!(built, Ok(s) if s.success()) {
-        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
+    let Some((dir, initrd)) =
+        initramfs_with(test, "linux", "#!/bin/sh\necho KILN-SUM $(echo kiln | sha256sum)\n")
+    else {
         return;
-    }
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
         .args(["--engine", "kvm", "--memory", "256", "--kernel"])
         .arg(&kernel)
@@ -102,26 +115,14 @@ fn kiln_guest_boots_under_hardware_kvm_runs_a_command_and_resets() {
 fn kiln_guest_boots_under_emu_runs_commands_and_resets() {
     let test = "kiln-vmm::kiln_guest_boots_under_emu";
     let Some(kernel) = guest_kernel(test, "KILN_GUEST_KERNEL") else { return };
-    let dir = std::env::temp_dir().join(format!("kiln-emu-linux-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("init.user");
-    std::fs::write(
-        &script,
+    let Some((dir, initrd)) = initramfs_with(
+        test,
+        "emu-linux",
         "#!/bin/sh\nuname -a\ngrep -c ^processor /proc/cpuinfo\n\
          echo KILN-SUM $(seq 1 20000 | sha256sum)\n",
-    )
-    .unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&script)
-        .status();
-    if !matches!(built, Ok(s) if s.success()) {
-        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
+    ) else {
         return;
-    }
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
         .args(["--engine", "emu", "--memory", "256", "--timeout", "900", "--kernel"])
         .arg(&kernel)
@@ -168,8 +169,12 @@ fn data_the_guest_synced_survives_sigkill_and_a_read_only_disk_stays_unchanged()
         skip::skip(test, "mkfs.ext4 and debugfs are needed (apt-get install e2fsprogs)");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("kiln-disk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let script = "#!/bin/sh\nmkdir -p /mnt /ro\nmount -t ext4 /dev/vda /mnt && seq 1 30000 > /mnt/numbers.txt\n\
+         sync\n\
+         mount -t ext4 /dev/vdb /ro 2>/dev/null; touch /ro/x 2>/dev/null && echo KILN-RO-FILE-WRITTEN\n\
+         dd if=/dev/zero of=/dev/vdb bs=4096 count=16 conv=fsync 2>/dev/null && echo KILN-RO-WRITTEN\n\
+         echo KILN-SYNCED\nsleep 100000\n";
+    let Some((dir, initrd)) = initramfs_with(test, "disk", script) else { return };
     let (rw, ro) = (dir.join("rw.img"), dir.join("ro.img"));
     for image in [&rw, &ro] {
         std::fs::File::create(image).unwrap().set_len(32 << 20).unwrap();
@@ -177,27 +182,6 @@ fn data_the_guest_synced_survives_sigkill_and_a_read_only_disk_stays_unchanged()
         assert!(made.success());
     }
     let ro_before = std::fs::read(&ro).unwrap();
-    let script = dir.join("init.user");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nmkdir -p /mnt /ro\nmount -t ext4 /dev/vda /mnt && seq 1 30000 > /mnt/numbers.txt\n\
-         sync\n\
-         mount -t ext4 /dev/vdb /ro 2>/dev/null; touch /ro/x 2>/dev/null && echo KILN-RO-FILE-WRITTEN\n\
-         dd if=/dev/zero of=/dev/vdb bs=4096 count=16 conv=fsync 2>/dev/null && echo KILN-RO-WRITTEN\n\
-         echo KILN-SYNCED\nsleep 100000\n",
-    )
-    .unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&script)
-        .status();
-    if !matches!(built, Ok(s) if s.success()) {
-        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
-        return;
-    }
     let mut vmm = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
         .args(["--engine", "emu", "--timeout", "900", "--kernel"])
         .arg(&kernel)
