@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod udp;
 pub mod vsock;
 
 /// The vsock port the agent listens on.

@@ -47,6 +47,22 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
+    /// UDP echo for network checks: `--listen PORT` answers `--count` datagrams; `--to ADDR:PORT`
+    /// sends `--message` and exits 0 once its echo comes back.
+    Udp {
+        /// Serve on this port.
+        #[arg(long, value_name = "PORT", conflicts_with = "to")]
+        listen: Option<u16>,
+        /// Datagrams to answer before exiting.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Send to this address.
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: Option<std::net::SocketAddr>,
+        /// The message to send.
+        #[arg(long, default_value = "kiln")]
+        message: String,
+    },
 }
 
 fn report(e: &dyn std::error::Error) {
@@ -107,5 +123,24 @@ fn main() -> ExitCode {
     match Args::parse().command.unwrap_or(Cmd::Serve { port: AGENT_PORT }) {
         Cmd::Serve { port } => serve(port),
         Cmd::Exec { uds, port, timeout, argv } => exec(&uds, port, timeout, &argv),
+        Cmd::Udp { listen, count, to, message } => {
+            let result = match (listen, to) {
+                (Some(port), _) => kiln_agent::udp::serve(port, count),
+                (None, Some(to)) => {
+                    kiln_agent::udp::round_trip(to, &message, Duration::from_millis(500), 120)
+                }
+                (None, None) => {
+                    eprintln!("kiln-agent udp: give --listen PORT or --to ADDR:PORT");
+                    return ExitCode::from(2);
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    report(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

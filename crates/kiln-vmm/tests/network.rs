@@ -1,5 +1,6 @@
 //! Issue 4's network check on real guests: two Kiln guests under emu, each on a TAP on one Linux
-//! bridge, with static addresses from the documentation range 192.0.2.0/24. Everything lives in
+//! bridge, with static addresses from the documentation range 192.0.2.0/24: a TCP transfer, a
+//! UDP round trip (the guest agent's echo), and host ping. Everything lives in
 //! a network namespace the test creates and deletes, so no packet leaves it.
 
 #![allow(clippy::unwrap_used)] // test set-up failures should fail the test
@@ -39,7 +40,18 @@ impl Drop for Namespace {
     }
 }
 
-fn initramfs(dir: &Path, name: &str, script: &str) -> PathBuf {
+/// The static guest agent (for its UDP echo): `KILN_AGENT_STATIC`, else the `--target
+/// x86_64-unknown-linux-gnu` build next to this target directory, as scripts/test builds it.
+fn static_agent() -> Option<PathBuf> {
+    let path = std::env::var_os("KILN_AGENT_STATIC").map(PathBuf::from).or_else(|| {
+        let vmm = Path::new(env!("CARGO_BIN_EXE_kiln-vmm"));
+        let target = vmm.parent()?.parent()?;
+        Some(target.join("x86_64-unknown-linux-gnu/debug/kiln-agent"))
+    })?;
+    path.is_file().then_some(path)
+}
+
+fn initramfs(dir: &Path, name: &str, script: &str, agent: &Path) -> PathBuf {
     let path = dir.join(format!("{name}.sh"));
     std::fs::write(&path, script).unwrap();
     let out = dir.join(format!("{name}.cpio"));
@@ -48,6 +60,8 @@ fn initramfs(dir: &Path, name: &str, script: &str) -> PathBuf {
         .arg(&out)
         .arg("--init")
         .arg(&path)
+        .arg("--add")
+        .arg(format!("{}:/bin/kiln-agent", agent.display()))
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -87,7 +101,7 @@ fn start_vm(
 }
 
 #[test]
-fn two_guests_on_a_bridge_transfer_over_tcp_and_answer_host_ping() {
+fn two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping() {
     let test = "kiln-vmm::two_guests_on_a_bridge";
     let Some(kernel) =
         std::env::var_os("KILN_GUEST_KERNEL").map(PathBuf::from).filter(|p| p.is_file())
@@ -95,6 +109,12 @@ fn two_guests_on_a_bridge_transfer_over_tcp_and_answer_host_ping() {
         return skip::skip(
             test,
             "KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it",
+        );
+    };
+    let Some(agent) = static_agent() else {
+        return skip::skip(
+            test,
+            "no static kiln-agent (scripts/test builds it; or set KILN_AGENT_STATIC)",
         );
     };
     // SAFETY: geteuid has no preconditions.
@@ -116,29 +136,35 @@ fn two_guests_on_a_bridge_transfer_over_tcp_and_answer_host_ping() {
 
     let dir = std::env::temp_dir().join(format!("kiln-net-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // The payload is the guest's own /bin/busybox: the same bytes as the host's, a few MiB.
-    let sender = initramfs(
-        &dir,
-        "sender",
-        "#!/bin/sh\nip addr add 192.0.2.1/24 dev eth0 && ip link set eth0 up\n\
-        until nc 192.0.2.2 5000 < /bin/busybox; do sleep 1; done\necho KILN-SENT\nsleep 100000\n",
-    );
-    let receiver = initramfs(&dir, "receiver", "#!/bin/sh\nip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up\n\
-        echo KILN-LISTENING\nnc -l -p 5000 > /tmp/received\necho \"KILN-RECEIVED $(sha256sum /tmp/received)\"\nsleep 100000\n");
+    // The TCP payload is the guest's own /bin/busybox: the same bytes as the host's, 1.9 MiB.
+    // UDP: the receiver's agent echoes one datagram; the sender's agent succeeds once the echo
+    // of its datagram is back, a datagram each way.
+    let sender_script = "#!/bin/sh\nip addr add 192.0.2.1/24 dev eth0 && ip link set eth0 up\n\
+        until nc 192.0.2.2 5000 < /bin/busybox; do sleep 1; done\necho KILN-SENT\n\
+        kiln-agent udp --to 192.0.2.2:6000 --message kiln-udp && echo KILN-UDP-ECHOED\n\
+        sleep 100000\n";
+    let receiver_script = "#!/bin/sh\nip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up\n\
+        (kiln-agent udp --listen 6000 --count 1 && echo KILN-UDP-ANSWERED) &\n\
+        nc -l -p 5000 > /tmp/received\n\
+        echo \"KILN-RECEIVED $(sha256sum /tmp/received)\"\nsleep 100000\n";
+    let sender = initramfs(&dir, "sender", sender_script, &agent);
+    let receiver = initramfs(&dir, "receiver", receiver_script, &agent);
     let (tx, rx) = mpsc::channel();
     let mut vms = vec![
         start_vm(&ns, &kernel, &receiver, "ktap1", "02:00:00:00:00:02", tx.clone(), "receiver"),
         start_vm(&ns, &kernel, &sender, "ktap0", "02:00:00:00:00:01", tx, "sender"),
     ];
     let mut console = String::new();
-    let mut received = None;
-    while received.is_none() {
+    let (mut received, mut echoed, mut answered) = (None, false, false);
+    while received.is_none() || !echoed || !answered {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(900)) else { break };
         console.push_str(&line);
         console.push('\n');
         if let Some(rest) = line.strip_prefix("receiver: KILN-RECEIVED ") {
             received = rest.split_whitespace().next().map(str::to_string);
         }
+        echoed |= line == "sender: KILN-UDP-ECHOED";
+        answered |= line == "receiver: KILN-UDP-ANSWERED";
     }
     let ping = |addr: &str| {
         ns.command("/bin/busybox").args(["ping", "-c", "2", "-W", "5", addr]).output().unwrap()
@@ -152,6 +178,7 @@ fn two_guests_on_a_bridge_transfer_over_tcp_and_answer_host_ping() {
     let expected =
         String::from_utf8_lossy(&host.stdout).split_whitespace().next().unwrap().to_string();
     assert_eq!(received.as_deref(), Some(expected.as_str()), "TCP payload hash:\n{console}");
+    assert!(echoed && answered, "UDP round trip between the guests:\n{console}");
     for (addr, out) in ["192.0.2.1", "192.0.2.2"].iter().zip(&pings) {
         assert!(out.status.success(), "host ping {addr}: {}", String::from_utf8_lossy(&out.stdout));
     }
