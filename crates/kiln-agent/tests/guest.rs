@@ -12,27 +12,11 @@
 
 use kiln_agent::client::{self, ClientError};
 use kiln_testguest::skip;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TEST: &str = "kiln-agent::exec_in_a_real_guest";
-
-/// True if `path` is an ELF with no program interpreter (a static or static-pie binary).
-fn is_static_elf(path: &Path) -> bool {
-    let Ok(elf) = std::fs::read(path) else { return false };
-    let word = |at: usize, n: usize| -> Option<u64> {
-        let bytes = elf.get(at..at + n)?;
-        Some(bytes.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
-    };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (word(0x20, 8), word(0x36, 2), word(0x38, 2))
-    else {
-        return false;
-    };
-    elf.starts_with(b"\x7fELF\x02")
-        && (0..phnum).all(|i| word((phoff + i * phentsize) as usize, 4) != Some(3))
-    // PT_INTERP
-}
 
 fn find_inputs() -> Result<(PathBuf, PathBuf, PathBuf, PathBuf), String> {
     let kernel = std::env::var_os("KILN_GUEST_KERNEL")
@@ -41,17 +25,7 @@ fn find_inputs() -> Result<(PathBuf, PathBuf, PathBuf, PathBuf), String> {
         .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
     let own = PathBuf::from(env!("CARGO_BIN_EXE_kiln-agent"));
     let bin_dir = own.parent().unwrap();
-    let target = bin_dir.parent().unwrap();
-    let agent = std::env::var_os("KILN_AGENT_STATIC").map(PathBuf::from).unwrap_or_else(|| {
-        target.join("x86_64-unknown-linux-gnu").join("debug").join("kiln-agent")
-    });
-    if !is_static_elf(&agent) {
-        return Err(format!(
-            "no static kiln-agent at {} (build it with RUSTFLAGS=\"-C target-feature=+crt-static\" \
-             cargo build -p kiln-agent --target x86_64-unknown-linux-gnu, or set KILN_AGENT_STATIC)",
-            agent.display()
-        ));
-    }
+    let agent = kiln_testguest::agent::static_agent(bin_dir)?;
     let (vmm, image) = (bin_dir.join("kiln-vmm"), bin_dir.join("kiln-image"));
     if !vmm.is_file() || !image.is_file() {
         return Err(format!("kiln-vmm and kiln-image are not built in {}", bin_dir.display()));

@@ -7,6 +7,7 @@
 //!   the same engine-conformance tests run on `kvm` and `emu`.
 //! * [`skip`] reports tests that cannot run on this host, so they never pass silently.
 
+pub mod agent;
 pub mod conformance;
 pub mod elf;
 pub mod guests;

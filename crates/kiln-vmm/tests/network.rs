@@ -40,17 +40,6 @@ impl Drop for Namespace {
     }
 }
 
-/// The static guest agent (for its UDP echo): `KILN_AGENT_STATIC`, else the `--target
-/// x86_64-unknown-linux-gnu` build next to this target directory, as scripts/test builds it.
-fn static_agent() -> Option<PathBuf> {
-    let path = std::env::var_os("KILN_AGENT_STATIC").map(PathBuf::from).or_else(|| {
-        let vmm = Path::new(env!("CARGO_BIN_EXE_kiln-vmm"));
-        let target = vmm.parent()?.parent()?;
-        Some(target.join("x86_64-unknown-linux-gnu/debug/kiln-agent"))
-    })?;
-    path.is_file().then_some(path)
-}
-
 fn initramfs(dir: &Path, name: &str, script: &str, agent: &Path) -> PathBuf {
     let path = dir.join(format!("{name}.sh"));
     std::fs::write(&path, script).unwrap();
@@ -111,11 +100,10 @@ fn two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping() {
             "KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it",
         );
     };
-    let Some(agent) = static_agent() else {
-        return skip::skip(
-            test,
-            "no static kiln-agent (scripts/test builds it; or set KILN_AGENT_STATIC)",
-        );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln-vmm")).parent().unwrap();
+    let agent = match kiln_testguest::agent::static_agent(bin_dir) {
+        Ok(agent) => agent,
+        Err(why) => return skip::skip(test, &why),
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
