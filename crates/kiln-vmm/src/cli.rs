@@ -45,6 +45,11 @@ pub struct Args {
     /// Do not forward stdin to the guest's serial console.
     #[arg(long)]
     pub no_console_input: bool,
+    /// Also serve the serial console on this Unix socket: clients read what the guest writes
+    /// (which still goes to stdout) and their bytes reach the guest as typed input. Several
+    /// clients may attach; the socket is removed when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
     /// A virtio-blk disk backed by a raw image: PATH[,ro][,serial=ID]. Repeat for more disks;
     /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]

@@ -189,6 +189,9 @@ pub enum ConfigError {
     /// Kernel or initrd do not fit in the memory given.
     #[error(transparent)]
     Fit(#[from] BootError),
+    /// The console socket cannot be set up.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 /// A validated VM configuration.
@@ -218,6 +221,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockSpec>,
     /// Stop the VM after this long.
     pub timeout: Option<std::time::Duration>,
+    /// The console socket, bound (the last check, so nothing is bound for a config that fails).
+    pub console: Option<crate::console::Console>,
 }
 
 impl VmConfig {
@@ -250,6 +255,8 @@ impl VmConfig {
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
+        let console =
+            args.console_socket.as_deref().map(crate::console::Console::bind).transpose()?;
         Ok(VmConfig {
             kernel,
             initrd: args.initrd,
@@ -263,6 +270,7 @@ impl VmConfig {
             rng: args.rng,
             vsock,
             timeout: args.timeout.map(std::time::Duration::from_secs),
+            console,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod console;
 mod engine_select;
 mod signals;
 mod vm;

@@ -133,7 +133,7 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     let mut devices = DeviceManager::new(exit.clone());
     let serial = Arc::new(Mutex::new(SerialConsole::new(
         vm.irq_line(COM1_GSI)?,
-        Box::new(std::io::stdout()),
+        crate::console::output(config.console.as_ref()),
     )));
     devices.pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
     devices.pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
@@ -178,6 +178,7 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     for vcpu in vcpus {
         threads.push(spawn_vcpu(vcpu, devices.clone(), halted.clone(), config.vcpus)?);
     }
+    crate::console::serve(config.console.as_ref(), &serial, &exit)?;
     if config.console_input {
         spawn_console_input(serial, exit.clone())?;
     }

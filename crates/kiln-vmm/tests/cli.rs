@@ -212,6 +212,51 @@ fn stdin_reaches_the_guest_serial_console() {
 }
 
 #[test]
+fn console_socket_clients_type_into_the_guest_and_read_its_output_as_stdout_does() {
+    if !skip::require_kvm("kiln-vmm::console_socket") {
+        return;
+    }
+    let dir = TempDir::new("console-socket");
+    let kernel = write_guest(&dir, "echo.elf", guests::serial_echo().unwrap());
+    let socket = dir.path("console.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--kernel", p(&kernel), "--engine", "kvm", "--no-console-input"])
+        .args(["--console-socket", p(&socket)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut client = loop {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no console socket: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    };
+    let input = b"typed through the console socket, more than the 64-byte FIFO of the UART: q";
+    std::io::Write::write_all(&mut client, input).unwrap();
+    let mut echoed = Vec::new();
+    std::io::Read::read_to_end(&mut client, &mut echoed).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(echoed, input, "the client reads the guest's output");
+    assert_eq!(out.stdout, input, "stdout still gets it");
+    assert!(!socket.exists(), "the socket is removed when the VM ends");
+
+    std::fs::write(&socket, b"a file").unwrap();
+    let out =
+        kiln_vmm(&["--kernel", p(&kernel), "--engine", "kvm", "--console-socket", p(&socket)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("--console-socket") && err.contains("not a socket"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
 fn virtio_devices_appear_in_the_mmio_hole_on_both_engines() {
     let dir = TempDir::new("virtio");
     let kernel = write_guest(&dir, "magic.elf", guests::print_mmio_word(0xd000_0000).unwrap());
