@@ -2,13 +2,14 @@
 //!
 //! * [`types`]: every request and response body, with `serde` and `utoipa` schemas; the
 //!   daemon generates `docs/openapi.json` from them.
-//! * [`client`]: a blocking HTTP/1.1 client over the daemon's Unix socket (one request per
-//!   connection), enough for a CLI and for tests; no async runtime needed.
+//! * [`client`]: a blocking HTTP/1.1 client over the daemon's Unix socket or TCP with TLS (one
+//!   request per connection, plus connection upgrades for the console), enough for a CLI and
+//!   for tests; no async runtime needed.
 //! * [`paths`]: where the daemon listens and keeps its state by default.
 
 pub mod client;
 pub mod paths;
 pub mod types;
 
-pub use client::{Client, ClientError, Response};
+pub use client::{Client, ClientError, Connection, Response};
 pub use types::*;

@@ -153,7 +153,7 @@ fn print_grants(out: Output, grants: &[Grant]) -> Result<(), CliError> {
 /// Runs a `kiln user` command.
 pub fn user(args: UserArgs) -> Result<(), CliError> {
     let api = &args.api;
-    let client = api.client();
+    let client = api.client()?;
     match args.command {
         UserCommand::Add(a) => {
             let req = CreateUser {
@@ -181,7 +181,7 @@ pub fn user(args: UserArgs) -> Result<(), CliError> {
 /// Runs a `kiln grant` command.
 pub fn grant(args: GrantArgs) -> Result<(), CliError> {
     let api = &args.api;
-    let client = api.client();
+    let client = api.client()?;
     match args.command {
         GrantCommand::Add { principal, role, scope } => {
             let req = CreateGrant { principal, role: role.into(), scope: scope.scope() };
@@ -203,7 +203,7 @@ pub fn grant(args: GrantArgs) -> Result<(), CliError> {
 
 /// `kiln whoami`.
 pub fn whoami(api: &ApiArgs) -> Result<(), CliError> {
-    let me: WhoAmI = api.client().get("/v1/whoami")?;
+    let me: WhoAmI = api.client()?.get("/v1/whoami")?;
     if api.output == Output::Json {
         return print_json(&me);
     }
@@ -213,7 +213,7 @@ pub fn whoami(api: &ApiArgs) -> Result<(), CliError> {
 
 /// `kiln audit`.
 pub fn audit(api: &ApiArgs, limit: u32) -> Result<(), CliError> {
-    let entries: Vec<AuditEntry> = api.client().get(&format!("/v1/audit?limit={limit}"))?;
+    let entries: Vec<AuditEntry> = api.client()?.get(&format!("/v1/audit?limit={limit}"))?;
     if api.output == Output::Json {
         return print_json(&entries);
     }

@@ -35,6 +35,14 @@ pub struct ApiArgs {
     /// $XDG_RUNTIME_DIR/kiln/kilnd.sock]
     #[arg(long, global = true, value_name = "PATH", env = "KILN_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// kilnd on TCP with TLS instead of the socket: https://HOST:PORT (needs a token; wins over
+    /// --socket)
+    #[arg(long, global = true, value_name = "URL", env = "KILN_URL")]
+    pub url: Option<String>,
+    /// PEM file of the CA certificates that sign kilnd's TLS certificate [default: the system's
+    /// bundle]
+    #[arg(long, global = true, value_name = "PEM", env = "KILN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// API token; without one, kilnd may map your Unix uid to a principal
     #[arg(long, global = true, value_name = "TOKEN", env = "KILN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -45,9 +53,13 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     /// A client for these options.
-    pub fn client(&self) -> Client {
+    pub fn client(&self) -> Result<Client, CliError> {
+        if let Some(url) = &self.url {
+            return Client::tls(url, self.ca_cert.as_deref(), self.token.clone())
+                .map_err(|e| CliError::Input(crate::chain(&e)));
+        }
         let socket = self.socket.clone().unwrap_or_else(kiln_api::paths::default_socket);
-        Client::new(socket, self.token.clone())
+        Ok(Client::new(socket, self.token.clone()))
     }
 }
 

@@ -14,12 +14,14 @@ use clap::{Parser, Subcommand};
 
 mod access;
 mod api_client;
+mod console;
 mod sched;
 mod table;
 mod vm;
 
 const EXIT_STATUS_HELP: &str = "\
-Exit status of the VM and access commands (clients of kilnd's API over its Unix socket):
+Exit status of the VM and access commands (clients of kilnd's API, over its Unix socket or
+https://):
   0 success          1 other failure (kilnd unreachable, server error)
   2 usage error      3 not found (VM, principal, grant)
   4 denied (no or bad token, missing permission)
@@ -117,7 +119,7 @@ fn one_line_usage_error(rendered: &str) -> String {
 }
 
 /// `outer: cause: root cause`.
-fn chain(e: &dyn Error) -> String {
+pub(crate) fn chain(e: &dyn Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,5 +1,5 @@
 //! VM management: `kiln create|list|show|start|stop|kill|restart|pause|resume|destroy|events|logs`
-//! and `kiln queue`.
+//! and `kiln queue`; `kiln console` is in [`crate::console`].
 //!
 //! A client of kilnd's API only (over its Unix socket, see [`crate::api_client`]); it reads no
 //! state of its own. Tables for people by default, `--output json` for scripts.
@@ -39,6 +39,9 @@ pub enum VmCommand {
     Events(NameArg),
     /// A VM's console log (or its monitor's diagnostics with --vmm).
     Logs(LogsArgs),
+    /// Attach to a running VM's serial console, both ways (Ctrl-] detaches on a terminal; piped
+    /// input is sent, then output is shown until the VM ends).
+    Console(NameArg),
     /// The queue of VMs waiting for room, in policy order, with the head's estimated start.
     Queue(ListArgs),
 }
@@ -165,7 +168,8 @@ impl VmCommand {
             | VmCommand::Pause(a)
             | VmCommand::Resume(a)
             | VmCommand::Destroy(a)
-            | VmCommand::Events(a) => &a.api,
+            | VmCommand::Events(a)
+            | VmCommand::Console(a) => &a.api,
         }
     }
 }
@@ -180,7 +184,10 @@ fn absolute(path: &std::path::Path) -> Result<String, CliError> {
 
 /// Runs one VM command.
 pub fn run(command: VmCommand) -> Result<(), CliError> {
-    let client = command.api().client();
+    if let VmCommand::Console(a) = &command {
+        return crate::console::attach(&a.name, &a.api);
+    }
+    let client = command.api().client()?;
     let out = command.api().output;
     let vm_path = |name: &str, verb: &str| {
         let base = format!("/v1/vms/{}", crate::api_client::encode(name));
@@ -291,6 +298,7 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
             }
             t.print()
         }
+        VmCommand::Console(_) => Ok(()), // handled above: it owns the terminal
         VmCommand::Logs(a) => {
             let stream = if a.vmm { "vmm" } else { "console" };
             let base = format!("{}?stream={stream}", vm_path(&a.name, "logs"));

@@ -5,6 +5,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`server`] | start-up: lock the state dir, open the database, re-adopt VMMs, serve |
+//! | [`tls`] | the API on TCP with TLS (rustls) |
 //! | [`api`] | routes, auth/audit middleware, handlers, error answers, the OpenAPI document |
 //! | [`lifecycle`] | the verbs and their state transitions |
 //! | [`scheduler`] | the host's capacity; planning rounds with `kiln-sched`'s planner |
@@ -24,6 +25,7 @@ pub mod procfs;
 pub mod scheduler;
 pub mod server;
 pub mod supervisor;
+pub mod tls;
 pub mod validate;
 
 /// `error: cause: root cause` on one line.

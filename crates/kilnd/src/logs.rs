@@ -1,4 +1,5 @@
-//! Per-VM log files: the guest's serial console and the VMM's diagnostics.
+//! Per-VM files: the guest's serial console log, the VMM's diagnostics, and the sockets the
+//! VMM serves (console, vsock).
 //!
 //! `kiln-vmm` writes straight into the files (its stdout and stderr are the files, opened with
 //! `O_APPEND`), not through a pipe to kilnd: a VMM must outlive a kilnd that dies, and a pipe
@@ -168,6 +169,16 @@ impl VmLogs {
             .take_while(|l| !l.starts_with(RUN_MARK))
             .find(|l| l.starts_with("kiln-vmm:"))
             .map(str::to_owned)
+    }
+
+    /// The Unix socket on which the VMM serves the serial console (`kiln-vmm --console-socket`).
+    pub fn console_socket(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+
+    /// The Unix socket of the VM's vsock device (`kiln-vmm --vsock cid=3,uds=...`).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
     }
 
     /// Removes the VM's directory.

@@ -45,6 +45,15 @@ struct Args {
     /// The host's memory as the scheduler sees it, MiB [default: MemTotal of /proc/meminfo]
     #[arg(long, value_name = "MIB")]
     host_memory_mib: Option<u64>,
+    /// Also serve the API on TCP with TLS at ADDR:PORT (every request then needs a token)
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    listen_tls: Option<std::net::SocketAddr>,
+    /// PEM certificate chain for --listen-tls (the server's certificate first)
+    #[arg(long, value_name = "PEM", requires = "listen_tls")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "PEM", requires = "listen_tls")]
+    tls_key: Option<PathBuf>,
     /// Print the OpenAPI document and exit
     #[arg(long)]
     print_openapi: bool,
@@ -96,6 +105,12 @@ fn main() -> ExitCode {
             vcpu_overcommit: args.vcpu_overcommit,
             memory_overcommit: args.memory_overcommit,
             policy,
+        },
+        tls: match (args.listen_tls, args.tls_cert, args.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => {
+                Some(kilnd::tls::TlsSettings { listen, cert, key })
+            }
+            _ => None,
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -40,6 +40,8 @@ pub enum ServerError {
     Adopt(#[source] LifecycleError),
     #[error("serving the API")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The daemon's configuration.
@@ -51,6 +53,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// The scheduler's settings.
     pub sched: SchedConfig,
+    /// Also serve on TCP with TLS.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// The host's size (detected unless given), over-commit ratios and the queueing policy.
@@ -119,6 +123,11 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    // Bad TLS files are found before anything else happens.
+    let tls = match &config.tls {
+        Some(t) => Some((t, crate::tls::server_config(&t.cert, &t.key)?)),
+        None => None,
+    };
     let dir = &config.state_dir;
     std::fs::create_dir_all(dir).map_err(io("creating the state directory", dir))?;
     let _lock = lock_state_dir(dir)?;
@@ -162,8 +171,21 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         dir.display(),
         config.vmm.display()
     );
+    let tls_task = match tls {
+        Some((settings, tls_config)) => {
+            let tcp = crate::tls::bind(settings.listen).await?;
+            let addr = tcp.local_addr().unwrap_or(settings.listen);
+            eprintln!("kilnd: listening on https://{addr} (TLS; every request needs a token)");
+            let router = api::router(mgr.clone());
+            Some(tokio::spawn(crate::tls::serve(tcp, tls_config, router)))
+        }
+        None => None,
+    };
     let app = api::router(mgr).into_make_service_with_connect_info::<Peer>();
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    if let Some(task) = tls_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&config.socket);
     served.map_err(ServerError::Serve)?;
     eprintln!("kilnd: stopped; VMs keep running and are re-adopted by the next kilnd");

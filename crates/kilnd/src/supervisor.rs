@@ -47,7 +47,9 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm) -> Result<Vm, LifecycleError> {
         .args(["--vcpus", &vm.vcpus.to_string()])
         .args(["--memory", &vm.memory_mib.to_string()])
         .args(["--engine", vm.engine.as_str()])
-        .arg("--no-console-input");
+        .arg("--no-console-input")
+        .arg("--console-socket")
+        .arg(logs.console_socket());
     if let Some(initrd) = &vm.initrd {
         cmd.arg("--initrd").arg(initrd);
     }

@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/resume", post(vms::resume))
         .route("/v1/vms/{name}/events", get(vms::events))
         .route("/v1/vms/{name}/logs", get(vms::logs))
+        .route("/v1/vms/{name}/console", post(vms::console))
         .route("/v1/queue", get(vms::queue))
         .route("/v1/users", get(admin::list_users).post(admin::create_user))
         .route("/v1/users/{name}/revoke", post(admin::revoke_user))

@@ -8,11 +8,12 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "kilnd", description = "Kiln's VM manager: REST API on a Unix socket. \
-        Authenticate with `Authorization: Bearer TOKEN`, or as a Unix peer uid mapped to a principal."),
+    info(title = "kilnd", description = "Kiln's VM manager: REST API on a Unix socket, and on TCP \
+        with TLS when kilnd is started with --listen-tls. Authenticate with \
+        `Authorization: Bearer TOKEN`, or on the Unix socket as a peer uid mapped to a principal."),
     paths(
         vms::list, vms::create, vms::show, vms::destroy, vms::start, vms::stop, vms::kill,
-        vms::restart, vms::pause, vms::resume, vms::events, vms::logs, vms::queue,
+        vms::restart, vms::pause, vms::resume, vms::events, vms::logs, vms::console, vms::queue,
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami,
     ),

@@ -1,13 +1,14 @@
-//! `/v1/vms`: definitions, life-cycle verbs, events and logs.
+//! `/v1/vms`: definitions, life-cycle verbs, events, logs and the console.
 
 use super::error::ApiFailure;
 use super::{ApiQuery, AppState, JsonBody};
 use crate::auth::{Principal, Target};
 use crate::db::VmRecord;
 use crate::logs::Stream;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kiln_api::{
     ApiError, CreateVm, Event, LogOptions, Permission, QueueView, StartOptions, StopOptions, Vm,
@@ -277,4 +278,100 @@ pub async fn logs(
         (header::HeaderName::from_static("x-kiln-log-offset"), end.to_string()),
     ];
     Ok((headers, bytes))
+}
+
+/// How long a console request waits for a VMM that has just started to bind its socket.
+const CONSOLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to a VMM's console socket; a VMM that was spawned a moment ago may not have bound
+/// it yet (it validates its configuration first), so a missing socket is retried for a while.
+async fn connect_console(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    let deadline = tokio::time::Instant::now() + CONSOLE_WAIT;
+    loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// The protocol name of `Upgrade:` that `POST /v1/vms/{name}/console` switches to.
+pub const CONSOLE_PROTOCOL: &str = "kiln-console";
+
+/// True if `headers` ask to upgrade the connection to `protocol`.
+fn asks_upgrade(headers: &HeaderMap, protocol: &str) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, protocol)
+}
+
+/// Attaches to the VM's serial console. Send `Connection: Upgrade` and `Upgrade: kiln-console`
+/// (HTTP/1.1 upgrade, as Docker's attach); after `101 Switching Protocols` the connection
+/// carries the console's raw bytes both ways: what the guest writes to COM1 from now on, and
+/// input typed into COM1. Several clients may attach. The connection ends when the VM's VMM
+/// ends. Needs the `console` permission; the VM must be running or paused.
+#[utoipa::path(post, path = "/v1/vms/{name}/console", tag = "vms", params(("name" = String, Path),
+        ("connection" = String, Header, description = "`Upgrade`"),
+        ("upgrade" = String, Header, description = "`kiln-console`")),
+    responses((status = 101, description = "switched to the raw console"),
+        (status = 400, description = "not an upgrade request", body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "the VM is not running, or its VMM serves no console", body = ApiError)))]
+pub async fn console(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    mut request: Request,
+) -> ApiResult<Response> {
+    let record = vm_for(&mgr, &p, &name, Permission::Console)?;
+    if !asks_upgrade(request.headers(), CONSOLE_PROTOCOL) {
+        return Err(ApiFailure::bad_request(
+            Some("upgrade".to_owned()),
+            format!(
+                "the console is a connection upgrade: send `Connection: Upgrade` and \
+                 `Upgrade: {CONSOLE_PROTOCOL}` (kiln console does)"
+            ),
+        ));
+    }
+    let state = record.vm.state;
+    if !matches!(state, kiln_api::VmState::Running | kiln_api::VmState::Paused) {
+        return Err(ApiFailure::wrong_state(
+            state,
+            format!("cannot attach to the console: VM {name:?} is {state}"),
+        ));
+    }
+    let socket = mgr.logs(&name).console_socket();
+    let mut vmm = connect_console(&socket).await.map_err(|e| {
+        ApiFailure::wrong_state(
+            state,
+            format!(
+                "the VMM of {name:?} serves no console at {} ({e}); it may be ending, or it was \
+                 started by a kilnd without consoles: restart the VM",
+                socket.display()
+            ),
+        )
+    })?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                // Ends when either side is done: the VMM's end closes its socket.
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut vmm).await;
+            }
+            Err(e) => eprintln!("kilnd: console of {name}: the upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, CONSOLE_PROTOCOL)
+        .body(Body::empty())
+        .map_err(|e| ApiFailure::internal(&e))
 }

@@ -39,11 +39,13 @@ pub fn kilnd_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_bin("kilnd", "kilnd"))
 }
 
-/// The three test guests, as kernel files in `dir`.
+/// The test guests, as kernel files in `dir`.
 pub struct Kernels {
     pub idle: String,
     pub crash: String,
     pub hello: String,
+    /// Echoes console input until it has echoed a `q`, then resets.
+    pub echo: String,
 }
 
 impl Kernels {
@@ -57,6 +59,7 @@ impl Kernels {
             idle: write("idle.elf", guests::idle_forever().unwrap()),
             crash: write("crash.elf", guests::triple_fault().unwrap()),
             hello: write("hello.elf", guests::hello("hello from the guest\n").unwrap()),
+            echo: write("echo.elf", guests::serial_echo().unwrap()),
         }
     }
 }
@@ -119,6 +122,8 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.admin().raw("GET", "/v1/whoami", None).is_err() {
             assert!(Instant::now() < deadline, "kilnd did not answer; log: {}", self.log());
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "kilnd exited ({exited:?}); log: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -156,14 +161,27 @@ impl Daemon {
 
     /// Runs the `kiln` CLI against this daemon.
     pub fn kiln(&self, args: &[&str]) -> std::process::Output {
-        Command::new(workspace_bin("kiln", "kiln-cli"))
+        self.kiln_with_input(args, b"")
+    }
+
+    /// Runs the `kiln` CLI against this daemon with `input` piped to its stdin.
+    pub fn kiln_with_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        let mut child = Command::new(workspace_bin("kiln", "kiln-cli"))
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
             .env_remove("KILN_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .env_remove("KILN_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // A command that exits without reading its input closes the pipe: not a failure here.
+        let _ = std::io::Write::write_all(&mut stdin, input);
+        drop(stdin);
+        child.wait_with_output().unwrap()
     }
 }
 
