@@ -90,6 +90,19 @@ impl AgentConnection {
     }
 }
 
+impl AgentConnection {
+    /// Asks the agent to shut the guest down; returns once it has agreed (the guest then ends
+    /// its processes, syncs and reboots, which ends the VM).
+    pub fn shutdown(&mut self) -> Result<(), ClientError> {
+        self.writer.write_all(b"{\"shutdown\":true}\n")?;
+        match self.reply()? {
+            Reply::ShuttingDown { shutting_down: true } => Ok(()),
+            Reply::Error { error } => Err(ClientError::Agent(error)),
+            other => Err(ClientError::Unexpected { who: "the agent", line: format!("{other:?}") }),
+        }
+    }
+}
+
 /// One line without its newline; `None` at end of stream.
 fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, ClientError> {
     let mut line = String::new();

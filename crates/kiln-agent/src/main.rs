@@ -89,8 +89,10 @@ fn serve(port: u32) -> ExitCode {
             Ok(conn) => {
                 std::thread::spawn(move || {
                     let Ok(input) = conn.try_clone() else { return };
-                    if let Err(e) = protocol::serve(&mut BufReader::new(input), &mut &conn) {
-                        report(&e);
+                    match protocol::serve(&mut BufReader::new(input), &mut &conn) {
+                        Ok(protocol::Served::Shutdown) => shut_down(),
+                        Ok(protocol::Served::Closed) => {}
+                        Err(e) => report(&e),
                     }
                 });
             }
@@ -100,6 +102,27 @@ fn serve(port: u32) -> ExitCode {
             }
         }
     }
+}
+
+/// Shuts the guest down as an init would: SIGTERM to every process, a grace period, SIGKILL
+/// to what is left, sync, then a reboot (with `reboot=k` the VMM ends with status 0). The
+/// Kiln guest's `/init` usually gets there first: once its `/init.user` ends it syncs and
+/// reboots itself.
+fn shut_down() -> ! {
+    eprintln!("kiln-agent: shutting the guest down on the host's request");
+    // SAFETY: kill(2) with pid -1 signals every process but init and this one; no memory.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    std::thread::sleep(protocol::SHUTDOWN_GRACE);
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    // SAFETY: sync(2) and reboot(2) take no pointers.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    // Only without CAP_SYS_BOOT (not in a guest): nothing else to do.
+    eprintln!("kiln-agent: reboot failed: {}", std::io::Error::last_os_error());
+    std::process::exit(1)
 }
 
 fn exec(uds: &std::path::Path, port: u32, timeout: u64, argv: &[String]) -> ExitCode {

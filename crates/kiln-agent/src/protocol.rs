@@ -9,6 +9,10 @@
 //!   (`"truncated":true` says some were dropped). Binary output should be encoded by the
 //!   command itself (for example `base64`).
 //! - A line that is not a request gets `{"error":"..."}`; the connection stays usable.
+//! - The client sends `{"shutdown":true}` to shut the guest down (kilnd's graceful stop): the
+//!   agent answers `{"shutting_down":true}` and [`serve`] returns [`Served::Shutdown`]; the
+//!   agent then ends every process with SIGTERM, gives them [`SHUTDOWN_GRACE`], syncs the
+//!   disks and reboots the guest (`reboot=k` makes the VMM exit 0: "guest reset").
 //!
 //! [`serve`] is transport-independent: any `BufRead` + `Write` pair (a vsock connection in the
 //! guest, a Unix socket pair in tests).
@@ -33,12 +37,32 @@ pub enum ProtocolError {
     Encode(#[from] serde_json::Error),
 }
 
-/// A request from the client.
+/// How long processes get between SIGTERM and the reboot of a shutdown.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A request to run a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     /// The command and its arguments.
     pub exec: Vec<String>,
+}
+
+/// A request to shut the guest down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    /// Always true.
+    pub shutdown: bool,
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The client closed it.
+    Closed,
+    /// The client asked for a shutdown, which the caller now performs.
+    Shutdown,
 }
 
 /// The result of one command.
@@ -66,6 +90,11 @@ pub enum Reply {
         /// Always true.
         ready: bool,
     },
+    /// The answer to a shutdown request, sent before the shutdown begins.
+    ShuttingDown {
+        /// Always true.
+        shutting_down: bool,
+    },
     /// A request the agent could not understand.
     Error {
         /// What was wrong.
@@ -81,15 +110,15 @@ fn send(out: &mut impl Write, reply: &Reply) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Serves one connection until the client closes it.
-pub fn serve(input: &mut impl BufRead, out: &mut impl Write) -> Result<(), ProtocolError> {
+/// Serves one connection until the client closes it or asks for a shutdown.
+pub fn serve(input: &mut impl BufRead, out: &mut impl Write) -> Result<Served, ProtocolError> {
     send(out, &Reply::Ready { ready: true })?;
     let mut line = Vec::new();
     loop {
         line.clear();
         let n = input.take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
-            return Ok(());
+            return Ok(Served::Closed);
         }
         if line.len() > MAX_LINE {
             let error = format!("request longer than {MAX_LINE} bytes");
@@ -102,12 +131,20 @@ pub fn serve(input: &mut impl BufRead, out: &mut impl Write) -> Result<(), Proto
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        if let Ok(ShutdownRequest { shutdown: true }) = serde_json::from_slice(&line) {
+            send(out, &Reply::ShuttingDown { shutting_down: true })?;
+            return Ok(Served::Shutdown);
+        }
         let reply = match serde_json::from_slice::<Request>(&line) {
             Ok(request) if request.exec.is_empty() => {
                 Reply::Error { error: "exec needs a command".into() }
             }
             Ok(request) => Reply::Exec(run(&request.exec)),
-            Err(e) => Reply::Error { error: format!("not a request like {{\"exec\":[...]}}: {e}") },
+            Err(e) => Reply::Error {
+                error: format!(
+                    "not a request like {{\"exec\":[...]}} or {{\"shutdown\":true}}: {e}"
+                ),
+            },
         };
         send(out, &reply)?;
     }
@@ -176,7 +213,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let mut input = BufReader::new(agent.try_clone().expect("clone"));
             let mut out = agent;
-            serve(&mut input, &mut out).is_ok()
+            serve(&mut input, &mut out).expect("serves")
         });
         client.write_all(requests).expect("write requests");
         client.shutdown(std::net::Shutdown::Write).expect("shutdown");
@@ -184,7 +221,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(&l.expect("line")).expect("reply is JSON"))
             .collect();
-        assert!(server.join().expect("server thread"), "serve ended cleanly");
+        assert_eq!(server.join().expect("server thread"), Served::Closed);
         replies
     }
 
@@ -224,6 +261,27 @@ mod tests {
         let big = format!("head -c {} /dev/zero", MAX_OUTPUT + 10);
         let r = run(&["sh".into(), "-c".into(), big]);
         assert_eq!((r.stdout.len(), r.truncated, r.status), (MAX_OUTPUT, true, 0));
+    }
+
+    #[test]
+    fn a_shutdown_request_is_answered_and_ends_the_connection_for_the_caller_to_act() {
+        let (agent, mut client) = UnixStream::pair().expect("socket pair");
+        let server = std::thread::spawn(move || {
+            let mut input = BufReader::new(agent.try_clone().expect("clone"));
+            let mut out = agent;
+            serve(&mut input, &mut out).expect("serves")
+        });
+        client.write_all(b"{\"shutdown\":true}\n{\"exec\":[\"true\"]}\n").expect("writes");
+        let replies: Vec<Reply> = BufReader::new(client)
+            .lines()
+            .map(|l| serde_json::from_str(&l.expect("line")).expect("reply is JSON"))
+            .collect();
+        assert_eq!(
+            replies,
+            [Reply::Ready { ready: true }, Reply::ShuttingDown { shutting_down: true }],
+            "nothing is run after a shutdown request"
+        );
+        assert_eq!(server.join().expect("server thread"), Served::Shutdown);
     }
 
     #[test]

@@ -174,6 +174,11 @@ pub struct CreateVm {
     /// the scheduler assumes 3600. A VM is not stopped when it runs longer.
     #[serde(default)]
     pub expected_runtime_secs: Option<u64>,
+    /// A virtio-vsock device (guest CID 3) whose host side is kilnd's `vms/<name>/vsock.sock`.
+    /// It is the route of a graceful stop: kilnd asks the guest agent (`kiln-agent`, vsock port
+    /// 52) to shut the guest down before it signals the VMM.
+    #[serde(default)]
+    pub vsock: bool,
 }
 
 /// A VM: its definition and its current state.
@@ -200,6 +205,8 @@ pub struct Vm {
     pub priority: i32,
     /// Declared run time in seconds, if any (the scheduler assumes 3600 when absent).
     pub expected_runtime_secs: Option<u64>,
+    /// Has a vsock device for the guest agent (graceful stop).
+    pub vsock: bool,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC, the last state change.
@@ -221,14 +228,16 @@ pub struct Event {
     pub principal: Option<String>,
 }
 
-/// Query of `stop` and `restart`.
+/// Query of `stop` and `restart`. A VM with `vsock` first gets `timeout_secs` to shut down
+/// through its guest agent; then the VMM gets SIGTERM, and SIGKILL after `timeout_secs` more.
 #[derive(
     Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
 )]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StopOptions {
-    /// Seconds between SIGTERM and SIGKILL (default: the daemon's, 10).
+    /// Seconds for each step: the guest's own shutdown (VMs with `vsock`), then between SIGTERM
+    /// and SIGKILL (default: the daemon's, 10).
     pub timeout_secs: Option<u64>,
 }
 

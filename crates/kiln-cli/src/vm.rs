@@ -22,7 +22,8 @@ pub enum VmCommand {
     Show(NameArg),
     /// Start a VM's monitor (from defined, stopped or crashed), or queue it if it does not fit.
     Start(StartArgs),
-    /// Stop a VM: SIGTERM to its monitor, SIGKILL after the timeout (a queued VM leaves the
+    /// Stop a VM: through its guest agent if it has --vsock, else (or if the guest does not
+    /// stop in time) SIGTERM to its monitor, SIGKILL after the timeout (a queued VM leaves the
     /// queue and becomes stopped).
     Stop(StopArgs),
     /// Kill a VM's monitor at once (SIGKILL).
@@ -123,6 +124,9 @@ pub struct CreateArgs {
     /// Declared run time in seconds, an estimate for sjf and easy [kilnd assumes 3600].
     #[arg(long, value_name = "SECS")]
     pub expected_runtime: Option<u64>,
+    /// A vsock device for the guest agent: `kiln stop` then asks the guest to shut down first.
+    #[arg(long)]
+    pub vsock: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -131,7 +135,8 @@ pub struct CreateArgs {
 pub struct StopArgs {
     /// The VM's name.
     pub name: String,
-    /// Seconds between SIGTERM and SIGKILL [default: kilnd's, 10].
+    /// Seconds the guest gets to shut down through its agent (VMs with --vsock), then seconds
+    /// between SIGTERM and SIGKILL [default: kilnd's, 10].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
     #[command(flatten)]
@@ -220,6 +225,7 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
                 restart_limit: a.restart_limit,
                 priority: a.priority,
                 expected_runtime_secs: a.expected_runtime,
+                vsock: a.vsock,
             };
             one(client.call("POST", "/v1/vms", Some(&spec))?)
         }
@@ -403,6 +409,10 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
         ),
         ("memory", format!("{} MiB", vm.memory_mib)),
         ("engine", vm.engine.as_str().to_owned()),
+        (
+            "vsock",
+            if vm.vsock { "yes (graceful stop through the guest agent)" } else { "no" }.to_owned(),
+        ),
         ("kernel", vm.kernel.clone()),
         ("initrd", vm.initrd.clone().unwrap_or_else(none)),
         ("cmdline", vm.cmdline.clone().unwrap_or_else(none)),

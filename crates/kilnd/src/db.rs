@@ -76,6 +76,9 @@ ALTER TABLE vms ADD COLUMN queued_ms INTEGER;
 ALTER TABLE vms ADD COLUMN queue_seq INTEGER;
 ALTER TABLE vms ADD COLUMN started_ms INTEGER;
 "#,
+    r#"
+ALTER TABLE vms ADD COLUMN vsock INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Errors of the state store.
@@ -242,8 +245,8 @@ impl Db {
         let inserted = tx.execute(
             "INSERT INTO vms (name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
                  restart_policy, restart_limit, state, created_ms, updated_ms, priority,
-                 expected_runtime_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)
+                 expected_runtime_secs, vsock)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)
              ON CONFLICT(name) DO NOTHING",
             params![
                 spec.name,
@@ -259,7 +262,8 @@ impl Db {
                 VmState::Defined.as_str(),
                 now,
                 spec.priority,
-                spec.expected_runtime_secs.map(|s| s as i64)
+                spec.expected_runtime_secs.map(|s| s as i64),
+                spec.vsock
             ],
         )?;
         if inserted == 0 {
@@ -596,7 +600,7 @@ impl Db {
 
 const VM_SELECT: &str = "SELECT name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
     restart_policy, restart_limit, state, reason, pid, pid_start_time, restarts, created_ms,
-    updated_ms, priority, expected_runtime_secs FROM vms";
+    updated_ms, priority, expected_runtime_secs, vsock FROM vms";
 
 fn get_vm(conn: &Connection, name: &str) -> Result<VmRecord> {
     conn.query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_from_row)
@@ -630,6 +634,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
                 restarts: r.get(14)?,
                 priority: r.get(17)?,
                 expected_runtime_secs: r.get::<_, Option<i64>>(18)?.map(|s| s as u64),
+                vsock: r.get(19)?,
                 created_at: rfc3339_ms(r.get(15)?),
                 updated_at: rfc3339_ms(r.get(16)?),
             },

@@ -16,9 +16,12 @@
 //! destroyed) and at kilnd's start; it starts what the planner says, in its order.
 //! Every transition is a compare-and-set in the database ([`Db::transition`]), so concurrent
 //! requests cannot both act on one state: one wins, the other gets a conflict naming the state.
-//! "stop" is SIGTERM to the VMM (it exits 0 with "stopped by SIGTERM"), then SIGKILL after the
-//! timeout. A graceful step inside the guest (ACPI power button or the guest agent) comes with
-//! issue 4; until then the guest gets no chance to shut down cleanly.
+//! "stop" of a VM with `vsock` first asks the guest agent (`kiln-agent`, vsock port 52, through
+//! the VMM's vsock socket) to shut the guest down, and waits up to the timeout for the VMM to
+//! end (the guest resets, the VMM exits 0). Without that route, or if the agent does not
+//! answer or the guest does not end in time, the VMM gets SIGTERM (it exits 0 with "stopped by
+//! SIGTERM"), then SIGKILL after the timeout. Each step is an event. The Kiln guest has no ACPI
+//! (no power button), so the agent is the only in-guest route.
 
 use crate::db::{Change, Db, DbError};
 use crate::logs::{LogError, Stream, VmLogs};
@@ -40,6 +43,15 @@ pub const AT_REST: [VmState; 3] = STARTABLE;
 /// States in which a VMM may exist.
 pub const ACTIVE: [VmState; 4] =
     [VmState::Starting, VmState::Running, VmState::Paused, VmState::Stopping];
+
+/// Longest console socket path (`sockaddr_un`, as `kiln-vmm --console-socket` checks it).
+pub const MAX_CONSOLE_SOCKET_PATH: usize = 107;
+/// Longest vsock socket path (`kiln-vmm --vsock` keeps room for `_<port>` suffixes).
+pub const MAX_VSOCK_PATH: usize = 96;
+
+/// Longest wait for each answer of the guest agent during a graceful stop (the VMM itself
+/// gives up on a guest that does not answer a vsock connection after 2 s).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest wait for a VMM's threads to stop after SIGSTOP, or to run after SIGCONT.
 pub const SIGNAL_WAIT: Duration = Duration::from_secs(2);
@@ -143,8 +155,31 @@ impl Manager {
     /// Defines a VM after validating every field; nothing is stored if a check fails.
     pub fn create(&self, spec: &CreateVm, principal: Option<&str>) -> Result<Vm> {
         validate::create_vm(spec, self.settings.host_memory_mib)?;
+        self.check_socket_paths(spec)?;
         self.check_fits_host(spec.vcpus, spec.memory_mib)?;
         Ok(self.db.create_vm(spec, principal)?)
+    }
+
+    /// The VMM's sockets live under the state directory and must fit a Unix socket address.
+    fn check_socket_paths(&self, spec: &CreateVm) -> Result<()> {
+        let logs = self.logs(&spec.name);
+        let too_long = |path: PathBuf, max: usize, field: &'static str| {
+            let len = path.as_os_str().len();
+            (len > max).then(|| validate::Invalid {
+                field,
+                message: format!(
+                    "the VM's socket {} would be {len} bytes, more than the {max} a Unix socket \
+                     path may have: use a shorter name or state directory",
+                    path.display()
+                ),
+            })
+        };
+        let console = too_long(logs.console_socket(), MAX_CONSOLE_SOCKET_PATH, "name");
+        let vsock = spec.vsock.then(|| too_long(logs.vsock_socket(), MAX_VSOCK_PATH, "vsock"));
+        match console.or(vsock.flatten()) {
+            Some(invalid) => Err(invalid.into()),
+            None => Ok(()),
+        }
     }
 
     /// A VM larger than the host's capacity could never start: refused with the field named.
@@ -342,8 +377,10 @@ impl Manager {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `timeout` (default: the daemon's); returns once the VMM is
-    /// gone.
+    /// Stops a running or paused VM and returns once its VMM is gone. A VM with `vsock` is
+    /// first asked to shut down through its guest agent and given `timeout` (default: the
+    /// daemon's); then, or at once for a VM without that route, the VMM gets SIGTERM and, after
+    /// `timeout` more, SIGKILL. Each step is an event.
     pub async fn stop(
         self: &Arc<Self>,
         name: &str,
@@ -351,15 +388,24 @@ impl Manager {
         timeout: Option<Duration>,
     ) -> Result<Vm> {
         let timeout = timeout.unwrap_or(self.settings.stop_timeout);
+        let secs = timeout.as_secs();
         if let Some(vm) = self.dequeue(name, principal, "stop")? {
             return Ok(vm);
         }
-        let change = Change {
-            message: format!("stop requested (SIGTERM, SIGKILL after {} s)", timeout.as_secs()),
-            principal: principal.map(str::to_owned),
-            ..Change::default()
+        let vm = self.db.vm(name)?.vm;
+        let message = if vm.vsock {
+            format!(
+                "stop requested: asking the guest agent to shut the guest down ({secs} s), then \
+                 SIGTERM, SIGKILL after {secs} s"
+            )
+        } else {
+            format!(
+                "stop requested (no in-guest route: the VM has no vsock for the guest agent; \
+                 SIGTERM, SIGKILL after {secs} s)"
+            )
         };
-        let before = self.db.vm(name)?.vm.state;
+        let change =
+            Change { message, principal: principal.map(str::to_owned), ..Change::default() };
         self.db.transition(
             name,
             &[VmState::Running, VmState::Paused],
@@ -367,17 +413,55 @@ impl Manager {
             change,
         )?;
         let Some(monitor) = self.monitor(name) else { return self.lost(name) };
-        monitor.set_ending("stopped on request");
-        send(&monitor, libc::SIGTERM);
-        if before == VmState::Paused {
+        if vm.state == VmState::Paused {
+            // A paused guest can neither shut down nor let the VMM end cleanly.
             send(&monitor, libc::SIGCONT);
         }
+        if vm.vsock {
+            monitor.set_ending("stopped on request (the guest shut down through its agent)");
+            let note = match self.ask_guest_to_shut_down(name).await {
+                Ok(()) => {
+                    self.note(name, "the guest agent is shutting the guest down");
+                    if wait_exit(&monitor, timeout).await {
+                        return Ok(self.db.vm(name)?.vm);
+                    }
+                    format!("the guest did not shut down within {secs} s: SIGTERM")
+                }
+                Err(why) => format!("the guest agent did not answer ({why}): SIGTERM"),
+            };
+            self.note(name, &note);
+        }
+        monitor.set_ending("stopped on request");
+        send(&monitor, libc::SIGTERM);
         if !wait_exit(&monitor, timeout).await {
-            monitor.set_ending(&format!("killed after the {} s stop timeout", timeout.as_secs()));
+            monitor.set_ending(&format!("killed after the {secs} s stop timeout"));
             send(&monitor, libc::SIGKILL);
             wait_exit(&monitor, Duration::from_secs(10)).await;
         }
         Ok(self.db.vm(name)?.vm)
+    }
+
+    /// Asks the agent of the guest of `name` (through the VMM's vsock socket) to shut down.
+    async fn ask_guest_to_shut_down(&self, name: &str) -> std::result::Result<(), String> {
+        let uds = self.logs(name).vsock_socket();
+        let asked = tokio::task::spawn_blocking(move || {
+            let port = kiln_agent::AGENT_PORT;
+            kiln_agent::client::AgentConnection::connect(&uds, port, AGENT_TIMEOUT)
+                .and_then(|mut agent| agent.shutdown())
+        })
+        .await;
+        match asked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(crate::chain(&e)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Records an event of a VM that is stopping, without changing its state (nothing if it
+    /// has already stopped).
+    fn note(&self, name: &str, message: &str) {
+        let change = Change { message: message.to_owned(), ..Change::default() };
+        let _ = self.db.transition(name, &[VmState::Stopping], VmState::Stopping, change);
     }
 
     /// SIGKILL at once (also cuts a stop that is waiting for its timeout).

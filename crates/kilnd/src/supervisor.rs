@@ -7,7 +7,9 @@
 //! requests waiting on it, and the restart policy may start the VM again.
 //!
 //! The VMM gets its own session (`setsid`), no stdin, and the per-VM log files as stdout and
-//! stderr (see [`crate::logs`]). Its own session, not only its own process group: a Ctrl-C at
+//! stderr (see [`crate::logs`]). It serves its console on `vms/<name>/console.sock` and, for a
+//! VM with `vsock`, its vsock device on `vms/<name>/vsock.sock`: both live with the VMM, so a
+//! restarted kilnd finds them again. Its own session, not only its own process group: a Ctrl-C at
 //! kilnd's terminal must not reach it, and when kilnd dies a process group of the same session
 //! becomes orphaned, and the kernel sends SIGHUP and SIGCONT to orphaned groups with a stopped
 //! member, which would resume (or end) a paused VM.
@@ -22,6 +24,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The guest's vsock context ID. Each VM's vsock is its own Unix socket on the host, so every
+/// guest can have the same one.
+pub const VSOCK_GUEST_CID: u32 = 3;
 
 /// How often an adopted VMM is checked, and log sizes too.
 const POLL: Duration = Duration::from_millis(200);
@@ -52,6 +58,11 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm) -> Result<Vm, LifecycleError> {
         .arg(logs.console_socket());
     if let Some(initrd) = &vm.initrd {
         cmd.arg("--initrd").arg(initrd);
+    }
+    if vm.vsock {
+        let mut spec = std::ffi::OsString::from(format!("cid={VSOCK_GUEST_CID},uds="));
+        spec.push(logs.vsock_socket());
+        cmd.arg("--vsock").arg(spec);
     }
     if let Some(cmdline) = &vm.cmdline {
         cmd.arg("--cmdline").arg(cmdline);

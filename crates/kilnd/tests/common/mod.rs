@@ -225,6 +225,7 @@ pub fn spec(name: &str, kernel: &str) -> CreateVm {
         restart_limit: 3,
         priority: 0,
         expected_runtime_secs: None,
+        vsock: false,
     }
 }
 

@@ -1,0 +1,137 @@
+//! Graceful stop: a VM with `vsock` is asked to shut down through its guest agent before its VMM
+//! is signalled; without that route (no vsock, or no agent answering) kilnd says so in the
+//! events and falls back to SIGTERM, then SIGKILL.
+//!
+//! The real shutdown needs a Linux guest running `kiln-agent`: the Kiln kernel
+//! (`KILN_GUEST_KERNEL`, built by scripts/test), the static agent (see
+//! `kiln_testguest::agent::static_agent`) and `kiln-image`; it boots under `--engine emu` here
+//! (about a minute), and is skipped with the reason when one is missing.
+
+#![allow(clippy::unwrap_used)] // a failed set-up step should fail the test
+
+mod common;
+
+use common::*;
+use kiln_api::{Event, VmState};
+use kiln_testguest::skip;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+fn messages(d: &Daemon, name: &str) -> Vec<String> {
+    let events: Vec<Event> = d.admin().get(&format!("/v1/vms/{name}/events")).unwrap();
+    events.into_iter().map(|e| e.message).collect()
+}
+
+#[test]
+fn without_an_in_guest_route_stop_says_so_and_signals_the_vmm() {
+    if !skip::require_kvm("kilnd::without_an_in_guest_route_stop_says_so") {
+        return;
+    }
+    let d = Daemon::start("graceful-fallback");
+    let k = Kernels::write(&d.dir);
+    let c = d.admin();
+
+    // No vsock: SIGTERM at once, as the event says.
+    create(&c, &spec("plain", &k.idle));
+    verb(&c, "plain", "start").unwrap();
+    let vm = verb(&c, "plain", "stop").unwrap();
+    assert_eq!((vm.state, vm.reason.as_deref()), (VmState::Stopped, Some("stopped on request")));
+    let said = messages(&d, "plain");
+    assert!(said.iter().any(|m| m.contains("no in-guest route")), "{said:?}");
+
+    // A vsock but no agent in the guest (the test guest has no virtio driver): the agent does
+    // not answer, which is an event, and the VMM gets SIGTERM well before the timeout.
+    let mut s = spec("mute", &k.idle);
+    s.vsock = true;
+    create(&c, &s);
+    let vm = verb(&c, "mute", "start").unwrap();
+    assert!(vm.vsock);
+    wait_console(&c, "mute", "idle", T);
+    assert!(d.dir.join("state/vms/mute/vsock.sock").exists(), "the VMM serves the vsock socket");
+    let asked = Instant::now();
+    let vm = verb(&c, "mute", "stop").unwrap();
+    let took = asked.elapsed();
+    assert_eq!((vm.state, vm.reason.as_deref()), (VmState::Stopped, Some("stopped on request")));
+    assert!(took < Duration::from_secs(5), "no wait for a guest that cannot answer: {took:?}");
+    let said = messages(&d, "mute");
+    assert!(said.iter().any(|m| m.contains("asking the guest agent")), "{said:?}");
+    assert!(said.iter().any(|m| m.contains("the guest agent did not answer")), "{said:?}");
+    let log = c.get_text("/v1/vms/mute/logs?stream=vmm").unwrap();
+    assert!(log.contains("stopped by SIGTERM"), "{log}");
+}
+
+const REAL: &str = "kilnd::a_guest_with_its_agent_shuts_down_on_stop";
+
+/// The Kiln kernel, the static agent and kiln-image, or why the test cannot run.
+fn real_guest_inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
+    let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
+    let image = bin_dir().join("kiln-image");
+    if !image.is_file() {
+        return Err(format!("kiln-image is not built in {}", bin_dir().display()));
+    }
+    Ok((kernel, agent, image))
+}
+
+#[test]
+fn a_guest_with_its_agent_shuts_down_on_stop() {
+    let (kernel, agent, image) = match real_guest_inputs() {
+        Ok(inputs) => inputs,
+        Err(why) => return skip::skip(REAL, &why),
+    };
+    let d = Daemon::start("graceful-real");
+    // The guest's program: the agent in the background, and a trap that shows the SIGTERM of
+    // the shutdown reached it.
+    let script = d.dir.join("init.user");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntrap 'echo GUEST-GOT-SIGTERM; exit 0' TERM\n/bin/kiln-agent serve &\n\
+         while true; do sleep 1; done\n",
+    )
+    .unwrap();
+    let initrd = d.dir.join("initramfs.cpio");
+    let built = Command::new(&image)
+        .args(["initramfs", "--out"])
+        .arg(&initrd)
+        .arg("--init")
+        .arg(&script)
+        .arg("--add")
+        .arg(format!("{}:/bin/kiln-agent", agent.display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "kiln-image initramfs");
+    let c = d.admin();
+    let mut s = spec("guest", kernel.to_str().unwrap());
+    s.engine = kiln_api::Engine::Emu;
+    s.memory_mib = 256;
+    s.initrd = Some(initrd.to_str().unwrap().to_owned());
+    s.vsock = true;
+    create(&c, &s);
+    let started = Instant::now();
+    verb(&c, "guest", "start").unwrap();
+    wait_console(&c, "guest", "listening on vsock port 52", Duration::from_secs(600));
+    eprintln!("{REAL}: the agent listens {:.1} s after start", started.elapsed().as_secs_f64());
+
+    let asked = Instant::now();
+    let vm = c.post::<kiln_api::Vm>("/v1/vms/guest/stop?timeout_secs=120").unwrap();
+    eprintln!("{REAL}: stopped {:.1} s after the request", asked.elapsed().as_secs_f64());
+    assert_eq!(vm.state, VmState::Stopped, "{vm:?}");
+    assert_eq!(
+        vm.reason.as_deref(),
+        Some("stopped on request (the guest shut down through its agent)")
+    );
+    let console = c.get_text("/v1/vms/guest/logs").unwrap();
+    assert!(console.contains("GUEST-GOT-SIGTERM"), "the guest's processes got SIGTERM: {console}");
+    let said = messages(&d, "guest");
+    assert!(said.iter().any(|m| m == "the guest agent is shutting the guest down"), "{said:?}");
+    assert!(!said.iter().any(|m| m.ends_with(": SIGTERM")), "no signal was needed: {said:?}");
+    let vmm = c.get_text("/v1/vms/guest/logs?stream=vmm").unwrap();
+    assert!(vmm.contains("guest reset"), "the guest ended the VM itself: {vmm}");
+}
