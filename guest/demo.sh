@@ -1,5 +1,7 @@
 #!/bin/sh
-# What the demo guest does once it is ready: show who it is, then reset (kiln-vmm exits 0).
-uname -a
-echo "CPUs online: $(grep -c ^processor /proc/cpuinfo)"
-head -c 4194304 /dev/zero | sha256sum
+# The demo guest's program (its /init.user): the guest agent in the background, so that
+# `kiln stop` can shut the guest down gracefully, and a shell on the serial console for
+# `kiln console`. Ends when the shell does, or when the agent shuts the guest down.
+/bin/kiln-agent serve 2>/dev/null &
+echo "demo guest: $(grep -c ^processor /proc/cpuinfo) CPU(s), $(free -m | awk '/Mem:/ {print $2}') MiB; agent on vsock port 52"
+exec setsid cttyhack sh
