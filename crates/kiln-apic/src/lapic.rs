@@ -293,6 +293,14 @@ impl LocalApic {
         }
     }
 
+    /// True if an external interrupt from a legacy PIC reaches the CPU through this APIC: the
+    /// APIC is software-disabled (its reset state, where the PIC's INTR line passes through) or
+    /// LINT0 is unmasked in ExtINT mode (virtual wire).
+    pub fn accepts_extint(&self) -> bool {
+        let lint0 = self.lvt[3];
+        !self.enabled() || (lint0 & LVT_MASKED == 0 && (lint0 >> 8) & 7 == 7)
+    }
+
     /// True if a logical-mode destination `dest` selects this APIC (flat model).
     pub fn matches_logical(&self, dest: u8) -> bool {
         (self.ldr >> 24) as u8 & dest != 0

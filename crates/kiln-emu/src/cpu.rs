@@ -84,7 +84,7 @@ pub struct Msrs {
     pub kernel_gs_base: u64,
     /// TSC_AUX, returned in ECX by rdtscp.
     pub tsc_aux: u64,
-    /// TSC offset: the TSC reads as `icount + tsc_offset`.
+    /// TSC offset: the TSC reads as guest time (see [`Cpu::guest_time`]) plus this.
     pub tsc_offset: u64,
     /// IA32_APIC_BASE.
     pub apic_base: u64,
@@ -186,6 +186,11 @@ pub struct Cpu {
     pub advertise_simd: bool,
     /// This CPU's APIC id (CPUID leaf 1 EBX[31:24]).
     pub apic_id: u32,
+    /// The VM's interrupt controllers and clock, and this CPU's index there; `None` for a CPU
+    /// on its own (tests, tools), whose time is its instruction count and which has no APIC.
+    pub(crate) chip: Option<(std::sync::Arc<crate::irqchip::IrqChip>, usize)>,
+    /// `icount` when this CPU last added its instructions to the VM clock.
+    pub(crate) committed: u64,
     pub(crate) tlb: Tlb,
     pub(crate) mem: PhysMem,
     pub(crate) dcache: crate::exec::DecodeCache,
@@ -237,10 +242,53 @@ impl Cpu {
             interrupt_shadow: false,
             apic_id: 0,
             advertise_simd: true,
+            chip: None,
+            committed: 0,
             tlb: Tlb::new(),
             mem,
             dcache: crate::exec::DecodeCache::new(),
         }
+    }
+
+    /// Guest time in nanoseconds: the VM clock after adding the instructions this CPU retired
+    /// since it last did, or, for a CPU without a VM around it, its instruction count.
+    pub fn guest_time(&mut self) -> u64 {
+        match &self.chip {
+            Some((chip, _)) => {
+                let delta = self.icount.wrapping_sub(self.committed);
+                self.committed = self.icount;
+                chip.clock().advance(delta)
+            }
+            None => self.icount,
+        }
+    }
+
+    /// The TSC now.
+    pub fn tsc(&mut self) -> u64 {
+        self.guest_time().wrapping_add(self.msr.tsc_offset)
+    }
+
+    /// The state after INIT (Intel SDM vol. 3, table 9-1): the reset state, keeping what
+    /// belongs to the platform (memory, APIC ID, options, the VM's controllers) and the TSC.
+    pub fn init_reset(&mut self) {
+        let mut fresh = Cpu::new(self.mem.clone());
+        fresh.apic_id = self.apic_id;
+        fresh.advertise_simd = self.advertise_simd;
+        fresh.msr.apic_base = self.msr.apic_base;
+        fresh.msr.tsc_offset = self.msr.tsc_offset;
+        fresh.icount = self.icount;
+        fresh.committed = self.committed;
+        fresh.chip = self.chip.take();
+        *self = fresh;
+    }
+
+    /// Starts this CPU as a start-up IPI does: real mode at `vector << 12`.
+    pub fn start_up(&mut self, vector: u8) {
+        let cs = &mut self.seg[CS];
+        cs.selector = u16::from(vector) << 8;
+        cs.base = u64::from(vector) << 12;
+        self.rip = 0;
+        self.halted = false;
     }
 
     /// Loads the state a boot protocol prescribes.

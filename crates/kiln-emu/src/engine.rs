@@ -1,32 +1,29 @@
 //! The adapter from Kiln's engine boundary (`kiln-engine`) to the emulated CPU.
 //!
 //! * [`EmuEngine`] creates [`EmuVm`]s; an `EmuVm` creates [`EmuVcpu`]s over the VM's memory.
-//! * Interrupts: there is no local APIC or I/O APIC yet. An [`kiln_engine::IrqLine`] for GSI `n`
-//!   records external vector `0x30 + n` as pending for the boot processor (Linux's vectors for
-//!   the legacy ISA interrupts, `ISA_IRQ_VECTOR(n)`); the vCPU delivers the highest pending vector when RFLAGS.IF
-//!   allows. A real APIC with its timer, an I/O APIC and INIT/SIPI come later.
+//! * Interrupts and time: the VM's [`IrqChip`] (local APICs, I/O APIC, guest clock; see
+//!   `irqchip.rs`). An [`kiln_engine::IrqLine`] for GSI `n` pulses I/O APIC pin `n`.
+//! * SMP: vCPU 0 starts from the boot state; the others wait for INIT/SIPI from the guest.
 //! * Kicks: an atomic flag checked every [`SLICE`] instructions and while halted.
 //! * HLT with interrupts disabled and nothing pending returns [`VcpuStop::Halted`]; HLT with
-//!   interrupts enabled sleeps until an interrupt line fires or the vCPU is kicked.
+//!   interrupts enabled waits for an interrupt, the vCPU's timer or a kick; when every vCPU
+//!   waits, guest time skips to the earliest timer deadline.
 //! * A guest exception is delivered to the guest; a triple fault returns
 //!   [`VcpuStop::Shutdown`]; a feature the emulator lacks (legacy paging, 32-bit protected-mode
 //!   interrupt delivery) is reported as [`EngineError::Unserved`] with the registers.
 
 use crate::cpu::Cpu;
 use crate::fault::{EventKind, StepError};
+use crate::irqchip::{IrqChip, Startup};
 use crate::mem::PhysMem;
 use crate::{flags, mem};
+use kiln_apic::IOAPIC_PINS;
 use kiln_engine::{
     BootCpuState, Engine, EngineError, EngineKind, IoHandler, IrqLine, Kick, RegisterDump, Vcpu,
     VcpuStop, Vm, VmSpec,
 };
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
-
-/// The vector of interrupt line 0 until there is an interrupt controller: Linux assigns
-/// `0x30 + n` to ISA interrupt `n`.
-pub const ISA_VECTOR_BASE: u32 = 0x30;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Instructions executed between two checks of the kick flag and pending interrupts.
 pub const SLICE: u32 = 2048;
@@ -81,52 +78,8 @@ impl Engine for EmuEngine {
             mem,
             config: self.config,
             vcpus: spec.vcpus,
-            signals: Arc::new(Signals::default()),
+            chip: Arc::new(IrqChip::new(spec.vcpus)),
         }))
-    }
-}
-
-/// Wake-up state shared by a VM's interrupt lines and its boot vCPU.
-#[derive(Default)]
-struct Signals {
-    /// Pending external vectors, one bit each.
-    pending: [AtomicU64; 4],
-    lock: Mutex<()>,
-    wake: Condvar,
-}
-
-impl Signals {
-    fn any_pending(&self) -> bool {
-        self.pending.iter().any(|w| w.load(Ordering::Acquire) != 0)
-    }
-
-    /// Takes the highest pending vector.
-    fn take_highest(&self) -> Option<u8> {
-        for (k, w) in self.pending.iter().enumerate().rev() {
-            loop {
-                let cur = w.load(Ordering::Acquire);
-                if cur == 0 {
-                    break;
-                }
-                let bit = 63 - cur.leading_zeros();
-                if w.compare_exchange(
-                    cur,
-                    cur & !(1u64 << bit),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-                {
-                    return Some((k as u32 * 64 + bit) as u8);
-                }
-            }
-        }
-        None
-    }
-
-    fn notify(&self) {
-        let _g = self.lock.lock();
-        self.wake.notify_all();
     }
 }
 
@@ -135,7 +88,7 @@ pub struct EmuVm {
     mem: PhysMem,
     config: EmuConfig,
     vcpus: u32,
-    signals: Arc<Signals>,
+    chip: Arc<IrqChip>,
 }
 
 impl Vm for EmuVm {
@@ -149,6 +102,7 @@ impl Vm for EmuVm {
         let mut cpu = Cpu::new(self.mem.clone());
         cpu.apic_id = index;
         cpu.advertise_simd = self.config.advertise_simd;
+        cpu.chip = Some((self.chip.clone(), index as usize));
         if index == 0 {
             cpu.msr.apic_base |= 0x100;
         } else {
@@ -158,58 +112,56 @@ impl Vm for EmuVm {
             index,
             cpu,
             started: false,
-            kick: Arc::new(EmuKick { flag: AtomicBool::new(false), signals: self.signals.clone() }),
-            signals: self.signals.clone(),
+            kick: Arc::new(EmuKick { flag: AtomicBool::new(false), chip: self.chip.clone() }),
+            chip: self.chip.clone(),
         }))
     }
 
     fn irq_line(&self, gsi: u32) -> kiln_engine::Result<Arc<dyn IrqLine>> {
-        if gsi >= 256 - ISA_VECTOR_BASE {
+        if gsi as usize >= IOAPIC_PINS {
             return Err(EngineError::Unsupported {
                 engine: "emu",
-                what: format!("interrupt line {gsi} (at most {} lines)", 256 - ISA_VECTOR_BASE),
+                what: format!("interrupt line {gsi} (the I/O APIC has {IOAPIC_PINS} pins)"),
             });
         }
-        Ok(Arc::new(EmuIrqLine {
-            vector: (ISA_VECTOR_BASE + gsi) as u8,
-            signals: self.signals.clone(),
-        }))
+        Ok(Arc::new(EmuIrqLine { gsi, chip: self.chip.clone() }))
     }
 }
 
 struct EmuIrqLine {
-    vector: u8,
-    signals: Arc<Signals>,
+    gsi: u32,
+    chip: Arc<IrqChip>,
 }
 
 impl IrqLine for EmuIrqLine {
     fn trigger(&self) -> std::io::Result<()> {
-        let v = usize::from(self.vector);
-        self.signals.pending[v / 64].fetch_or(1 << (v % 64), Ordering::AcqRel);
-        self.signals.notify();
+        self.chip.pulse(self.gsi);
         Ok(())
     }
 }
 
 struct EmuKick {
     flag: AtomicBool,
-    signals: Arc<Signals>,
+    chip: Arc<IrqChip>,
 }
 
 impl Kick for EmuKick {
     fn kick(&self) {
         self.flag.store(true, Ordering::Release);
-        self.signals.notify();
+        self.chip.notify();
     }
 }
 
-/// Wraps the VMM's I/O handler to notice that an access was served.
-struct Tracked<'a> {
+/// The VMM's I/O handler as one vCPU sees it: the interrupt controllers' register windows are
+/// served here, and an access that reached the VMM is noticed.
+struct PlatformIo<'a> {
     inner: &'a dyn IoHandler,
+    chip: &'a IrqChip,
+    cpu: usize,
     touched: AtomicBool,
 }
 
-impl IoHandler for Tracked<'_> {
+impl IoHandler for PlatformIo<'_> {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
         self.touched.store(true, Ordering::Relaxed);
         self.inner.pio_read(port, data)
@@ -220,11 +172,15 @@ impl IoHandler for Tracked<'_> {
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         self.touched.store(true, Ordering::Relaxed);
-        self.inner.mmio_read(addr, data)
+        if !self.chip.mmio_read(self.cpu, addr, data) {
+            self.inner.mmio_read(addr, data)
+        }
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         self.touched.store(true, Ordering::Relaxed);
-        self.inner.mmio_write(addr, data)
+        if !self.chip.mmio_write(self.cpu, addr, data) {
+            self.inner.mmio_write(addr, data)
+        }
     }
     fn stop_requested(&self) -> bool {
         self.inner.stop_requested()
@@ -235,9 +191,10 @@ impl IoHandler for Tracked<'_> {
 pub struct EmuVcpu {
     index: u32,
     cpu: Cpu,
+    /// The vCPU has state to run: a boot state, or a start-up IPI arrived.
     started: bool,
     kick: Arc<EmuKick>,
-    signals: Arc<Signals>,
+    chip: Arc<IrqChip>,
 }
 
 impl EmuVcpu {
@@ -251,6 +208,10 @@ impl EmuVcpu {
         &mut self.cpu
     }
 
+    fn slot(&self) -> usize {
+        self.index as usize
+    }
+
     fn unserved(&self, what: &str) -> EngineError {
         EngineError::Unserved(format!(
             "vCPU {}: {what}; registers: {}",
@@ -259,16 +220,44 @@ impl EmuVcpu {
         ))
     }
 
-    /// Delivers the highest pending external interrupt if the CPU accepts interrupts now.
+    /// Handles INIT and SIPI: INIT resets the CPU into waiting for a SIPI; a SIPI starts a
+    /// waiting CPU in real mode.
+    fn take_startup(&mut self) {
+        while let Some(s) = self.chip.take_startup(self.slot()) {
+            match s {
+                Startup::Init => {
+                    self.cpu.init_reset();
+                    self.chip.reset_apic(self.slot());
+                    self.started = false;
+                }
+                Startup::Sipi(vector) if !self.started => {
+                    self.cpu.start_up(vector);
+                    self.started = true;
+                }
+                // A SIPI to a running CPU is ignored.
+                Startup::Sipi(_) => {}
+            }
+        }
+    }
+
+    /// Delivers what the interrupt controllers have for this vCPU, if the CPU accepts it now.
     fn inject(&mut self, io: &dyn IoHandler) -> Result<(), StepError> {
-        if self.index != 0
-            || !self.cpu.flag(flags::IF)
-            || self.cpu.interrupt_shadow
-            || !self.signals.any_pending()
-        {
+        if !self.chip.attention(self.slot()) {
             return Ok(());
         }
-        if let Some(v) = self.signals.take_highest() {
+        self.take_startup();
+        if !self.started {
+            return Ok(());
+        }
+        let vector = if self.chip.take_nmi(self.slot()) {
+            // NMI blocking until IRET is not modelled.
+            Some(crate::fault::Vector::NMI as u8)
+        } else if self.cpu.flag(flags::IF) && !self.cpu.interrupt_shadow {
+            self.chip.acknowledge(self.slot())
+        } else {
+            None
+        };
+        if let Some(v) = vector {
             let rip = self.cpu.rip;
             match self.cpu.deliver(io, v, EventKind::External, rip) {
                 Ok(()) => {}
@@ -279,6 +268,70 @@ impl EmuVcpu {
             }
         }
         Ok(())
+    }
+
+    /// Runs the execution loop; `run` wraps it in the bookkeeping of running vCPUs.
+    fn execute(&mut self, io: &PlatformIo) -> kiln_engine::Result<VcpuStop> {
+        loop {
+            if self.kick.flag.swap(false, Ordering::AcqRel) {
+                return Ok(VcpuStop::Kicked);
+            }
+            let now = self.cpu.guest_time();
+            self.chip.poll_timer(self.slot(), now);
+            if let Err(e) = self.inject(io) {
+                return self.step_error(e);
+            }
+            if !self.started || self.cpu.halted {
+                if self.started && !self.cpu.flag(flags::IF) {
+                    return Ok(VcpuStop::Halted);
+                }
+                self.idle();
+                continue;
+            }
+            // Run up to the next timer deadline (at least one instruction), at most a slice.
+            let budget = match self.chip.deadline(self.slot()) {
+                Some(at) => at.saturating_sub(now).clamp(1, u64::from(SLICE)) as u32,
+                None => SLICE,
+            };
+            for n in 0..budget {
+                if let Err(e) = self.cpu.step(io) {
+                    return self.step_error(e);
+                }
+                if io.touched.load(Ordering::Relaxed) {
+                    io.touched.store(false, Ordering::Relaxed);
+                    if io.stop_requested() {
+                        return Ok(VcpuStop::Kicked);
+                    }
+                    // Device and APIC accesses may have changed what is pending or armed.
+                    break;
+                }
+                if self.cpu.halted {
+                    break;
+                }
+                // Interrupts are asynchronous: looking every 64 instructions is enough.
+                if n % 64 == 63
+                    && self.chip.attention(self.slot())
+                    && self.cpu.flag(flags::IF)
+                    && !self.cpu.interrupt_shadow
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits while halted (or before a SIPI) for an interrupt, a due timer or a kick.
+    fn idle(&mut self) {
+        let slot = self.slot();
+        self.chip.leave_running();
+        let chip = &self.chip;
+        let kick = &self.kick;
+        chip.wait(|| {
+            chip.attention(slot)
+                || kick.flag.load(Ordering::Acquire)
+                || chip.deadline(slot).is_some_and(|d| chip.clock().now() >= d)
+        });
+        chip.enter_running();
     }
 }
 
@@ -294,55 +347,17 @@ impl Vcpu for EmuVcpu {
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> kiln_engine::Result<VcpuStop> {
-        if !self.started {
-            // INIT/SIPI is not implemented: an AP without boot state never starts.
-            return Ok(VcpuStop::Halted);
-        }
-        let io = Tracked { inner: io, touched: AtomicBool::new(false) };
-        loop {
-            if self.kick.flag.swap(false, Ordering::AcqRel) {
-                return Ok(VcpuStop::Kicked);
-            }
-            let r = self.inject(&io);
-            if let Err(e) = r {
-                return self.step_error(e);
-            }
-            if self.cpu.halted {
-                if !self.cpu.flag(flags::IF) {
-                    return Ok(VcpuStop::Halted);
-                }
-                let g =
-                    self.signals.lock.lock().map_err(|_| {
-                        self.unserved("interrupt state poisoned by a panicked thread")
-                    })?;
-                if !self.signals.any_pending() && !self.kick.flag.load(Ordering::Acquire) {
-                    let _ = self.signals.wake.wait_timeout(g, Duration::from_millis(50));
-                }
-                continue;
-            }
-            for n in 0..SLICE {
-                if let Err(e) = self.cpu.step(&io) {
-                    return self.step_error(e);
-                }
-                if io.touched.load(Ordering::Relaxed) {
-                    io.touched.store(false, Ordering::Relaxed);
-                    if io.stop_requested() {
-                        return Ok(VcpuStop::Kicked);
-                    }
-                }
-                if self.cpu.halted {
-                    break;
-                }
-                // Interrupts are asynchronous: looking every 64 instructions is enough.
-                if n % 64 == 63
-                    && self.cpu.flag(flags::IF)
-                    && !self.cpu.interrupt_shadow
-                    && self.signals.any_pending()
-                {
-                    break;
-                }
-            }
-        }
+        let chip = self.chip.clone();
+        let io = PlatformIo {
+            inner: io,
+            chip: &chip,
+            cpu: self.slot(),
+            touched: AtomicBool::new(false),
+        };
+        chip.enter_running();
+        let stop = self.execute(&io);
+        chip.leave_running();
+        stop
     }
 
     fn kicker(&self) -> Arc<dyn Kick> {

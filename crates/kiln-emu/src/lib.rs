@@ -10,8 +10,10 @@
 //! (faults are precise: memory is written before registers and flags, and every page an
 //! access touches is translated before the first byte is written).
 //!
-//! What is not here yet: the local APIC and I/O APIC (an [`kiln_engine::IrqLine`] currently records
-//! one pending external vector), MMX and SSE3+, legacy (non-long-mode) paging and 32-bit
+//! The platform around the CPUs ([`irqchip`]): local APICs, the I/O APIC, INIT/SIPI and guest
+//! time driven by executed instructions.
+//!
+//! What is not here yet: MMX and SSE3+, legacy (non-long-mode) paging and 32-bit
 //! protected-mode interrupt delivery, a decoded-block cache. x87 and SSE/SSE2 floating point run
 //! on the host's FPU under the guest's control words (see `exec/x87.rs`, `exec/ssefp.rs`).
 
@@ -20,6 +22,7 @@ mod engine;
 pub mod exec;
 pub mod fault;
 pub mod flags;
+pub mod irqchip;
 pub mod mem;
 pub mod mmu;
 pub mod sandbox;

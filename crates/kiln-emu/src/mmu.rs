@@ -385,6 +385,100 @@ impl Cpu {
         self.write_lin(io, la, &v.to_le_bytes()[..(size as usize).min(8)], who)
     }
 
+    /// The host address of `len` bytes of guest RAM at linear `la`, writable at the current
+    /// privilege, if they lie in one RAM page and are aligned to `align` (for host atomics).
+    /// Faults as a write would; `Ok(None)` for MMIO, page-crossing or misaligned operands.
+    pub(crate) fn host_for_atomic(
+        &mut self,
+        la: u64,
+        len: usize,
+        align: usize,
+    ) -> Result<Option<*mut u8>, Exception> {
+        let la = if self.long_mode() { la } else { la & 0xffff_ffff };
+        if (la & 0xfff) as usize + len > 4096 {
+            return Ok(None);
+        }
+        let e = self.translate(la, Access::Write, Priv::Current)?;
+        if e.host.is_null() {
+            return Ok(None);
+        }
+        let p = e.host.wrapping_add((la & 0xfff) as usize);
+        Ok(((p as usize) % align == 0).then_some(p))
+    }
+
+    /// Compare-and-swap of `size` bytes (1, 2, 4, 8) at linear `la`: writes `new` if memory
+    /// still holds `old`. `Ok(None)` when the operand cannot be a host atomic (MMIO,
+    /// misaligned, page-crossing); the caller then writes it plainly under its lock.
+    pub(crate) fn cas_lin(
+        &mut self,
+        la: u64,
+        size: u32,
+        old: u64,
+        new: u64,
+    ) -> Result<Option<bool>, Exception> {
+        use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
+        let Some(p) = self.host_for_atomic(la, size as usize, size as usize)? else {
+            return Ok(None);
+        };
+        // Each arm: `p` points to `size` bytes of mapped guest RAM within one page, aligned to
+        // `size` (host_for_atomic checked both), kept alive by `self.mem`; guest memory is only
+        // accessed by atomics or plain copies, which may race by the guest's own design.
+        let swapped = match size {
+            // SAFETY: see above, for 1 byte.
+            1 => unsafe { AtomicU8::from_ptr(p) }
+                .compare_exchange(old as u8, new as u8, SeqCst, SeqCst)
+                .is_ok(),
+            // SAFETY: see above, for 2 bytes.
+            2 => unsafe { AtomicU16::from_ptr(p.cast()) }
+                .compare_exchange(old as u16, new as u16, SeqCst, SeqCst)
+                .is_ok(),
+            // SAFETY: see above, for 4 bytes.
+            4 => unsafe { AtomicU32::from_ptr(p.cast()) }
+                .compare_exchange(old as u32, new as u32, SeqCst, SeqCst)
+                .is_ok(),
+            // SAFETY: see above, for 8 bytes.
+            8 => unsafe { AtomicU64::from_ptr(p.cast()) }
+                .compare_exchange(old, new, SeqCst, SeqCst)
+                .is_ok(),
+            _ => return Ok(None),
+        };
+        Ok(Some(swapped))
+    }
+
+    /// CMPXCHG16B on guest RAM at linear `la` (16-byte aligned): returns whether it swapped and
+    /// the value memory held. `Ok(None)` when the operand is not RAM.
+    pub(crate) fn cmpxchg16_lin(
+        &mut self,
+        la: u64,
+        old: u128,
+        new: u128,
+    ) -> Result<Option<(bool, u128)>, Exception> {
+        let Some(p) = self.host_for_atomic(la, 16, 16)? else {
+            return Ok(None);
+        };
+        let (mut lo, mut hi) = (old as u64, (old >> 64) as u64);
+        let swapped: u8;
+        // SAFETY: `p` is 16-byte aligned and points to 16 bytes of mapped guest RAM in one page
+        // (host_for_atomic); the host CPU has CMPXCHG16B (every x86-64 host Kiln supports).
+        // RBX is reserved by the compiler, so the new low half is swapped into it and back.
+        unsafe {
+            std::arch::asm!(
+                "xchg {nlo}, rbx",
+                "lock cmpxchg16b [{p}]",
+                "sete {ok}",
+                "xchg {nlo}, rbx",
+                p = in(reg) p,
+                nlo = inout(reg) new as u64 => _,
+                ok = out(reg_byte) swapped,
+                in("rcx") (new >> 64) as u64,
+                inout("rax") lo,
+                inout("rdx") hi,
+                options(nostack),
+            );
+        }
+        Ok(Some((swapped != 0, u128::from(lo) | (u128::from(hi) << 64))))
+    }
+
     /// Forgets cached translations after a CR3 load.
     pub(crate) fn flush_tlb_for_cr3(&mut self) {
         if self.cr4 & CR4_PGE != 0 {

@@ -14,7 +14,6 @@ use kiln_devices::boot_timer::{BootTimer, ReadyTime, BOOT_TIMER_PORT};
 use kiln_devices::bus::BusError;
 use kiln_devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use kiln_devices::pic::{Pic, PIC_MASTER_PORT, PIC_SLAVE_PORT};
-use kiln_devices::pit::{Pit, PIT_LEN, PIT_PORT};
 use kiln_devices::power::AcpiPower;
 use kiln_devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use kiln_devices::serial::{SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
@@ -139,12 +138,11 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     devices.pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
     devices.pio.insert(RTC_PORT, RTC_LEN, Arc::new(Mutex::new(Rtc::new())))?;
     if engine.engine.kind() == EngineKind::Emu {
-        // KVM has the PICs and the PIT in the host kernel; emu needs them as devices.
+        // KVM has the PICs in the host kernel; emu has the APICs but needs the 8259 registers
+        // as a device. emu has no PIT: its guests keep time with the local APIC timer in guest
+        // time, and a PIT on host time would make boots non-deterministic.
         devices.pio.insert(PIC_MASTER_PORT, 2, Arc::new(Mutex::new(Pic::new())))?;
         devices.pio.insert(PIC_SLAVE_PORT, 2, Arc::new(Mutex::new(Pic::new())))?;
-        let pit = Pit::new(vm.irq_line(0)?)
-            .map_err(|source| VmError::Thread { name: "kiln-pit".into(), source })?;
-        devices.pio.insert(PIT_PORT, PIT_LEN, Arc::new(Mutex::new(pit)))?;
     }
     let power = AcpiPower::new(exit.clone());
     devices.pio.insert(u64::from(SLEEP_CONTROL_PORT), 2, Arc::new(Mutex::new(power)))?;
@@ -230,9 +228,18 @@ fn virtio_cmdline(user: &str, devices: usize) -> String {
 const EMU_TSC_KHZ: u32 = 1_000_000;
 
 /// Adds what the engine needs the kernel to know, unless the user said otherwise.
+/// For emu: the TSC frequency, and `no_timer_check`: Linux otherwise proves that the PIT's
+/// IRQ 0 reaches the I/O APIC by spinning 0.4 s of TSC time (400 million instructions here)
+/// waiting for ticks from a PIT that emu does not have.
 fn engine_cmdline(mut cmdline: String, engine: &Selection) -> String {
-    if engine.engine.kind() == EngineKind::Emu && !cmdline.contains("tsc_early_khz=") {
+    if engine.engine.kind() != EngineKind::Emu {
+        return cmdline;
+    }
+    if !cmdline.contains("tsc_early_khz=") {
         cmdline.push_str(&format!(" tsc_early_khz={EMU_TSC_KHZ}"));
+    }
+    if !cmdline.contains("no_timer_check") {
+        cmdline.push_str(" no_timer_check");
     }
     cmdline
 }

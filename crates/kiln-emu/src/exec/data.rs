@@ -243,6 +243,19 @@ fn cmpxchg_wide(c: &mut Ctx, m: Mnemonic) -> R {
     if la % 16 != 0 {
         return Err(Exception::gp(0).into());
     }
+    let expect = u128::from(c.cpu.gpr[0]) | (u128::from(c.cpu.gpr[2]) << 64);
+    let new = u128::from(c.cpu.gpr[3]) | (u128::from(c.cpu.gpr[1]) << 64);
+    // On RAM, one host CMPXCHG16B: atomic against every other vCPU.
+    if let Some((swapped, cur)) = c.cpu.cmpxchg16_lin(la, expect, new)? {
+        if swapped {
+            c.cpu.set_flags(ZF, ZF);
+        } else {
+            c.cpu.gpr[0] = cur as u64;
+            c.cpu.gpr[2] = (cur >> 64) as u64;
+            c.cpu.set_flags(ZF, 0);
+        }
+        return Ok(());
+    }
     let mut b = [0u8; 16];
     c.cpu.read_lin(c.io, la, &mut b, crate::mmu::Priv::Current)?;
     let cur = u128::from_le_bytes(b);

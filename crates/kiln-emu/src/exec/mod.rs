@@ -74,6 +74,20 @@ pub struct Ctx<'a> {
     pub i: &'a Instruction,
     /// Where execution continues if the instruction completes (handlers of branches set it).
     pub next_rip: u64,
+    /// A locked read-modify-write (LOCK prefix, XCHG with memory): its memory write is a
+    /// compare-and-swap against what its read saw.
+    locked: bool,
+    rmw: Option<LockedRmw>,
+    /// The compare-and-swap of a locked instruction lost a race; the instruction runs again.
+    conflict: bool,
+}
+
+/// What the read of a locked read-modify-write saw.
+#[derive(Clone, Copy)]
+struct LockedRmw {
+    la: u64,
+    size: u32,
+    seen: u64,
 }
 
 impl Cpu {
@@ -112,17 +126,34 @@ impl Cpu {
         let instr = self.fetch_decode(io)?;
         self.interrupt_shadow = false;
         // Locked read-modify-writes (LOCK prefix, XCHG with memory) are atomic with respect to
-        // each other across vCPUs: they serialize on one lock for the whole VM process.
-        let _locked = if instr.has_lock_prefix()
+        // every other vCPU's accesses: on aligned RAM operands their write is a host
+        // compare-and-swap against the value their read saw, and the instruction runs again if
+        // another vCPU wrote in between (memory is the first thing an instruction writes, so
+        // nothing else has changed yet). Other operands (MMIO, split) serialize on one lock.
+        let locked = instr.has_lock_prefix()
             || (instr.mnemonic() == Mnemonic::Xchg
-                && (instr.op0_kind() == OpKind::Memory || instr.op1_kind() == OpKind::Memory))
-        {
-            Some(ATOMIC.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-        } else {
-            None
+                && (instr.op0_kind() == OpKind::Memory || instr.op1_kind() == OpKind::Memory));
+        let _serial =
+            locked.then(|| ATOMIC.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut c = Ctx {
+            next_rip: instr.next_ip(),
+            cpu: self,
+            io,
+            i: &instr,
+            locked,
+            rmw: None,
+            conflict: false,
         };
-        let mut c = Ctx { next_rip: instr.next_ip(), cpu: self, io, i: &instr };
-        dispatch(&mut c)?;
+        loop {
+            match dispatch(&mut c) {
+                Err(ExecError::Fault(_)) if c.conflict => {
+                    c.conflict = false;
+                    c.rmw = None;
+                    c.next_rip = instr.next_ip();
+                }
+                r => break r?,
+            }
+        }
         let next = c.next_rip;
         self.rip = if self.code64() { next } else { next & 0xffff_ffff };
         self.icount = self.icount.wrapping_add(1);
@@ -282,12 +313,28 @@ impl Ctx<'_> {
     /// Reads `size` bytes at linear `la` with the current privilege.
     #[inline]
     pub fn read_mem(&mut self, la: u64, size: u32) -> Result<u64, Exception> {
-        self.cpu.read_lin_u(self.io, la, size, Priv::Current)
+        let v = self.cpu.read_lin_u(self.io, la, size, Priv::Current)?;
+        if self.locked && self.rmw.is_none() {
+            self.rmw = Some(LockedRmw { la, size, seen: v });
+        }
+        Ok(v)
     }
 
     /// Writes `size` bytes at linear `la` with the current privilege.
     #[inline]
     pub fn write_mem(&mut self, la: u64, size: u32, v: u64) -> Result<(), Exception> {
+        if let Some(rmw) = self.rmw.filter(|r| self.locked && r.la == la && r.size == size) {
+            match self.cpu.cas_lin(la, size, rmw.seen, v)? {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    // Another vCPU changed the operand since the read: run the instruction
+                    // again (the error only carries the retry to execute_one).
+                    self.conflict = true;
+                    return Err(Exception::gp(0));
+                }
+                None => {}
+            }
+        }
         self.cpu.write_lin_u(self.io, la, size, v, Priv::Current)
     }
 

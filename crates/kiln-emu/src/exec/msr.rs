@@ -1,9 +1,9 @@
 //! Model-specific registers (RDMSR/WRMSR), the TSC (RDTSC/RDTSCP) and CPUID.
 //!
 //! MSRs: EFER, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX, TSC,
-//! APIC_BASE, PAT, MISC_ENABLE, BIOS_SIGN_ID (microcode revision 0) and the SYSENTER trio; any
-//! other MSR raises #GP(0). The TSC counts
-//! retired instructions. CPUID reports only what this CPU implements.
+//! APIC_BASE, TSC_DEADLINE (with a local APIC), PAT, MISC_ENABLE, BIOS_SIGN_ID (microcode
+//! revision 0) and the SYSENTER trio; any other MSR raises #GP(0). The TSC is guest time (see
+//! [`Cpu::guest_time`]) plus an offset. CPUID reports only what this CPU implements.
 
 use super::{Ctx, R};
 use crate::cpu::{self, Cpu, FS, GS};
@@ -13,6 +13,7 @@ use crate::fault::{is_canonical, Exception};
 mod index {
     pub const TSC: u32 = 0x10;
     pub const APIC_BASE: u32 = 0x1b;
+    pub const TSC_DEADLINE: u32 = 0x6e0;
     pub const BIOS_SIGN_ID: u32 = 0x8b;
     pub const SYSENTER_CS: u32 = 0x174;
     pub const SYSENTER_EIP: u32 = 0x176;
@@ -30,9 +31,13 @@ mod index {
 }
 
 /// Reads MSR `index`, or `None` if this CPU does not have it.
-pub fn read_msr(cpu: &Cpu, index: u32) -> Option<u64> {
+pub fn read_msr(cpu: &mut Cpu, index: u32) -> Option<u64> {
     Some(match index {
-        index::TSC => cpu.icount.wrapping_add(cpu.msr.tsc_offset),
+        index::TSC => cpu.tsc(),
+        index::TSC_DEADLINE => {
+            let (chip, i) = cpu.chip.as_ref()?;
+            chip.tsc_deadline(*i)
+        }
         index::APIC_BASE => cpu.msr.apic_base,
         // The microcode revision: none loaded.
         index::BIOS_SIGN_ID => 0,
@@ -64,7 +69,16 @@ pub fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<(), Exception> {
         }
     };
     match index {
-        index::TSC => cpu.msr.tsc_offset = v.wrapping_sub(cpu.icount),
+        index::TSC => {
+            cpu.msr.tsc_offset = v.wrapping_sub(cpu.guest_time());
+            if let Some((chip, i)) = &cpu.chip {
+                chip.set_tsc_offset(*i, cpu.msr.tsc_offset);
+            }
+        }
+        index::TSC_DEADLINE => match &cpu.chip {
+            Some((chip, i)) => chip.set_tsc_deadline(*i, v),
+            None => return Err(Exception::gp(0)),
+        },
         index::APIC_BASE => {
             if v >> crate::mmu::PHYS_BITS != 0 || v & 0x2ff != 0 {
                 return Err(Exception::gp(0));
@@ -133,7 +147,7 @@ pub(super) fn rdtsc(c: &mut Ctx, aux: bool) -> R {
     if c.cpu.cr4 & (1 << 2) != 0 && c.cpu.cpl() != 0 {
         return Err(Exception::gp(0).into());
     }
-    let t = c.cpu.icount.wrapping_add(c.cpu.msr.tsc_offset);
+    let t = c.cpu.tsc();
     c.cpu.gpr[0] = t & 0xffff_ffff;
     c.cpu.gpr[2] = t >> 32;
     if aux {
@@ -160,15 +174,22 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
         0 => (0x16, ascii4(b"Genu"), ascii4(b"ntel"), ascii4(b"ineI")),
         1 => {
-            let eax = 0x0000_0601; // family 6, model 0, stepping 1
+            // Family 6, model 2 (a model number no real CPU used, so Linux applies no model
+            // quirks; >= Pentium Pro, so it starts APs without the 10 ms INIT delay), stepping 1.
+            let eax = 0x0000_0621;
             let ebx = (cpu.apic_id << 24) | (1 << 16) | (8 << 8);
-            let ecx = (1 << 13) | (1 << 23) | (1 << 31); // CX16, POPCNT, hypervisor
+            // CX16, POPCNT, hypervisor; with the VM's APIC, the TSC-deadline timer.
+            let deadline = if cpu.chip.is_some() { 1 << 24 } else { 0 };
+            let ecx = (1 << 13) | (1 << 23) | (1 << 31) | deadline;
+            let apic = if cpu.chip.is_some() { 1 << 9 } else { 0 };
             let simd = if cpu.advertise_simd {
                 1 | (1 << 24) | (1 << 25) | (1 << 26) // FPU, FXSR, SSE, SSE2
             } else {
                 0
             };
             let edx = simd
+                | apic
+                | (1 << 3) // PSE: large pages (long-mode paging always has them; Linux requires the bit)
                 | (1 << 4) // TSC
                 | (1 << 5) // MSR
                 | (1 << 6) // PAE
@@ -198,6 +219,9 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
         0x8000_0002 => brand(0),
         0x8000_0003 => brand(1),
         0x8000_0004 => brand(2),
+        // Invariant TSC: it counts guest time at a constant rate on every vCPU (so Linux reuses
+        // the boot CPU's delay calibration on APs instead of measuring it against ticks).
+        0x8000_0007 => (0, 0, 0, 1 << 8),
         0x8000_0008 => ((48 << 8) | crate::mmu::PHYS_BITS, 0, 0, 0),
         _ => (0, 0, 0, 0),
     }
