@@ -109,3 +109,80 @@ fn the_console_survives_a_restart_of_kilnd() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "after the restart q");
 }
+
+/// A pseudo-terminal pair: (controller, terminal).
+fn openpty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut controller, mut terminal) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers we pass; the name, termios and
+    // window size pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe { (std::fs::File::from_raw_fd(controller), std::fs::File::from_raw_fd(terminal)) }
+}
+
+fn lflag(terminal: &std::fs::File) -> libc::tcflag_t {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data that tcgetattr fills.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a termios we own.
+    assert_eq!(unsafe { libc::tcgetattr(terminal.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
+}
+
+#[test]
+fn on_a_terminal_kiln_console_is_raw_and_ctrl_close_bracket_detaches() {
+    if !skip::require_kvm("kilnd::on_a_terminal_kiln_console_is_raw") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let d = Daemon::start("console-tty");
+    let k = Kernels::write(&d.dir);
+    create(&d.admin(), &spec("echo", &k.echo));
+    verb(&d.admin(), "echo", "start").unwrap();
+    let (mut controller, terminal) = openpty();
+    let cooked = lflag(&terminal);
+    assert_ne!(cooked & libc::ICANON, 0, "a new terminal is in canonical mode");
+    let mut child = std::process::Command::new(workspace_bin("kiln", "kiln-cli"))
+        .args(["console", "echo", "--socket"])
+        .arg(&d.socket)
+        .stdin(terminal.try_clone().unwrap())
+        .stdout(terminal.try_clone().unwrap())
+        .stderr(terminal.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut read_until = |controller: &mut std::fs::File, text: &str| {
+        let deadline = std::time::Instant::now() + T;
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains(text) {
+            assert!(std::time::Instant::now() < deadline, "no {text:?} in {:?}", text_of(&seen));
+            let n = controller.read(&mut buf).unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut controller, "Ctrl-] detaches");
+    assert_eq!(lflag(&terminal) & (libc::ICANON | libc::ECHO), 0, "raw while attached");
+    // Ctrl-C goes to the guest as a byte (raw mode), not to kiln as a signal; the guest echoes.
+    controller.write_all(b"hi\x03").unwrap();
+    read_until(&mut controller, "hi\x03");
+    controller.write_all(&[0x1d]).unwrap();
+    read_until(&mut controller, "detached from the console of echo");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(lflag(&terminal), cooked, "the terminal is restored");
+    assert_eq!(wait_state(&d.admin(), "echo", VmState::Running, T).state, VmState::Running);
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -61,6 +61,21 @@ fn without_an_in_guest_route_stop_says_so_and_signals_the_vmm() {
     assert!(said.iter().any(|m| m.contains("the guest agent did not answer")), "{said:?}");
     let log = c.get_text("/v1/vms/mute/logs?stream=vmm").unwrap();
     assert!(log.contains("stopped by SIGTERM"), "{log}");
+
+    // SIGKILL leaves the VMM's sockets behind; the next VMM replaces them.
+    verb(&c, "mute", "start").unwrap();
+    let deadline = Instant::now() + T;
+    while c.get_text("/v1/vms/mute/logs").unwrap().matches("idle\n").count() < 2 {
+        assert!(Instant::now() < deadline, "the second run did not print");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    verb(&c, "mute", "kill").unwrap();
+    assert!(d.dir.join("state/vms/mute/console.sock").exists(), "a stale socket is left");
+    let vm = verb(&c, "mute", "start").unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    let (_console, _) = c.upgrade("/v1/vms/mute/console", "kiln-console").unwrap();
+    let vm = verb(&c, "mute", "stop").unwrap();
+    assert_eq!(vm.state, VmState::Stopped, "{vm:?}");
 }
 
 const REAL: &str = "kilnd::a_guest_with_its_agent_shuts_down_on_stop";
