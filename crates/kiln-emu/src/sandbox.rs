@@ -208,6 +208,18 @@ impl Sandbox {
         cpu.flush_tlb_all();
     }
 
+    /// Identity-maps the interrupt controllers' MMIO (0xfec00000-0xfeffffff: I/O APIC and
+    /// local APIC) with 2 MiB pages, uncached, for tests of the platform.
+    pub fn map_interrupt_controllers(&self) {
+        const PD_HIGH: u64 = 0x6000;
+        self.poke_u64(0x2000 + 3 * 8, PD_HIGH | 3);
+        for pa in [0xfec0_0000u64, 0xfee0_0000] {
+            let index = (pa >> 21) & 511;
+            // Present, writable, PCD, PS.
+            self.poke_u64(PD_HIGH + index * 8, pa | 0x93);
+        }
+    }
+
     /// Sets IDT gate `v`: `typ` 0xe (interrupt) or 0xf (trap), `dpl`, `ist`.
     pub fn set_gate(&self, v: u8, target: u64, typ: u64, dpl: u64, ist: u64) {
         let lo = (target & 0xffff)

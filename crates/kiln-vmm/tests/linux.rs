@@ -109,8 +109,9 @@ fn kiln_guest_boots_under_hardware_kvm_runs_a_command_and_resets() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The whole Kiln guest on Kiln's own CPU: boot to the ready marker, run commands, check a
-/// hash computed in the guest, reset. About 1.5 minutes of host time on these machines.
+/// The whole Kiln guest on Kiln's own CPU with two vCPUs: boot to the ready marker (the AP
+/// started by INIT/SIPI), run commands, check a hash computed in the guest, reset. About 1.5
+/// minutes of host time on these machines.
 #[test]
 fn kiln_guest_boots_under_emu_runs_commands_and_resets() {
     let test = "kiln-vmm::kiln_guest_boots_under_emu";
@@ -118,13 +119,15 @@ fn kiln_guest_boots_under_emu_runs_commands_and_resets() {
     let Some((dir, initrd)) = initramfs_with(
         test,
         "emu-linux",
-        "#!/bin/sh\nuname -a\ngrep -c ^processor /proc/cpuinfo\n\
+        "#!/bin/sh\nuname -a\necho KILN-CPUS $(grep -c ^processor /proc/cpuinfo)\n\
+         echo KILN-ONLINE $(cat /sys/devices/system/cpu/online)\n\
          echo KILN-SUM $(seq 1 20000 | sha256sum)\n",
     ) else {
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
-        .args(["--engine", "emu", "--memory", "256", "--timeout", "900", "--kernel"])
+        .args(["--engine", "emu", "--vcpus", "2", "--memory", "256", "--timeout", "900"])
+        .arg("--kernel")
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
@@ -137,6 +140,8 @@ fn kiln_guest_boots_under_emu_runs_commands_and_resets() {
     assert_eq!(out.status.code(), Some(0), "{console}\n{log}");
     assert!(console.contains("KILN-GUEST-READY 6.12"), "{console}");
     assert!(console.contains("Linux (none) 6.12"), "uname -a: {console}");
+    assert!(console.contains("KILN-CPUS 2"), "two CPUs in /proc/cpuinfo: {console}");
+    assert!(console.contains("KILN-ONLINE 0-1"), "both CPUs online: {console}");
     let expected: String = {
         let numbers: String = (1..=20000).map(|n| format!("{n}\n")).collect();
         let digest = std::process::Command::new("sha256sum")
@@ -153,6 +158,58 @@ fn kiln_guest_boots_under_emu_runs_commands_and_resets() {
     assert!(console.contains(&format!("KILN-SUM {expected}")), "guest hash: {console}");
     assert!(console.contains("KILN-GUEST-DONE status=0"), "{console}");
     assert!(log.contains("boot timer: guest ready"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Guest time comes from executed instructions, so a one-vCPU boot without asynchronous devices
+/// is the same every time: two boots, run side by side, print the same kernel log with the same
+/// timestamps until the guest first reads the host's wall clock from the RTC (an input from
+/// outside, like a device), and the same messages in the same order after it. Text is compared
+/// up to its first digit, since the RTC line carries the host's date.
+#[test]
+fn a_one_vcpu_boot_under_emu_is_deterministic() {
+    let test = "kiln-vmm::a_one_vcpu_boot_under_emu_is_deterministic";
+    let Some(kernel) = guest_kernel(test, "KILN_GUEST_KERNEL") else { return };
+    let Some((dir, initrd)) = initramfs_with(test, "emu-determinism", "#!/bin/sh\ntrue\n") else {
+        return;
+    };
+    let boot = || {
+        Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+            .args(["--engine", "emu", "--memory", "128", "--timeout", "900", "--kernel"])
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (boot(), boot());
+    let kernel_log = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        let console = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{console}");
+        console
+            .lines()
+            .filter(|l| l.starts_with('['))
+            .map(|l| {
+                let (stamp, text) = l.split_once(']').unwrap_or((l, ""));
+                let text: String = text.chars().take_while(|c| !c.is_ascii_digit()).collect();
+                format!("{stamp}] {text}")
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (kernel_log(first), kernel_log(second));
+    assert!(a.len() > 50, "a kernel log: {a:?}");
+    assert!(a.iter().any(|l| l.contains("Run /init")), "{a:?}");
+    let rtc = a.iter().position(|l| l.contains("rtc_cmos")).unwrap_or(a.len());
+    assert!(rtc > 50, "at least 50 kernel messages before the RTC: {a:?}");
+    assert_eq!(a[..rtc], b[..rtc.min(b.len())], "the two boots diverged before the RTC");
+    let text = |log: &[String]| -> Vec<String> {
+        log.iter().map(|l| l.split_once(']').map_or(l.clone(), |(_, t)| t.to_string())).collect()
+    };
+    assert_eq!(text(&a), text(&b), "the two boots printed different messages");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
