@@ -10,7 +10,6 @@ pub mod bus;
 mod exit;
 pub mod i8042;
 pub mod pic;
-pub mod pit;
 pub mod power;
 pub mod rtc;
 pub mod serial;

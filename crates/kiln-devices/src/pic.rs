@@ -1,11 +1,11 @@
 //! The register file of a pair of 8259A PICs (master at 0x20, slave at 0xa0), for engines that
-//! have no interrupt controller of their own (emu, until its APIC lands).
+//! have no PIC of their own (emu).
 //!
 //! It keeps what the guest programs (initialization words, masks, read-register select) so the
 //! guest finds a PIC and sees its own settings, and it acknowledges EOIs. Delivery itself is the
-//! engine's: emu's interrupt lines deliver ISA IRQ n as vector 0x30 + n, which is where Linux
-//! programs the PIC (ICW2). KVM has a full PIC in the host kernel and never sends these ports
-//! out, so the device is attached only for emu.
+//! engine's: while the guest has not switched to its I/O APIC, emu delivers ISA IRQ n as vector
+//! 0x30 + n, which is where Linux programs the PIC (ICW2). KVM has a full PIC in the host kernel
+//! and never sends these ports out, so the device is attached only for emu.
 
 use crate::bus::BusDevice;
 
