@@ -239,6 +239,8 @@ impl IrqChip {
                     slot.attention.store(true, Ordering::Release);
                 }
                 DeliveryMode::Init => {
+                    // INIT discards a start-up IPI that came before it (not one after it).
+                    slot.sipi.store(0, Ordering::Release);
                     slot.init.store(true, Ordering::Release);
                     slot.attention.store(true, Ordering::Release);
                 }
@@ -267,8 +269,6 @@ impl IrqChip {
     pub fn take_startup(&self, cpu: usize) -> Option<Startup> {
         let slot = self.slot(cpu);
         if slot.init.swap(false, Ordering::AcqRel) {
-            // INIT discards an earlier SIPI and resets the APIC's interrupt state.
-            slot.sipi.store(0, Ordering::Release);
             return Some(Startup::Init);
         }
         match slot.sipi.swap(0, Ordering::AcqRel) {

@@ -68,6 +68,13 @@ fn emit_store32(a: &mut CodeAssembler, addr: u64, value: u32) -> Result<(), Iced
 
 #[test]
 fn init_and_sipi_start_an_ap_in_real_mode_at_the_vector_page() {
+    // The AP waiting before the IPIs arrive, and the AP looking only after both are pending
+    // (INIT must not swallow the SIPI that follows it).
+    start_an_ap(false);
+    start_an_ap(true);
+}
+
+fn start_an_ap(ap_late: bool) {
     let sb = Sandbox::new().expect("sandbox");
     let vm = vm(&sb, 2);
     const FLAG: u64 = 0x2_0100;
@@ -97,8 +104,14 @@ fn init_and_sipi_start_an_ap_in_real_mode_at_the_vector_page() {
     sb.poke(CODE, &bsp_code);
     let bsp = boot_vcpu(&sb, &vm, 0, CODE, 0x30_0000);
     let ap = vm.create_vcpu(1).expect("AP");
-    let ap = run_to_stop(ap);
-    let bsp = run_to_stop(bsp);
+    let (bsp, ap) = if ap_late {
+        let bsp = run_to_stop(bsp);
+        std::thread::sleep(Duration::from_millis(50));
+        (bsp, run_to_stop(ap))
+    } else {
+        let ap = run_to_stop(ap);
+        (run_to_stop(bsp), ap)
+    };
     let (bsp_stop, bsp) = bsp.join().expect("BSP thread");
     let (ap_stop, ap) = ap.join().expect("AP thread");
     assert_eq!(bsp_stop, VcpuStop::Halted, "the BSP saw the AP's store and stopped");
