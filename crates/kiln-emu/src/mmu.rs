@@ -160,6 +160,19 @@ impl Cpu {
         Ok(e)
     }
 
+    /// The host address of the RAM byte at linear `la` if the TLB already holds a translation
+    /// of its page that lets the current privilege execute there (the fetch fast path; a miss
+    /// goes through [`Cpu::translate`]).
+    #[inline]
+    pub(crate) fn tlb_exec_host(&self, la: u64) -> Option<*const u8> {
+        let vpn = la >> 12;
+        let e = &self.tlb.entries[(vpn as usize) % TLB_SIZE];
+        if e.vpn != vpn || e.host.is_null() || e.nx || (!e.user && self.cpl() == 3) {
+            return None;
+        }
+        Some(e.host.wrapping_add((la & 0xfff) as usize).cast_const())
+    }
+
     #[inline]
     fn permits(&self, e: &TlbEntry, access: Access, user: bool) -> bool {
         if user && !e.user {

@@ -36,6 +36,8 @@ struct Decoded {
     rip: u64,
     bitness: u32,
     len: u8,
+    /// Selects the instruction's `len` bytes in a 16-byte window.
+    mask: u128,
     bytes: [u8; 16],
     instr: Instruction,
 }
@@ -51,6 +53,7 @@ impl DecodeCache {
             rip: u64::MAX,
             bitness: 0,
             len: 0,
+            mask: 0,
             bytes: [0; 16],
             instr: Instruction::default(),
         };
@@ -171,6 +174,23 @@ impl Cpu {
         } else {
             self.seg[crate::cpu::CS].base.wrapping_add(self.rip) & 0xffff_ffff
         };
+        // Fast path: the page's translation is in the TLB and the instruction's 16-byte window
+        // lies in it, so the cached decode is checked against guest memory in place.
+        if la & 0xfff <= 4096 - 16 {
+            if let Some(p) = self.tlb_exec_host(la) {
+                let slot = (self.rip as usize ^ (self.rip >> 12) as usize) % DECODE_CACHE_SIZE;
+                let cached = &self.dcache.entries[slot];
+                if cached.rip == self.rip && cached.len != 0 && cached.bitness == bitness {
+                    // SAFETY: `p` points into a mapped RAM page at offset <= 4080, so 16 bytes
+                    // are readable; guest memory may change under us (other vCPUs, devices),
+                    // which is why the bytes are compared, not trusted.
+                    let now = u128::from_le(unsafe { std::ptr::read_unaligned(p.cast::<u128>()) });
+                    if (now ^ u128::from_le_bytes(cached.bytes)) & cached.mask == 0 {
+                        return Ok(cached.instr);
+                    }
+                }
+            }
+        }
         let mut bytes = [0u8; 15];
         let first = (4096 - (la & 0xfff) as usize).min(15);
         let e = self.translate(la, Access::Exec, Priv::Current)?;
@@ -198,8 +218,7 @@ impl Cpu {
         {
             let mut now = [0u8; 16];
             now[..15].copy_from_slice(&bytes);
-            let keep = (1u128 << (8 * u32::from(cached.len))) - 1;
-            if (u128::from_le_bytes(now) ^ u128::from_le_bytes(cached.bytes)) & keep == 0 {
+            if (u128::from_le_bytes(now) ^ u128::from_le_bytes(cached.bytes)) & cached.mask == 0 {
                 return Ok(cached.instr);
             }
         }
@@ -221,6 +240,7 @@ impl Cpu {
         e.rip = self.rip;
         e.bitness = bitness;
         e.len = n as u8;
+        e.mask = (1u128 << (8 * n as u32)) - 1;
         e.bytes[..n].copy_from_slice(&bytes[..n]);
         e.instr = instr;
         Ok(instr)
