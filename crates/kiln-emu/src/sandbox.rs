@@ -178,9 +178,11 @@ impl Sandbox {
             tss_limit | ((TSS & 0xff_ffff) << 16) | (0x89 << 40) | (((TSS >> 24) & 0xff) << 56);
         self.poke_u64(GDT + 0x38, tss_lo);
         self.poke_u64(GDT + 0x40, TSS >> 32);
-        // TSS: RSP0 and IST1.
+        // TSS: RSP0 and IST1, and no I/O permission bitmap (its offset lies past the limit, as
+        // in Linux's TSS of a task without ioperm), so port I/O above IOPL faults.
         self.poke_u64(TSS + 4, RSP0_TOP);
         self.poke_u64(TSS + 0x24, IST1_TOP);
+        self.poke(TSS + 0x66, &0x68u16.to_le_bytes());
         // IDT: every vector is an interrupt gate (DPL0) to its hlt stub.
         for v in 0..256u64 {
             let target = STUBS + v * 16;

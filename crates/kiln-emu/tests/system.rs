@@ -188,6 +188,61 @@ fn port_output_reaches_the_io_handler_and_user_port_io_faults() {
     assert_eq!(sb.halted_vector(), Some(13));
 }
 
+/// User port I/O through the TSS I/O permission bitmap, as Linux's `ioperm` sets it up: clear
+/// bits allow, set bits deny, and a bitmap byte pair that reaches past the TSS limit denies.
+#[test]
+fn user_port_io_is_allowed_by_the_tss_io_bitmap() {
+    let bitmap = sb::TSS + 0x68;
+    let run = |code: Vec<u8>| {
+        let mut sb = Sandbox::new().expect("sandbox");
+        // Bitmap bytes for ports 0..0x448 (0x89 bytes), the TSS limit just covering them.
+        sb.poke(bitmap, &[0xff; 0x89]);
+        sb.poke(bitmap + 0x88, &[0xfe]); // port 0x440 allowed, 0x441..0x447 denied
+        sb.poke(bitmap + 0x89, &[0x00]); // the byte past the limit: never consulted
+        sb.cpu.tr.limit = 0x68 + 0x89;
+        load(&mut sb, CODE, &code);
+        sb.enter_user();
+        sb.cpu.gpr[4] = 0x30_0000;
+        sb.run(20).expect("runs");
+        let writes = sb.io.pio_writes.lock().expect("lock").clone();
+        (writes, sb.halted_vector())
+    };
+    let allowed = assemble(CODE, |a| {
+        a.mov(dx, 0x440u32)?;
+        a.mov(al, 123u32)?;
+        a.out(dx, al)?;
+        a.out(0x80, al) // bit set: #GP(0)
+    });
+    let (writes, vector) = run(allowed);
+    assert_eq!(writes, vec![(0x440, vec![123])], "the allowed port was written");
+    assert_eq!(vector, Some(13), "the denied port faults");
+
+    // A word access needs every port's bit clear: 0x440 is allowed, 0x441 is not.
+    let (writes, vector) = run(assemble(CODE, |a| {
+        a.mov(dx, 0x440u32)?;
+        a.out(dx, ax)
+    }));
+    assert!(writes.is_empty());
+    assert_eq!(vector, Some(13));
+
+    // Port 0x448's byte is zero but lies past the limit.
+    let (writes, vector) = run(assemble(CODE, |a| {
+        a.mov(dx, 0x448u32)?;
+        a.out(dx, al)
+    }));
+    assert!(writes.is_empty());
+    assert_eq!(vector, Some(13));
+
+    // OUTSB checks the bitmap like OUT.
+    let (writes, vector) = run(assemble(CODE, |a| {
+        a.mov(dx, 0x441u32)?;
+        a.mov(rsi, 0x20_0000u64)?;
+        a.outsb()
+    }));
+    assert!(writes.is_empty());
+    assert_eq!(vector, Some(13));
+}
+
 #[test]
 fn invalid_opcode_raises_ud_in_the_guest() {
     let mut sb = Sandbox::new().expect("sandbox");

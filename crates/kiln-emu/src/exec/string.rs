@@ -43,7 +43,7 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
     let compare = matches!(kind, Kind::Cmps | Kind::Scas);
     let rep = c.i.has_rep_prefix() || c.i.has_repe_prefix() || c.i.has_repne_prefix();
     if matches!(kind, Kind::Ins | Kind::Outs) {
-        super::system::check_io_privilege(c)?;
+        super::system::check_io_privilege(c, c.cpu.gpr[2] as u16, size as usize)?;
     }
     let step = if c.cpu.flag(DF) { 0u64.wrapping_sub(u64::from(size)) } else { u64::from(size) };
     let mut done = 0u64;

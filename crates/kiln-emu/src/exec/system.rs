@@ -114,18 +114,36 @@ fn store_selector(c: &mut Ctx, v: u64) -> R {
     }
 }
 
-/// Raises #GP(0) if port I/O is not allowed at the current privilege (the TSS I/O permission
-/// bitmap is not implemented: CPL above IOPL is always denied).
-pub(super) fn check_io_privilege(c: &Ctx) -> Result<(), Exception> {
+/// Raises #GP(0) unless the current privilege may access the `size` ports from `port`: always
+/// in real mode, at CPL <= IOPL outside virtual-8086 mode, and otherwise only if every bit for
+/// those ports in the TSS I/O permission bitmap is clear. The bitmap starts at the offset in the
+/// TSS word at 0x66; like the hardware, the check reads two bytes and denies when either lies
+/// beyond the TSS limit (Linux's `ioperm`/`iopl(3)` for user programs work this way).
+pub(super) fn check_io_privilege(c: &mut Ctx, port: u16, size: usize) -> Result<(), Exception> {
     let iopl = ((c.cpu.rflags & flags::IOPL) >> 12) as u8;
-    if c.cpu.cr0 & cpu::CR0_PE != 0 && (c.cpu.cpl() > iopl || c.cpu.flag(flags::VM)) {
+    if c.cpu.cr0 & cpu::CR0_PE == 0 || (c.cpu.cpl() <= iopl && !c.cpu.flag(flags::VM)) {
+        return Ok(());
+    }
+    let tr = c.cpu.tr;
+    let limit = u64::from(tr.limit);
+    // Only a present 32/64-bit TSS (available or busy) has a bitmap.
+    if tr.unusable || !tr.present || tr.type_ & 0x9 != 0x9 || limit < 0x67 {
+        return Err(Exception::gp(0));
+    }
+    let map = c.cpu.read_lin_u(c.io, tr.base.wrapping_add(0x66), 2, Priv::Supervisor)?;
+    let at = map + u64::from(port / 8);
+    if at + 1 > limit {
+        return Err(Exception::gp(0));
+    }
+    let bits = c.cpu.read_lin_u(c.io, tr.base.wrapping_add(at), 2, Priv::Supervisor)?;
+    let wanted = ((1u64 << size) - 1) << (port % 8);
+    if bits & wanted != 0 {
         return Err(Exception::gp(0));
     }
     Ok(())
 }
 
 fn port_io(c: &mut Ctx, input: bool) -> R {
-    check_io_privilege(c)?;
     let (port_op, data_op) = if input { (1, 0) } else { (0, 1) };
     let port = if c.i.op_kind(port_op) == OpKind::Register {
         c.cpu.gpr[2] as u16
@@ -133,6 +151,7 @@ fn port_io(c: &mut Ctx, input: bool) -> R {
         u16::from(c.i.immediate8())
     };
     let size = c.i.op_register(data_op).size();
+    check_io_privilege(c, port, size)?;
     if input {
         let mut b = [0u8; 4];
         c.io.pio_read(port, &mut b[..size]);
