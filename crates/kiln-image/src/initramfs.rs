@@ -1,6 +1,8 @@
-//! The Kiln initramfs: Debian's static busybox, the Kiln `/init`, and the user's files.
+//! The Kiln initramfs: Debian's static busybox, the Kiln `/init`, `/bin/kiln-boot-timer`,
+//! kernel modules that `/init` loads before it reports ready, and the user's files.
 
 use crate::cpio::{CpioWriter, S_IFCHR, S_IFDIR, S_IFREG};
+use crate::modules::Module;
 use crate::{io_err, packages, ImageToolError};
 use std::collections::BTreeSet;
 use std::io::BufWriter;
@@ -12,8 +14,18 @@ const INIT: &str = include_str!("../../../guest/init");
 const BUSYBOX: &str = "/bin/busybox";
 const DIRS: &[&str] = &["bin", "dev", "etc", "proc", "root", "sys", "tmp"];
 
+/// Where modules go in the guest, as `<name>.ko`.
+const MODULE_DIR: &str = "lib/modules";
+/// The modules `/init` loads, one name a line, in load order.
+const MODULE_LIST: &str = "etc/kiln-modules";
+
 /// Writes the initramfs to `out`.
-pub fn build(out: &Path, init: Option<&Path>, add: &[String]) -> Result<(), ImageToolError> {
+pub fn build(
+    out: &Path,
+    init: Option<&Path>,
+    add: &[String],
+    modules: &[Module],
+) -> Result<(), ImageToolError> {
     let mut extra = Vec::new();
     for spec in add {
         let (src, dest) =
@@ -46,6 +58,9 @@ pub fn build(out: &Path, init: Option<&Path>, add: &[String]) -> Result<(), Imag
     let write_err = io_err("cannot write", &staging);
     let result = (|| {
         let mut dirs: BTreeSet<String> = DIRS.iter().map(|d| d.to_string()).collect();
+        if !modules.is_empty() {
+            dirs.extend(["lib", MODULE_DIR].map(String::from));
+        }
         for (_, dest) in &extra {
             let mut parent = Path::new(dest.trim_start_matches('/')).parent();
             while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
@@ -60,6 +75,23 @@ pub fn build(out: &Path, init: Option<&Path>, add: &[String]) -> Result<(), Imag
         w.entry("bin/busybox", S_IFREG | 0o755, &busybox, (0, 0))?;
         w.entry("bin/sh", crate::cpio::S_IFLNK | 0o777, b"busybox", (0, 0))?;
         w.entry("init", S_IFREG | 0o755, INIT.as_bytes(), (0, 0))?;
+        let timer = crate::boot_timer::program();
+        w.entry("bin/kiln-boot-timer", S_IFREG | 0o755, &timer, (0, 0))?;
+        if !modules.is_empty() {
+            let mut list = String::new();
+            for module in modules {
+                let data = std::fs::read(&module.path)?;
+                w.entry(
+                    &format!("{MODULE_DIR}/{}.ko", module.name),
+                    S_IFREG | 0o644,
+                    &data,
+                    (0, 0),
+                )?;
+                list.push_str(&module.name);
+                list.push('\n');
+            }
+            w.entry(MODULE_LIST, S_IFREG | 0o644, list.as_bytes(), (0, 0))?;
+        }
         for (src, dest) in &extra {
             let data = std::fs::read(src)?;
             let mode = std::fs::metadata(src)?.permissions().mode() & 0o777;
@@ -76,7 +108,7 @@ pub fn build(out: &Path, init: Option<&Path>, add: &[String]) -> Result<(), Imag
 }
 
 /// True for an ELF file without a program interpreter (PT_INTERP).
-fn is_static_elf(bytes: &[u8]) -> bool {
+pub fn is_static_elf(bytes: &[u8]) -> bool {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
         return false;
     }

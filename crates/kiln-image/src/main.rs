@@ -4,14 +4,22 @@
 //!   config fragment `guest/kiln-kernel.config` (embedded in this binary), caches it by the hash
 //!   of its inputs, and prints the path of the `vmlinux` as its last line.
 //! * `kiln-image initramfs --out PATH` writes an initramfs of Debian's `busybox-static` and the
-//!   Kiln `/init` (which prints `KILN-GUEST-READY`), plus the user's files and init script.
+//!   Kiln `/init` (which prints `KILN-GUEST-READY`), plus the user's files and init script, and
+//!   with `--modules-from DIR --module NAME...` kernel modules (and the modules they depend on)
+//!   that `/init` loads before it reports ready.
+//! * `kiln-image debian-kernel` downloads Debian's `linux-image-cloud-amd64` kernel package
+//!   (through apt, into the cache) and prints the path of its `vmlinuz` last, or with
+//!   `--modules` its module directory, for `initramfs --modules-from`.
 //!
 //! Missing host packages are installed with apt-get when running as root, or named in the error.
 
+mod boot_timer;
 mod cache;
 mod cpio;
+mod debian;
 mod initramfs;
 mod kernel;
+mod modules;
 mod packages;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +59,23 @@ enum Command {
         /// Add a host file to the image: SRC:DEST (DEST is an absolute path in the guest).
         #[arg(long = "add", value_name = "SRC:DEST")]
         add: Vec<String>,
+        /// A kernel's module directory (lib/modules/<release>, e.g. from `debian-kernel
+        /// --modules`) to take `--module`s from.
+        #[arg(long, value_name = "DIR", requires = "module")]
+        modules_from: Option<PathBuf>,
+        /// A module for /init to load before it reports ready, with the modules it depends on
+        /// (repeatable; `-` and `_` are the same). Built-in modules are skipped.
+        #[arg(long = "module", value_name = "NAME", requires = "modules_from")]
+        module: Vec<String>,
+    },
+    /// Downloads a Debian kernel package through apt into the cache; prints its vmlinuz path last.
+    DebianKernel {
+        /// The package: a meta package is resolved to the versioned image it depends on.
+        #[arg(long, value_name = "NAME", default_value = debian::DEFAULT_PACKAGE)]
+        package: String,
+        /// Print the module directory (lib/modules/<release>) instead of the vmlinuz path.
+        #[arg(long)]
+        modules: bool,
     },
 }
 
@@ -68,9 +93,15 @@ fn main() -> ExitCode {
                 },
             )
         }
-        Command::Initramfs { out, init, add } => {
-            initramfs::build(&out, init.as_deref(), &add).map(|()| out)
+        Command::Initramfs { out, init, add, modules_from, module } => {
+            let modules = match &modules_from {
+                Some(dir) => modules::resolve(dir, &module)?,
+                None => Vec::new(),
+            };
+            initramfs::build(&out, init.as_deref(), &add, &modules).map(|()| out)
         }
+        Command::DebianKernel { package, modules } => debian::fetch(&cache, &package)
+            .map(|kernel| if modules { kernel.modules } else { kernel.vmlinuz }),
     });
     match result {
         Ok(path) => {
