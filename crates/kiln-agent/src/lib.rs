@@ -6,6 +6,7 @@
 //! `CONNECT <port>` convention, see `kiln_virtio::vsock`), which is also what
 //! `kiln-agent exec --uds PATH -- CMD...` does.
 
+pub mod bench;
 pub mod client;
 pub mod protocol;
 pub mod udp;

@@ -1,8 +1,11 @@
 //! `kiln-agent`: in the guest, `kiln-agent [serve]` serves the agent protocol on vsock port 52;
 //! on the host, `kiln-agent exec --uds PATH -- CMD...` runs CMD in the guest through the VMM's
 //! vsock socket and exits with its status. See `kiln_agent::protocol` for the protocol.
+//! `kiln-agent bench disk|tcp ...` measures throughput, in a guest or on the host alike (see
+//! `kiln_agent::bench`).
 
 use clap::{Parser, Subcommand};
+use kiln_agent::bench::{self, DiskMode};
 use kiln_agent::protocol;
 use kiln_agent::vsock::VsockListener;
 use kiln_agent::AGENT_PORT;
@@ -63,6 +66,98 @@ enum Cmd {
         #[arg(long, default_value = "kiln")]
         message: String,
     },
+    /// Throughput probes that print one `KILN-BENCH ...` line; the same in a guest and on the
+    /// host.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Disk throughput with O_DIRECT (without it, said on stderr, where the file system
+    /// refuses it) and an fsync before the clock stops for writes.
+    Disk {
+        /// A block device, or a regular file (the write modes create it).
+        #[arg(long, value_name = "PATH")]
+        path: PathBuf,
+        /// The access pattern.
+        #[arg(long, value_enum)]
+        mode: DiskMode,
+        /// Bytes per operation, a multiple of 4096 (suffixes K, M, G).
+        #[arg(long, value_name = "N", value_parser = bench::parse_size, default_value = "1M")]
+        block_size: u64,
+        /// Bytes to move in all, a multiple of the block size.
+        #[arg(long, value_name = "BYTES", value_parser = bench::parse_size)]
+        total: u64,
+        /// Random modes: offsets fall in the first BYTES of the file [default: --total].
+        #[arg(long, value_name = "BYTES", value_parser = bench::parse_size)]
+        span: Option<u64>,
+        /// Random modes: the PRNG seed [default: from the clock; the report prints it].
+        #[arg(long, value_name = "S")]
+        seed: Option<u64>,
+    },
+    /// TCP throughput of one stream: `--listen PORT` receives one, `--connect ADDR:PORT` sends
+    /// `--total` bytes to it.
+    Tcp {
+        /// Receive one stream on this port.
+        #[arg(long, value_name = "PORT", conflicts_with_all = ["connect", "total"])]
+        listen: Option<u16>,
+        /// Send to this address.
+        #[arg(long, value_name = "ADDR:PORT", requires = "total")]
+        connect: Option<std::net::SocketAddr>,
+        /// Bytes to send (suffixes K, M, G).
+        #[arg(long, value_name = "BYTES", value_parser = bench::parse_size)]
+        total: Option<u64>,
+        /// Seconds to keep retrying the connection while the receiver is not listening yet.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
+}
+
+impl BenchCmd {
+    /// The disk probe this command describes, or `None` for TCP.
+    fn disk_spec(&self) -> Result<Option<bench::DiskSpec>, String> {
+        let BenchCmd::Disk { path, mode, block_size, total, span, seed } = self else {
+            return Ok(None);
+        };
+        let block_size = usize::try_from(*block_size)
+            .map_err(|_| format!("--block-size {block_size} is too large"))?;
+        Ok(Some(bench::DiskSpec {
+            path: path.clone(),
+            mode: *mode,
+            block_size,
+            total: *total,
+            span: span.unwrap_or(*total),
+            seed: seed.unwrap_or_else(bench::clock_seed),
+        }))
+    }
+}
+
+fn run_bench(cmd: &BenchCmd) -> ExitCode {
+    let result = match (cmd.disk_spec(), cmd) {
+        (Err(message), _) => Err(bench::BenchError::Invalid(message)),
+        (Ok(Some(spec)), _) => bench::disk(&spec),
+        (Ok(None), BenchCmd::Tcp { listen: Some(port), .. }) => bench::tcp_receive(*port),
+        (Ok(None), BenchCmd::Tcp { connect: Some(to), total: Some(total), wait, .. }) => {
+            bench::tcp_send(*to, *total, Duration::from_secs(*wait))
+        }
+        (Ok(None), _) => {
+            eprintln!(
+                "kiln-agent bench tcp: give --listen PORT or --connect ADDR:PORT --total BYTES"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report(e: &dyn std::error::Error) {
@@ -146,6 +241,7 @@ fn main() -> ExitCode {
     match Args::parse().command.unwrap_or(Cmd::Serve { port: AGENT_PORT }) {
         Cmd::Serve { port } => serve(port),
         Cmd::Exec { uds, port, timeout, argv } => exec(&uds, port, timeout, &argv),
+        Cmd::Bench(cmd) => run_bench(&cmd),
         Cmd::Udp { listen, count, to, message } => {
             let result = match (listen, to) {
                 (Some(port), _) => kiln_agent::udp::serve(port, count),
@@ -165,5 +261,67 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("kiln-agent").chain(args.split(' ')))
+    }
+
+    fn bench_cmd(args: &str) -> BenchCmd {
+        match parse(args).unwrap().command {
+            Some(Cmd::Bench(cmd)) => cmd,
+            other => panic!("not a bench command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_disk_takes_sizes_with_units_and_defaults_span_to_total() {
+        let cmd = bench_cmd(
+            "bench disk --path /dev/vda --mode rand-write --block-size 4K --total 8M --seed 9",
+        );
+        let spec = cmd.disk_spec().unwrap().unwrap();
+        assert_eq!(spec.path, PathBuf::from("/dev/vda"));
+        assert_eq!(spec.mode, DiskMode::RandWrite);
+        assert_eq!(
+            (spec.block_size, spec.total, spec.span, spec.seed),
+            (4096, 8 << 20, 8 << 20, 9)
+        );
+    }
+
+    #[test]
+    fn bench_disk_without_a_seed_picks_one() {
+        let cmd = bench_cmd("bench disk --path f --mode seq-read --total 1M --span 4M");
+        let spec = cmd.disk_spec().unwrap().unwrap();
+        assert_eq!((spec.block_size, spec.span), (1 << 20, 4 << 20));
+        assert_ne!(spec.seed, 0);
+    }
+
+    #[test]
+    fn bench_disk_rejects_unknown_modes_and_bad_sizes() {
+        let err = parse("bench disk --path f --mode sideways --total 1M").unwrap_err();
+        assert!(err.to_string().contains("sideways"), "{err}");
+        let err = parse("bench disk --path f --mode seq-read --total lots").unwrap_err();
+        assert!(err.to_string().contains("not a size"), "{err}");
+        assert!(parse("bench disk --path f --mode seq-read").is_err(), "--total is required");
+    }
+
+    #[test]
+    fn bench_tcp_is_either_a_listener_or_a_sender_with_a_total() {
+        assert!(matches!(
+            bench_cmd("bench tcp --listen 7000"),
+            BenchCmd::Tcp { listen: Some(7000), connect: None, .. }
+        ));
+        assert!(matches!(
+            bench_cmd("bench tcp --connect 192.0.2.2:7000 --total 16M"),
+            BenchCmd::Tcp { total: Some(16_777_216), .. }
+        ));
+        assert!(parse("bench tcp --connect 192.0.2.2:7000").is_err(), "--total is needed");
+        assert!(parse("bench tcp --listen 7000 --connect 192.0.2.2:7000").is_err());
+        assert!(parse("bench tcp --connect nowhere --total 1M").is_err());
     }
 }
