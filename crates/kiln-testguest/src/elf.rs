@@ -82,6 +82,8 @@ impl ElfImage {
         f.extend((PHDR as u16).to_le_bytes());
         f.extend((phnum as u16).to_le_bytes());
         f.extend([0u8; 6]); // no section headers
+                            // Notes are 4-byte aligned as Linux and Xen lay them out; QEMU reads the note's
+                            // descriptor at the name rounded up to p_align, so 16 there would misplace the entry.
         let phdr = |f: &mut Vec<u8>, kind: u32, offset: u64, addr: u64, filesz: u64, memsz: u64| {
             f.extend(kind.to_le_bytes());
             f.extend(7u32.to_le_bytes()); // RWX
@@ -90,7 +92,7 @@ impl ElfImage {
             f.extend(addr.to_le_bytes());
             f.extend(filesz.to_le_bytes());
             f.extend(memsz.to_le_bytes());
-            f.extend(16u64.to_le_bytes());
+            f.extend((if kind == 4 { 4u64 } else { 16 }).to_le_bytes());
         };
         let len = self.code.len() as u64;
         phdr(&mut f, 1, code_offset as u64, self.base, len, len + self.bss);

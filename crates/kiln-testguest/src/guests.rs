@@ -64,7 +64,7 @@ pub fn emit_reset(a: &mut CodeAssembler) -> Result<()> {
 /// Waits until the UART has sent everything (LSR bit 6, transmitter empty; QEMU drops output
 /// still queued when `isa-debug-exit` ends the process), exits through QEMU's `isa-debug-exit`
 /// at port 0xf4 (unclaimed in Kiln), then resets through the i8042.
-fn emit_drain_and_exit(a: &mut CodeAssembler) -> Result<()> {
+pub(crate) fn emit_drain_and_exit(a: &mut CodeAssembler) -> Result<()> {
     let mut drain = a.create_label();
     a.set_label(&mut drain)?;
     a.mov(dx, (SERIAL_PORT + 5) as u32)?;

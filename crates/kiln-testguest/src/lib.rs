@@ -5,6 +5,9 @@
 //! * [`elf`] wraps guest code into an ELF64 kernel image that `kiln-vmm --kernel` boots.
 //! * [`harness`] runs a guest directly on an engine with a recording [`kiln_engine::IoHandler`], so
 //!   the same engine-conformance tests run on `kvm` and `emu`.
+//! * [`netns`] gives tests a network namespace of their own for bridges, TAPs and veth pairs.
+//! * [`privileged`] is a small kernel whose transcript of privileged behaviour (exceptions,
+//!   paging, CPL changes) is compared between `emu` and QEMU's TCG.
 //! * [`skip`] reports tests that cannot run on this host, so they never pass silently.
 
 pub mod agent;
@@ -12,6 +15,8 @@ pub mod conformance;
 pub mod elf;
 pub mod guests;
 pub mod harness;
+pub mod netns;
+pub mod privileged;
 pub mod skip;
 
 /// Guest-physical address where test guests are loaded and entered.
