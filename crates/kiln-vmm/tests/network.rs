@@ -5,40 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // test set-up failures should fail the test
 
+use kiln_testguest::netns::Namespace;
 use kiln_testguest::skip;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-struct Namespace(String);
-
-impl Namespace {
-    fn create(name: &str) -> Option<Self> {
-        let ok =
-            Command::new("ip").args(["netns", "add", name]).status().is_ok_and(|s| s.success());
-        ok.then(|| Namespace(name.to_string()))
-    }
-
-    fn ip(&self, args: &str) {
-        let status =
-            Command::new("ip").args(["-n", &self.0]).args(args.split(' ')).status().unwrap();
-        assert!(status.success(), "ip -n {} {args}", self.0);
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0, program]);
-        cmd
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn initramfs(dir: &Path, name: &str, script: &str, agent: &Path) -> PathBuf {
     let path = dir.join(format!("{name}.sh"));
@@ -112,15 +85,15 @@ fn two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping() {
     let Some(ns) = Namespace::create(&format!("kiln-test-{}", std::process::id())) else {
         return skip::skip(test, "cannot create a network namespace here (ip netns add failed)");
     };
-    ns.ip("link set lo up");
-    ns.ip("link add kbr0 type bridge");
+    ns.ip("link set lo up").unwrap();
+    ns.ip("link add kbr0 type bridge").unwrap();
     for tap in ["ktap0", "ktap1"] {
-        ns.ip(&format!("tuntap add dev {tap} mode tap"));
-        ns.ip(&format!("link set {tap} master kbr0"));
-        ns.ip(&format!("link set {tap} up"));
+        ns.ip(&format!("tuntap add dev {tap} mode tap")).unwrap();
+        ns.ip(&format!("link set {tap} master kbr0")).unwrap();
+        ns.ip(&format!("link set {tap} up")).unwrap();
     }
-    ns.ip("addr add 192.0.2.254/24 dev kbr0");
-    ns.ip("link set kbr0 up");
+    ns.ip("addr add 192.0.2.254/24 dev kbr0").unwrap();
+    ns.ip("link set kbr0 up").unwrap();
 
     let dir = std::env::temp_dir().join(format!("kiln-net-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
