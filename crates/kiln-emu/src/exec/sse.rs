@@ -200,6 +200,10 @@ fn is_sse(m: Mnemonic) -> bool {
             | M::Pmulhuw
             | M::Pmuludq
             | M::Pmovmskb
+            | M::Pinsrw
+            | M::Pextrw
+            | M::Pmaddwd
+            | M::Psadbw
             | M::Movmskps
             | M::Movmskpd
             | M::Punpcklbw
@@ -457,6 +461,51 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
             let r = c.i.op_register(0);
             let idx = (r.full_register() as usize).wrapping_sub(Register::RAX as usize);
             c.cpu.set_gpr_sized(idx & 15, 8, mask);
+        }
+        M::Pinsrw => {
+            let d = dst_xmm(c)?;
+            let k = u32::from(c.i.immediate8() & 7);
+            let v = read_x(c, 1)? & 0xffff;
+            c.cpu.xmm[d] = (c.cpu.xmm[d] & !(0xffff << (16 * k))) | (v << (16 * k));
+        }
+        M::Pextrw => {
+            // The SSE2 form: a general register destination (the SSE4.1 memory form is #UD).
+            let r = c.i.op_register(0);
+            if c.i.op0_kind() != OpKind::Register || is_xmm(r) {
+                return Err(Exception::ud().into());
+            }
+            let k = u32::from(c.i.immediate8() & 7);
+            let v = (read_x(c, 1)? >> (16 * k)) as u64 & 0xffff;
+            let idx = (r.full_register() as usize).wrapping_sub(Register::RAX as usize);
+            c.cpu.set_gpr_sized(idx & 15, 8, v);
+        }
+        M::Pmaddwd => {
+            let d = dst_xmm(c)?;
+            let s = read_x(c, 1)?;
+            let a = c.cpu.xmm[d];
+            let word = |v: u128, k: u32| i64::from((v >> (16 * k)) as u16 as i16);
+            let mut r = 0u128;
+            for k in 0..4 {
+                let sum = word(a, 2 * k) * word(s, 2 * k) + word(a, 2 * k + 1) * word(s, 2 * k + 1);
+                r |= u128::from(sum as u32) << (32 * k);
+            }
+            c.cpu.xmm[d] = r;
+        }
+        M::Psadbw => {
+            let d = dst_xmm(c)?;
+            let s = read_x(c, 1)?;
+            let a = c.cpu.xmm[d];
+            let mut r = 0u128;
+            for half in 0..2 {
+                let sum: u32 = (0..8)
+                    .map(|k| {
+                        let at = 64 * half + 8 * k;
+                        u32::from(((a >> at) as u8).abs_diff((s >> at) as u8))
+                    })
+                    .sum();
+                r |= u128::from(sum) << (64 * half);
+            }
+            c.cpu.xmm[d] = r;
         }
         M::Pshufd | M::Pshuflw | M::Pshufhw | M::Shufps | M::Shufpd => {
             let d = dst_xmm(c)?;

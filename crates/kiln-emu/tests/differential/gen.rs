@@ -169,6 +169,10 @@ impl Gen {
             let Some(fam) = family(op.mnemonic()) else {
                 continue;
             };
+            // PEXTRW to memory is SSE4.1, which emu does not advertise.
+            if matches!(code, Code::Pextrw_r32m16_xmm_imm8 | Code::Pextrw_r64m16_xmm_imm8) {
+                continue;
+            }
             if !op.op_kinds().iter().all(|k| operand_supported(*k)) {
                 continue;
             }

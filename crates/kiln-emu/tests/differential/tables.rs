@@ -215,6 +215,10 @@ pub fn family(m: Mnemonic) -> Option<Family> {
         | M::Pmulhuw
         | M::Pmuludq
         | M::Pmovmskb
+        | M::Pinsrw
+        | M::Pextrw
+        | M::Pmaddwd
+        | M::Psadbw
         | M::Movmskps
         | M::Movmskpd
         | M::Punpcklbw
