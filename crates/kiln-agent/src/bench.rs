@@ -24,6 +24,18 @@ use std::time::{Duration, Instant};
 /// The first word of every report line.
 pub const REPORT_PREFIX: &str = "KILN-BENCH";
 
+/// Printed (and flushed) on stdout just before a probe's clock starts, so that an observer
+/// outside a VM can time the probe with its own clock: a guest's clock under a software CPU
+/// is guest time, which is not wall time.
+pub const START_MARKER: &str = "KILN-BENCH-START";
+
+fn mark_start() {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{START_MARKER}");
+    let _ = out.flush();
+}
+
 /// Alignment of the I/O buffer and of block sizes: what `O_DIRECT` asks of both on Linux
 /// block devices with 4 KiB logical blocks (512 would do for most, 4096 is safe for all).
 pub const DIRECT_ALIGN: usize = 4096;
@@ -322,6 +334,7 @@ pub fn disk(spec: &DiskSpec) -> Result<Report, BenchError> {
     let block = spec.block_size as u64;
     let ops = spec.total / block;
     let mut offsets = Offsets::new(spec.seed, spec.span, block);
+    mark_start();
     let start = Instant::now();
     for i in 0..ops {
         let offset = if spec.mode.random() { offsets.next().unwrap_or(0) } else { i * block };
@@ -402,6 +415,7 @@ pub fn tcp_send(to: SocketAddr, total: u64, wait: Duration) -> Result<Report, Be
         }
     };
     let buf = AlignedBuf::new(TCP_CHUNK, total);
+    mark_start();
     let start = Instant::now();
     let (mut left, mut ops) = (total, 0u64);
     while left > 0 {

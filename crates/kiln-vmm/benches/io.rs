@@ -18,10 +18,12 @@
 //! (default 8M), `KILN_IO_SEED` (default 1). `KILN_BENCH_ENGINE` picks the engine (default
 //! `auto`: kvm where hardware virtualization exists, emu elsewhere).
 
-use kiln_agent::bench::{parse_size, REPORT_PREFIX};
+use kiln_agent::bench::{parse_size, REPORT_PREFIX, START_MARKER};
 use kiln_testguest::netns::Namespace;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
 
 const RAND_BLOCK: u64 = 4096;
 const SEQ_BLOCK: u64 = 1 << 20;
@@ -104,6 +106,67 @@ fn reports(text: &str) -> Vec<Report> {
             Some(Report { kind, mode, fields })
         })
         .collect()
+}
+
+/// A VM's console read as it arrives, each line with the host time it came.
+struct Timed {
+    lines: Vec<(Instant, String)>,
+    stderr: Vec<u8>,
+}
+
+impl Timed {
+    /// Reads `child`'s stdout line by line until it ends (stderr on a thread), then waits.
+    fn collect(mut child: Child) -> Timed {
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = e.read_to_end(&mut buf);
+                buf
+            })
+        });
+        let mut lines = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                let text = String::from_utf8_lossy(&line).replace('\r', "");
+                lines.push((Instant::now(), text));
+            }
+        }
+        let _ = child.wait();
+        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        Timed { lines, stderr }
+    }
+
+    fn console(&self) -> String {
+        self.lines.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+
+    /// The reports, re-timed with the host's clock: from the probe's start marker to its
+    /// report line. Inside a VM the probe's own clock is guest time, which under a software
+    /// CPU (instruction-driven, skipping ahead while idle) is not wall time.
+    fn host_timed_reports(&self) -> Vec<Report> {
+        let mut started = None;
+        let mut found = Vec::new();
+        for (at, line) in &self.lines {
+            if line.contains(START_MARKER) {
+                started = Some(*at);
+                continue;
+            }
+            let Some(mut report) = reports(line).into_iter().next() else { continue };
+            if let (Some(t0), Some(bytes), Some(ops)) =
+                (started.take(), report.field("bytes"), report.field("ops"))
+            {
+                let secs = at.duration_since(t0).as_secs_f64().max(1e-9);
+                let guest_secs = report.field("secs").unwrap_or(0.0);
+                report.fields.retain(|(k, _)| !matches!(k.as_str(), "secs" | "mib_s" | "iops"));
+                report.fields.push(("secs".into(), format!("{secs:.6}")));
+                report.fields.push(("mib_s".into(), format!("{:.3}", bytes / secs / 1048576.0)));
+                report.fields.push(("iops".into(), format!("{:.1}", ops / secs)));
+                report.fields.push(("guest_secs".into(), format!("{guest_secs:.6}")));
+            }
+            found.push(report);
+        }
+        found
+    }
 }
 
 fn find<'a>(reports: &'a [Report], kind: &str, mode: &str) -> Option<&'a Report> {
@@ -201,19 +264,22 @@ fn guest_disk(
         script.push_str(&format!("kiln-agent {} || echo KILN-IO-FAILED\n", args.join(" ")));
     }
     let initrd = initramfs(dir, "disk", &script, agent)?;
-    let out = vm
+    let child = vm
         .command(None, &initrd)
         .arg("--disk")
         .arg(&image)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run kiln-vmm: {e}"))?;
-    let console = text(&out);
+    let out = Timed::collect(child);
     let engine = engine_used(&out.stderr).unwrap_or_else(|| vm.engine.clone());
-    let found = reports(&console);
+    let found = out.host_timed_reports();
     if found.len() < 4 {
         return Err(format!(
-            "the disk VM reported {} of 4 probes; console:\n{console}\n{}",
+            "the disk VM reported {} of 4 probes; console:\n{}\n{}",
             found.len(),
+            out.console(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -295,21 +361,22 @@ fn guest_tcp(
             .map_err(|e| format!("cannot run kiln-vmm: {e}"))
     };
     let receiving = spawn(&receiver, "ktap1", "02:00:00:00:00:02")?;
-    let sending = spawn(&sender, "ktap0", "02:00:00:00:00:01")?;
-    let sent = sending.wait_with_output().map_err(|e| format!("sender VM: {e}"))?;
-    let received = receiving.wait_with_output().map_err(|e| format!("receiver VM: {e}"))?;
-    find(&reports(&text(&sent)), "tcp", "send").cloned().ok_or_else(|| {
+    let receiving = std::thread::spawn(move || receiving.wait_with_output());
+    let sent = Timed::collect(spawn(&sender, "ktap0", "02:00:00:00:00:01")?);
+    let received = receiving
+        .join()
+        .map_err(|_| "the receiver VM's reader panicked".to_string())?
+        .map_err(|e| format!("receiver VM: {e}"))?;
+    find(&sent.host_timed_reports(), "tcp", "send").cloned().ok_or_else(|| {
         format!(
             "the sender VM reported no transfer; sender console:\n{}\nreceiver console:\n{}",
-            text(&sent),
+            sent.console(),
             text(&received)
         )
     })
 }
 
-/// The static agent the tests use (`KILN_AGENT_STATIC`, else the debug build). Not the release
-/// build: its integer formatting uses PINSRW, which emu does not implement yet (the guest
-/// gets SIGILL on the first report line).
+/// The static agent the tests use (`KILN_AGENT_STATIC`, else the debug build).
 fn agent() -> Result<PathBuf, String> {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln-vmm")).parent().unwrap_or(Path::new("."));
     kiln_testguest::agent::static_agent(bin_dir)
@@ -410,6 +477,10 @@ fn main() {
             .and_then(|r| r.fields.iter().find(|(k, _)| k == "direct").map(|(_, v)| v.clone()))
             .unwrap_or_else(|| "n/a".into())
     };
+    println!(
+        "All figures are timed by the host's clock (for VMs: from the probe's start line to its \
+         report line on the console; a guest's own clock is guest time, not wall time)."
+    );
     println!(
         "P = throughput_virtual / throughput_native. Host disk: a file in {} (O_DIRECT: {}); \
          VM disk: /dev/vda (O_DIRECT: {}) on a raw image in the same directory. Host TCP: a \
