@@ -132,7 +132,8 @@ impl Cpu {
         // every other vCPU's accesses: on aligned RAM operands their write is a host
         // compare-and-swap against the value their read saw, and the instruction runs again if
         // another vCPU wrote in between (memory is the first thing an instruction writes, so
-        // nothing else has changed yet). Other operands (MMIO, split) serialize on one lock.
+        // nothing else has changed yet). Every locked instruction also holds one process-wide
+        // lock, which is what makes the operands a host CAS cannot cover (MMIO, split) atomic.
         let locked = instr.has_lock_prefix()
             || (instr.mnemonic() == Mnemonic::Xchg
                 && (instr.op0_kind() == OpKind::Memory || instr.op1_kind() == OpKind::Memory));
