@@ -13,8 +13,6 @@ use kiln_api::{
 pub struct UserArgs {
     #[command(subcommand)]
     pub command: UserCommand,
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 /// `kiln grant ...`.
@@ -22,15 +20,6 @@ pub struct UserArgs {
 pub struct GrantArgs {
     #[command(subcommand)]
     pub command: GrantCommand,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
-/// Commands that take only the API options.
-#[derive(Debug, Args)]
-pub struct ApiOnly {
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,8 +140,7 @@ fn print_grants(out: Output, grants: &[Grant]) -> Result<(), CliError> {
 }
 
 /// Runs a `kiln user` command.
-pub fn user(args: UserArgs) -> Result<(), CliError> {
-    let api = &args.api;
+pub fn user(args: UserArgs, api: &ApiArgs) -> Result<(), CliError> {
     let client = api.client()?;
     match args.command {
         UserCommand::Add(a) => {
@@ -179,8 +167,7 @@ pub fn user(args: UserArgs) -> Result<(), CliError> {
 }
 
 /// Runs a `kiln grant` command.
-pub fn grant(args: GrantArgs) -> Result<(), CliError> {
-    let api = &args.api;
+pub fn grant(args: GrantArgs, api: &ApiArgs) -> Result<(), CliError> {
     let client = api.client()?;
     match args.command {
         GrantCommand::Add { principal, role, scope } => {

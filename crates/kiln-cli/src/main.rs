@@ -32,6 +32,9 @@ https://):
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, propagate_version = true, after_help = EXIT_STATUS_HELP)]
 struct Cli {
+    /// How to reach kilnd, for the VM and access commands (before or after the subcommand).
+    #[command(flatten)]
+    api: api_client::ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,7 +50,7 @@ enum Command {
     /// Roles given to principals, globally or per project or VM (admin).
     Grant(access::GrantArgs),
     /// Who kilnd takes you for, and your grants.
-    Whoami(access::ApiOnly),
+    Whoami,
     /// Print a shell completion script (e.g. `kiln completions bash > /etc/bash_completion.d/kiln`).
     Completions {
         #[arg(value_enum)]
@@ -58,8 +61,6 @@ enum Command {
         /// How many of the latest entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        #[command(flatten)]
-        api: api_client::ApiArgs,
     },
 }
 
@@ -76,7 +77,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    let kilnd_result = match cli.command {
+    let Cli { api, command } = cli;
+    let kilnd_result = match command {
         Command::Sched(args) => {
             return match sched::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -91,11 +93,11 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Command::Vm(command) => vm::run(command),
-        Command::User(args) => access::user(args),
-        Command::Grant(args) => access::grant(args),
-        Command::Whoami(args) => access::whoami(&args.api),
-        Command::Audit { limit, api } => access::audit(&api, limit),
+        Command::Vm(command) => vm::run(command, &api),
+        Command::User(args) => access::user(args, &api),
+        Command::Grant(args) => access::grant(args, &api),
+        Command::Whoami => access::whoami(&api),
+        Command::Audit { limit } => access::audit(&api, limit),
     };
     match kilnd_result {
         Ok(()) => ExitCode::SUCCESS,

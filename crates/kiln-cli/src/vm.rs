@@ -17,7 +17,7 @@ pub enum VmCommand {
     /// Define a VM (state `defined`); nothing is created if a field is wrong.
     Create(CreateArgs),
     /// List the VMs you may see.
-    List(ListArgs),
+    List,
     /// Show one VM.
     Show(NameArg),
     /// Start a VM's monitor (from defined, stopped or crashed), or queue it if it does not fit.
@@ -44,7 +44,7 @@ pub enum VmCommand {
     /// input is sent, then output is shown until the VM ends).
     Console(NameArg),
     /// The queue of VMs waiting for room, in policy order, with the head's estimated start.
-    Queue(ListArgs),
+    Queue,
 }
 
 #[derive(Debug, Args)]
@@ -57,22 +57,12 @@ pub struct StartArgs {
     /// New declared run time in seconds (an estimate for sjf and easy).
     #[arg(long, value_name = "SECS")]
     pub expected_runtime: Option<u64>,
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct NameArg {
     /// The VM's name.
     pub name: String,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,8 +117,6 @@ pub struct CreateArgs {
     /// A vsock device for the guest agent: `kiln stop` then asks the guest to shut down first.
     #[arg(long)]
     pub vsock: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -139,8 +127,6 @@ pub struct StopArgs {
     /// between SIGTERM and SIGKILL [default: kilnd's, 10].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -156,27 +142,6 @@ pub struct LogsArgs {
     /// Keep printing what is appended, until interrupted or the VM is at rest.
     #[arg(long, short)]
     pub follow: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
-impl VmCommand {
-    fn api(&self) -> &ApiArgs {
-        match self {
-            VmCommand::Create(a) => &a.api,
-            VmCommand::List(a) | VmCommand::Queue(a) => &a.api,
-            VmCommand::Start(a) => &a.api,
-            VmCommand::Stop(a) | VmCommand::Restart(a) => &a.api,
-            VmCommand::Logs(a) => &a.api,
-            VmCommand::Show(a)
-            | VmCommand::Kill(a)
-            | VmCommand::Pause(a)
-            | VmCommand::Resume(a)
-            | VmCommand::Destroy(a)
-            | VmCommand::Events(a)
-            | VmCommand::Console(a) => &a.api,
-        }
-    }
 }
 
 fn absolute(path: &std::path::Path) -> Result<String, CliError> {
@@ -188,12 +153,12 @@ fn absolute(path: &std::path::Path) -> Result<String, CliError> {
 }
 
 /// Runs one VM command.
-pub fn run(command: VmCommand) -> Result<(), CliError> {
+pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
     if let VmCommand::Console(a) = &command {
-        return crate::console::attach(&a.name, &a.api);
+        return crate::console::attach(&a.name, api);
     }
-    let client = command.api().client()?;
-    let out = command.api().output;
+    let client = api.client()?;
+    let out = api.output;
     let vm_path = |name: &str, verb: &str| {
         let base = format!("/v1/vms/{}", crate::api_client::encode(name));
         if verb.is_empty() {
@@ -229,7 +194,7 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
             };
             one(client.call("POST", "/v1/vms", Some(&spec))?)
         }
-        VmCommand::List(_) => {
+        VmCommand::List => {
             let vms: Vec<Vm> = client.get("/v1/vms")?;
             if out == Output::Json {
                 return crate::api_client::print_json(&vms);
@@ -264,7 +229,7 @@ pub fn run(command: VmCommand) -> Result<(), CliError> {
             }
             one(client.post(&path)?)
         }
-        VmCommand::Queue(_) => {
+        VmCommand::Queue => {
             let view: QueueView = client.get("/v1/queue")?;
             if out == Output::Json {
                 return crate::api_client::print_json(&view);

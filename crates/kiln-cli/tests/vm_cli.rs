@@ -39,3 +39,19 @@ fn an_unreachable_kilnd_is_one_line_and_status_1() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot connect to kilnd at /nonexistent/kilnd.sock"), "{err}");
 }
+
+#[test]
+fn connection_options_work_before_or_after_the_subcommand() {
+    for args in [
+        &["--socket", "/nonexistent/a.sock", "list"][..],
+        &["list", "--socket", "/nonexistent/a.sock"],
+        &["--socket", "/nonexistent/a.sock", "user", "list"],
+        &["user", "list", "--socket", "/nonexistent/a.sock"],
+        &["--output", "json", "--socket", "/nonexistent/a.sock", "show", "web"],
+    ] {
+        let o = kiln(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "kiln {args:?}: {err}");
+        assert!(err.contains("cannot connect to kilnd at /nonexistent/a.sock"), "{args:?}: {err}");
+    }
+}
