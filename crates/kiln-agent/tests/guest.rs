@@ -42,20 +42,15 @@ fn exec_in_a_real_guest_returns_output_and_status() {
     let dir = std::env::temp_dir().join(format!("kiln-agent-guest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("init.user");
-    std::fs::write(&script, "#!/bin/sh\n/bin/kiln-agent serve &\nsleep 900\n").unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    let built = Command::new(&image)
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&script)
-        .arg("--add")
-        .arg(format!("{}:/bin/kiln-agent", agent.display()))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(built.success(), "kiln-image initramfs");
+    let script = "#!/bin/sh\n/bin/kiln-agent serve &\nsleep 900\n";
+    let initrd = kiln_testguest::initramfs::build(
+        &image,
+        &dir,
+        "initramfs",
+        script,
+        &[(&agent, "/bin/kiln-agent")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let uds = dir.join("v.sock");
     let console = dir.join("console.log");

@@ -3,6 +3,7 @@
 //! * [`guests`] assembles small 64-bit guests with iced-x86's code assembler: serial output, port
 //!   I/O, MMIO, HLT, triple fault, several vCPUs, code at CPL0 and CPL3.
 //! * [`elf`] wraps guest code into an ELF64 kernel image that `kiln-vmm --kernel` boots.
+//! * [`initramfs`] builds a Kiln initramfs with a test's script and files through kiln-image.
 //! * [`harness`] runs a guest directly on an engine with a recording [`kiln_engine::IoHandler`], so
 //!   the same engine-conformance tests run on `kvm` and `emu`.
 //! * [`netns`] gives tests a network namespace of their own for bridges, TAPs and veth pairs.
@@ -15,6 +16,7 @@ pub mod conformance;
 pub mod elf;
 pub mod guests;
 pub mod harness;
+pub mod initramfs;
 pub mod netns;
 pub mod privileged;
 pub mod skip;

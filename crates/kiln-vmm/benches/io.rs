@@ -200,25 +200,8 @@ fn native_disk(agent: &Path, sizes: &Sizes, file: &Path) -> Result<Vec<Report>, 
 
 /// Builds an initramfs whose /init.user is `script`, with the agent as /bin/kiln-agent.
 fn initramfs(dir: &Path, name: &str, script: &str, agent: &Path) -> Result<PathBuf, String> {
-    let path = dir.join(format!("{name}.sh"));
-    std::fs::write(&path, script).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let out = dir.join(format!("{name}.cpio"));
-    let tool = env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image");
-    let built = Command::new(&tool)
-        .args(["initramfs", "--out"])
-        .arg(&out)
-        .arg("--init")
-        .arg(&path)
-        .arg("--add")
-        .arg(format!("{}:/bin/kiln-agent", agent.display()))
-        .stdout(Stdio::null())
-        .status();
-    match built {
-        Ok(s) if s.success() => Ok(out),
-        _ => {
-            Err(format!("{tool} initramfs failed (build it: cargo build --release -p kiln-image)"))
-        }
-    }
+    let tool = kiln_testguest::initramfs::tool_next_to(env!("CARGO_BIN_EXE_kiln-vmm"));
+    kiln_testguest::initramfs::build(&tool, dir, name, script, &[(agent, "/bin/kiln-agent")])
 }
 
 struct Vm {

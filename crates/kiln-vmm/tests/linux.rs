@@ -25,20 +25,14 @@ fn guest_kernel(test: &str, var: &str) -> Option<PathBuf> {
 fn initramfs_with(test: &str, name: &str, script: &str) -> Option<(PathBuf, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("kiln-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let init = dir.join("init.user");
-    std::fs::write(&init, script).unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&init)
-        .stdout(Stdio::null())
-        .status();
-    if !matches!(built, Ok(s) if s.success()) {
-        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
-        return None;
-    }
+    let tool = kiln_testguest::initramfs::tool_next_to(env!("CARGO_BIN_EXE_kiln-vmm"));
+    let initrd = match kiln_testguest::initramfs::build(&tool, &dir, "initramfs", script, &[]) {
+        Ok(initrd) => initrd,
+        Err(why) => {
+            skip::skip(test, &format!("kiln-image is not built next to kiln-vmm: {why}"));
+            return None;
+        }
+    };
     Some((dir, initrd))
 }
 

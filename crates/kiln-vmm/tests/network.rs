@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // test set-up failures should fail the test
 
 use kiln_testguest::netns::Namespace;
-use kiln_testguest::skip;
+use kiln_testguest::{initramfs, skip};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,21 +14,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 fn initramfs(dir: &Path, name: &str, script: &str, agent: &Path) -> PathBuf {
-    let path = dir.join(format!("{name}.sh"));
-    std::fs::write(&path, script).unwrap();
-    let out = dir.join(format!("{name}.cpio"));
-    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
-        .args(["initramfs", "--out"])
-        .arg(&out)
-        .arg("--init")
-        .arg(&path)
-        .arg("--add")
-        .arg(format!("{}:/bin/kiln-agent", agent.display()))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(built.success(), "kiln-image initramfs");
-    out
+    let tool = initramfs::tool_next_to(env!("CARGO_BIN_EXE_kiln-vmm"));
+    initramfs::build(&tool, dir, name, script, &[(agent, "/bin/kiln-agent")])
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Starts a VM in the namespace and forwards its console lines, tagged, to `lines`.

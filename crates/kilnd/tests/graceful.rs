@@ -15,7 +15,6 @@ use common::*;
 use kiln_api::{Event, VmState};
 use kiln_testguest::skip;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
@@ -103,25 +102,16 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
     let d = Daemon::start("graceful-real");
     // The guest's program: the agent in the background, and a trap that shows the SIGTERM of
     // the shutdown reached it.
-    let script = d.dir.join("init.user");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\ntrap 'echo GUEST-GOT-SIGTERM; exit 0' TERM\n/bin/kiln-agent serve &\n\
-         while true; do sleep 1; done\n",
+    let script = "#!/bin/sh\ntrap 'echo GUEST-GOT-SIGTERM; exit 0' TERM\n/bin/kiln-agent serve &\n\
+                  while true; do sleep 1; done\n";
+    let initrd = kiln_testguest::initramfs::build(
+        &image,
+        &d.dir,
+        "initramfs",
+        script,
+        &[(&agent, "/bin/kiln-agent")],
     )
-    .unwrap();
-    let initrd = d.dir.join("initramfs.cpio");
-    let built = Command::new(&image)
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&script)
-        .arg("--add")
-        .arg(format!("{}:/bin/kiln-agent", agent.display()))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(built.success(), "kiln-image initramfs");
+    .unwrap_or_else(|e| panic!("{e}"));
     let c = d.admin();
     let mut s = spec("guest", kernel.to_str().unwrap());
     s.engine = kiln_api::Engine::Emu;
