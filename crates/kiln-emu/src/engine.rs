@@ -111,6 +111,7 @@ impl Vm for EmuVm {
         Ok(Box::new(EmuVcpu {
             index,
             cpu,
+            blocks: crate::block::Blocks::new(),
             started: false,
             kick: Arc::new(EmuKick { flag: AtomicBool::new(false), chip: self.chip.clone() }),
             chip: self.chip.clone(),
@@ -191,6 +192,7 @@ impl IoHandler for PlatformIo<'_> {
 pub struct EmuVcpu {
     index: u32,
     cpu: Cpu,
+    blocks: crate::block::Blocks,
     /// The vCPU has state to run: a boot state, or a start-up IPI arrived.
     started: bool,
     kick: Arc<EmuKick>,
@@ -293,9 +295,13 @@ impl EmuVcpu {
                 Some(at) => at.saturating_sub(now).clamp(1, u64::from(SLICE)) as u32,
                 None => SLICE,
             };
-            for n in 0..budget {
-                if let Err(e) = self.cpu.step(io) {
-                    return self.step_error(e);
+            let mut done = 0u32;
+            while done < budget {
+                // Interrupts are asynchronous: looking every 64 instructions is enough.
+                let chunk = u64::from((budget - done).min(64));
+                match self.blocks.run(&mut self.cpu, io, chunk) {
+                    Ok(n) => done = done.saturating_add(n as u32),
+                    Err(e) => return self.step_error(e),
                 }
                 if io.touched.load(Ordering::Relaxed) {
                     io.touched.store(false, Ordering::Relaxed);
@@ -308,9 +314,7 @@ impl EmuVcpu {
                 if self.cpu.halted {
                     break;
                 }
-                // Interrupts are asynchronous: looking every 64 instructions is enough.
-                if n % 64 == 63
-                    && self.chip.attention(self.slot())
+                if self.chip.attention(self.slot())
                     && self.cpu.flag(flags::IF)
                     && !self.cpu.interrupt_shadow
                 {

@@ -17,6 +17,7 @@
 //! protected-mode interrupt delivery, a decoded-block cache. x87 and SSE/SSE2 floating point run
 //! on the host's FPU under the guest's control words (see `exec/x87.rs`, `exec/ssefp.rs`).
 
+pub mod block;
 pub mod cpu;
 mod engine;
 pub mod exec;
@@ -27,6 +28,7 @@ pub mod mem;
 pub mod mmu;
 pub mod sandbox;
 
+pub use block::Blocks;
 pub use cpu::Cpu;
 pub use engine::{EmuConfig, EmuEngine, EmuVcpu, EmuVm};
 pub use fault::{Exception, Vector};

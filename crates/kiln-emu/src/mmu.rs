@@ -173,6 +173,30 @@ impl Cpu {
         Some(e.host.wrapping_add((la & 0xfff) as usize).cast_const())
     }
 
+    /// The host address of `len` bytes at linear `la` if the TLB already holds a translation of
+    /// their page that permits the access at the current privilege, the bytes are RAM within
+    /// that page, and, for a write, the page is already dirty: the decoded-block fast path,
+    /// which gives the access to the generic path (and [`Cpu::translate`]) otherwise.
+    #[inline(always)]
+    pub(crate) fn tlb_data_host(&self, la: u64, len: u32, write: bool) -> Option<*mut u8> {
+        if (la & 0xfff) + u64::from(len) > 4096 {
+            return None;
+        }
+        let vpn = la >> 12;
+        let e = &self.tlb.entries[(vpn as usize) % TLB_SIZE];
+        if e.vpn != vpn || e.host.is_null() {
+            return None;
+        }
+        let user = self.cpl() == 3;
+        if user && !e.user {
+            return None;
+        }
+        if write && !(e.dirty && (e.writable || (!user && self.cr0 & CR0_WP == 0))) {
+            return None;
+        }
+        Some(e.host.wrapping_add((la & 0xfff) as usize))
+    }
+
     #[inline]
     fn permits(&self, e: &TlbEntry, access: Access, user: bool) -> bool {
         if user && !e.user {

@@ -111,6 +111,8 @@ pub struct Sandbox {
     pub cpu: Cpu,
     /// The I/O handler used by [`Sandbox::run`].
     pub io: RecordingIo,
+    /// The decoded blocks [`Sandbox::run`] executes.
+    pub blocks: crate::block::Blocks,
 }
 
 impl Sandbox {
@@ -119,7 +121,12 @@ impl Sandbox {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE)])
             .map_err(SandboxError::Alloc)?;
         let phys = PhysMem::new(&memory).map_err(SandboxError::Map)?;
-        let mut sb = Sandbox { memory, cpu: Cpu::new(phys), io: RecordingIo::default() };
+        let mut sb = Sandbox {
+            memory,
+            cpu: Cpu::new(phys),
+            io: RecordingIo::default(),
+            blocks: crate::block::Blocks::new(),
+        };
         sb.build();
         Ok(sb)
     }
@@ -259,8 +266,7 @@ impl Sandbox {
     pub fn run(&mut self, max: u64) -> Result<u64, crate::fault::StepError> {
         let mut n = 0;
         while n < max && !self.cpu.halted {
-            self.cpu.step(&self.io)?;
-            n += 1;
+            n += self.blocks.run(&mut self.cpu, &self.io, max - n)?;
         }
         Ok(n)
     }

@@ -12,7 +12,7 @@ mod data;
 mod msr;
 mod muldiv;
 mod seg;
-mod shift;
+pub(crate) mod shift;
 mod sse;
 mod ssefp;
 mod string;

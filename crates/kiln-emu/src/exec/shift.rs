@@ -19,7 +19,6 @@ fn count(c: &mut Ctx, size: u32) -> Result<u32, crate::fault::Exception> {
 /// SHL, SAL, SHR, SAR, ROL, ROR, RCL, RCR.
 pub(super) fn shift(c: &mut Ctx, m: Mnemonic) -> R {
     let size = c.op_size(0);
-    let bits = size * 8;
     let mk = mask(size);
     let cnt = count(c, size)?;
     let a = c.read(0)? & mk;
@@ -28,8 +27,27 @@ pub(super) fn shift(c: &mut Ctx, m: Mnemonic) -> R {
         c.write(0, a)?;
         return Ok(());
     }
+    let Some((res, f, which)) = compute(m, a, cnt, size, c.cpu.rflags & CF) else {
+        return Err(crate::fault::Exception::ud().into());
+    };
+    c.write(0, res)?;
+    c.cpu.set_flags(which, f);
+    Ok(())
+}
+
+/// The result, flags and changed-flag mask of shift or rotate `m` of the `size`-byte value `a` by
+/// the masked, non-zero count `cnt` with carry `old_cf` (0 or 1); `None` for other mnemonics.
+/// Shared with the decoded-block fast path.
+pub(crate) fn compute(
+    m: Mnemonic,
+    a: u64,
+    cnt: u32,
+    size: u32,
+    old_cf: u64,
+) -> Option<(u64, u64, u64)> {
+    let bits = size * 8;
+    let mk = mask(size);
     let msb = |v: u64| (v >> (bits - 1)) & 1;
-    let old_cf = c.cpu.rflags & CF;
     let (res, f, which) = match m {
         Mnemonic::Shl | Mnemonic::Sal => {
             let r = if cnt < bits { (a << cnt) & mk } else { 0 };
@@ -85,11 +103,9 @@ pub(super) fn shift(c: &mut Ctx, m: Mnemonic) -> R {
                 if m == Mnemonic::Rcl { msb(r) ^ cf } else { msb(r) ^ ((r >> (bits - 2)) & 1) };
             (r, cf | (of << 11), CF | OF)
         }
-        _ => return Err(crate::fault::Exception::ud().into()),
+        _ => return None,
     };
-    c.write(0, res)?;
-    c.cpu.set_flags(which, f & !AF);
-    Ok(())
+    Some((res, f & !AF, which))
 }
 
 /// SHLD and SHRD.

@@ -1,0 +1,397 @@
+//! Executing one block operation.
+//!
+//! An operation either completes or gives up ([`Bail`]) before changing anything: whenever a
+//! case is not the plain one (a TLB miss, MMIO, a page-crossing or non-canonical access, a page
+//! not yet dirty, a non-canonical branch target), the instruction is executed again on the
+//! generic path, which raises the right exception or does the slow access. So the fast path
+//! never raises an exception itself and cannot get one wrong.
+
+use super::lazy::{Kind, Lazy};
+use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, NO_REG};
+use crate::cpu::Cpu;
+use crate::fault::is_canonical;
+use crate::flags::{self, mask, sext, sign_bit};
+
+/// The operation cannot complete on the fast path; nothing was changed.
+pub(super) struct Bail;
+
+/// What follows an operation that completed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    /// The next operation of the block (RIP is advanced by the caller).
+    Next,
+    /// RIP was set by a branch.
+    Branch,
+    /// The operation stored into the page of the running block, whose later bytes may have
+    /// changed: the block must be looked up (and validated) again.
+    CodeWritten,
+}
+
+type Res<T = Flow> = Result<T, Bail>;
+
+#[inline(always)]
+fn linear(cpu: &Cpu, m: &Mem) -> Res<u64> {
+    let mut a = m.disp;
+    if m.base != NO_REG {
+        a = a.wrapping_add(cpu.gpr[usize::from(m.base)]);
+    }
+    if m.index != NO_REG {
+        a = a.wrapping_add(cpu.gpr[usize::from(m.index)] << m.shift);
+    }
+    if m.seg != 0 {
+        a = a.wrapping_add(cpu.seg[usize::from(m.seg)].base);
+    }
+    if is_canonical(a) {
+        Ok(a)
+    } else {
+        Err(Bail)
+    }
+}
+
+#[inline(always)]
+fn read_host(p: *const u8, size: u8) -> u64 {
+    // SAFETY: `p` comes from `Cpu::tlb_data_host` for `size` bytes, which lie in one mapped RAM
+    // page. Unaligned reads are what the guest asked for.
+    unsafe {
+        match size {
+            1 => u64::from(*p),
+            2 => u64::from(std::ptr::read_unaligned(p.cast::<u16>())),
+            4 => u64::from(std::ptr::read_unaligned(p.cast::<u32>())),
+            _ => std::ptr::read_unaligned(p.cast::<u64>()),
+        }
+    }
+}
+
+#[inline(always)]
+fn write_host(p: *mut u8, size: u8, v: u64) {
+    // SAFETY: as for `read_host`, for a translation that permits writing.
+    unsafe {
+        match size {
+            1 => *p = v as u8,
+            2 => std::ptr::write_unaligned(p.cast::<u16>(), v as u16),
+            4 => std::ptr::write_unaligned(p.cast::<u32>(), v as u32),
+            _ => std::ptr::write_unaligned(p.cast::<u64>(), v),
+        }
+    }
+}
+
+/// The host address of a memory operand, if the fast path may access it.
+#[inline(always)]
+fn host(cpu: &Cpu, m: &Mem, size: u8, write: bool) -> Res<*mut u8> {
+    let la = linear(cpu, m)?;
+    cpu.tlb_data_host(la, u32::from(size), write).ok_or(Bail)
+}
+
+#[inline(always)]
+fn read(cpu: &Cpu, s: &Src, size: u8) -> Res<u64> {
+    match *s {
+        Src::Reg(r) => Ok(cpu.gpr[usize::from(r)] & mask(u32::from(size))),
+        Src::Imm(v) => Ok(v),
+        Src::Mem(m) => Ok(read_host(host(cpu, &m, size, false)?, size)),
+    }
+}
+
+#[inline(always)]
+fn set_reg(cpu: &mut Cpu, r: u8, size: u8, v: u64) {
+    cpu.set_gpr_sized(usize::from(r), u32::from(size), v);
+}
+
+/// Where a destination is: a register, or the host address of memory already checked for
+/// writing (so that the later write cannot fail after other effects).
+#[derive(Clone, Copy)]
+enum Place {
+    Reg(u8),
+    Host(*mut u8),
+}
+
+#[inline(always)]
+fn place(cpu: &Cpu, d: &Dst, size: u8, write: bool) -> Res<Place> {
+    match *d {
+        Dst::Reg(r) => Ok(Place::Reg(r)),
+        Dst::Mem(m) => Ok(Place::Host(host(cpu, &m, size, write)?)),
+    }
+}
+
+#[inline(always)]
+fn get(cpu: &Cpu, p: Place, size: u8) -> u64 {
+    match p {
+        Place::Reg(r) => cpu.gpr[usize::from(r)] & mask(u32::from(size)),
+        Place::Host(h) => read_host(h, size),
+    }
+}
+
+#[inline(always)]
+fn put(cpu: &mut Cpu, p: Place, size: u8, v: u64, code_page: usize) -> Flow {
+    match p {
+        Place::Reg(r) => {
+            set_reg(cpu, r, size, v);
+            Flow::Next
+        }
+        Place::Host(h) => {
+            write_host(h, size, v);
+            if h as usize >> 12 == code_page >> 12 {
+                Flow::CodeWritten
+            } else {
+                Flow::Next
+            }
+        }
+    }
+}
+
+/// Pushes 8 bytes: checked before RSP changes.
+#[inline(always)]
+fn push(cpu: &mut Cpu, v: u64, code_page: usize) -> Res {
+    let sp = cpu.gpr[4].wrapping_sub(8);
+    if !is_canonical(sp) {
+        return Err(Bail);
+    }
+    let h = cpu.tlb_data_host(sp, 8, true).ok_or(Bail)?;
+    let flow = put(cpu, Place::Host(h), 8, v, code_page);
+    cpu.gpr[4] = sp;
+    Ok(flow)
+}
+
+/// Reads the 8 bytes at the stack top.
+#[inline(always)]
+fn top(cpu: &Cpu) -> Res<u64> {
+    let sp = cpu.gpr[4];
+    if !is_canonical(sp) {
+        return Err(Bail);
+    }
+    Ok(read_host(cpu.tlb_data_host(sp, 8, false).ok_or(Bail)?, 8))
+}
+
+/// A branch target, if canonical (else the generic path raises #GP).
+#[inline(always)]
+fn target(t: u64) -> Res<u64> {
+    if is_canonical(t) {
+        Ok(t)
+    } else {
+        Err(Bail)
+    }
+}
+
+/// Executes `op`, whose instruction is `len` bytes long, with the flags in `lazy`.
+#[inline(always)]
+pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: usize) -> Res {
+    match *op {
+        Op::Mov { size, dst, src } => {
+            let v = read(cpu, &src, size)?;
+            let p = place(cpu, &dst, size, true)?;
+            Ok(put(cpu, p, size, v, code_page))
+        }
+        Op::Alu { op, size, dst, src } => alu(cpu, op, size, dst, src, lazy, code_page),
+        Op::Unary { op, size, dst } => {
+            let p = place(cpu, &dst, size, true)?;
+            let s = u32::from(size);
+            let mk = mask(s);
+            let a = get(cpu, p, size);
+            let r = match op {
+                UnOp::Inc => {
+                    let r = a.wrapping_add(1) & mk;
+                    lazy.set_keep_cf(Kind::Inc, s, a, r, cpu.rflags);
+                    r
+                }
+                UnOp::Dec => {
+                    let r = a.wrapping_sub(1) & mk;
+                    lazy.set_keep_cf(Kind::Dec, s, a, r, cpu.rflags);
+                    r
+                }
+                UnOp::Neg => {
+                    let r = 0u64.wrapping_sub(a) & mk;
+                    lazy.set(Kind::Sub, s, 0, a, r);
+                    r
+                }
+                UnOp::Not => !a & mk,
+            };
+            Ok(put(cpu, p, size, r, code_page))
+        }
+        Op::Shift { m, size, dst, count } => {
+            let p = place(cpu, &dst, size, true)?;
+            let a = get(cpu, p, size);
+            lazy.materialize(&mut cpu.rflags);
+            let old_cf = cpu.rflags & flags::CF;
+            let Some((r, f, which)) =
+                crate::exec::shift::compute(m, a, u32::from(count), u32::from(size), old_cf)
+            else {
+                return Err(Bail);
+            };
+            let flow = put(cpu, p, size, r, code_page);
+            cpu.set_flags(which, f);
+            Ok(flow)
+        }
+        Op::Lea { size, dst, mem } => {
+            let mut a = mem.disp;
+            if mem.base != NO_REG {
+                a = a.wrapping_add(cpu.gpr[usize::from(mem.base)]);
+            }
+            if mem.index != NO_REG {
+                a = a.wrapping_add(cpu.gpr[usize::from(mem.index)] << mem.shift);
+            }
+            set_reg(cpu, dst, size, a);
+            Ok(Flow::Next)
+        }
+        Op::Extend { size, from, signed, dst, src } => {
+            let v = read(cpu, &src, from)?;
+            let v = if signed { sext(v, u32::from(from)) } else { v };
+            set_reg(cpu, dst, size, v);
+            Ok(Flow::Next)
+        }
+        Op::Cmov { cc, size, dst, src } => {
+            let v = read(cpu, &src, size)?;
+            if lazy.cond(cc, cpu.rflags) {
+                set_reg(cpu, dst, size, v);
+            } else if size == 4 {
+                let r = usize::from(dst);
+                cpu.gpr[r] &= 0xffff_ffff;
+            }
+            Ok(Flow::Next)
+        }
+        Op::Set { cc, dst } => {
+            let p = place(cpu, &dst, 1, true)?;
+            let v = u64::from(lazy.cond(cc, cpu.rflags));
+            Ok(put(cpu, p, 1, v, code_page))
+        }
+        Op::XchgRegs { size, a, b } => {
+            let m = mask(u32::from(size));
+            let (va, vb) = (cpu.gpr[usize::from(a)] & m, cpu.gpr[usize::from(b)] & m);
+            set_reg(cpu, a, size, vb);
+            set_reg(cpu, b, size, va);
+            Ok(Flow::Next)
+        }
+        Op::ExtendAcc { size } => {
+            let half = u32::from(size) / 2;
+            let v = sext(cpu.gpr[0] & mask(half), half);
+            set_reg(cpu, 0, size, v);
+            Ok(Flow::Next)
+        }
+        Op::SignAcc { size } => {
+            let s = u32::from(size);
+            let v = if cpu.gpr[0] & sign_bit(s) != 0 { u64::MAX } else { 0 };
+            set_reg(cpu, 2, size, v);
+            Ok(Flow::Next)
+        }
+        Op::Imul { size, dst, a, b } => {
+            let s = u32::from(size);
+            let x = read(cpu, &a, size)?;
+            let y = read(cpu, &b, size)?;
+            let p = i128::from(sext(x, s) as i64) * i128::from(sext(y, s) as i64);
+            let low = (p as u64) & mask(s);
+            let overflow = i128::from(sext(low, s) as i64) != p;
+            set_reg(cpu, dst, size, low);
+            lazy.materialize(&mut cpu.rflags);
+            let f = flags::szp(low, s) | if overflow { flags::CF | flags::OF } else { 0 };
+            cpu.set_arith(f);
+            Ok(Flow::Next)
+        }
+        Op::Push { src } => {
+            let v = read(cpu, &src, 8)?;
+            push(cpu, v, code_page)
+        }
+        Op::Pop { dst } => {
+            let v = top(cpu)?;
+            cpu.gpr[4] = cpu.gpr[4].wrapping_add(8);
+            cpu.gpr[usize::from(dst)] = v;
+            Ok(Flow::Next)
+        }
+        Op::Jcc { cc, target } => {
+            if lazy.cond(cc, cpu.rflags) {
+                cpu.rip = target;
+            } else {
+                cpu.rip = cpu.rip.wrapping_add(u64::from(len));
+            }
+            Ok(Flow::Branch)
+        }
+        Op::Jmp { target } => {
+            cpu.rip = target;
+            Ok(Flow::Branch)
+        }
+        Op::JmpIndirect { src } => {
+            cpu.rip = target(read(cpu, &src, 8)?)?;
+            Ok(Flow::Branch)
+        }
+        Op::Call { target } => {
+            let ret = cpu.rip.wrapping_add(u64::from(len));
+            push(cpu, ret, code_page)?;
+            cpu.rip = target;
+            Ok(Flow::Branch)
+        }
+        Op::CallIndirect { src } => {
+            let t = target(read(cpu, &src, 8)?)?;
+            let ret = cpu.rip.wrapping_add(u64::from(len));
+            push(cpu, ret, code_page)?;
+            cpu.rip = t;
+            Ok(Flow::Branch)
+        }
+        Op::Ret => {
+            let t = target(top(cpu)?)?;
+            cpu.gpr[4] = cpu.gpr[4].wrapping_add(8);
+            cpu.rip = t;
+            Ok(Flow::Branch)
+        }
+        Op::Nop => Ok(Flow::Next),
+    }
+}
+
+#[inline(always)]
+fn alu(
+    cpu: &mut Cpu,
+    op: AluOp,
+    size: u8,
+    dst: Dst,
+    src: Src,
+    lazy: &mut Lazy,
+    code_page: usize,
+) -> Res {
+    let writes = !matches!(op, AluOp::Cmp | AluOp::Test);
+    let b = read(cpu, &src, size)?;
+    let p = place(cpu, &dst, size, writes)?;
+    let a = get(cpu, p, size);
+    let s = u32::from(size);
+    let mk = mask(s);
+    let r = match op {
+        AluOp::Add => {
+            let r = a.wrapping_add(b) & mk;
+            lazy.set(Kind::Add, s, a, b, r);
+            r
+        }
+        AluOp::Sub | AluOp::Cmp => {
+            let r = a.wrapping_sub(b) & mk;
+            lazy.set(Kind::Sub, s, a, b, r);
+            r
+        }
+        AluOp::And | AluOp::Test => {
+            let r = a & b;
+            lazy.set(Kind::Logic, s, r, 0, r);
+            r
+        }
+        AluOp::Or => {
+            let r = a | b;
+            lazy.set(Kind::Logic, s, r, 0, r);
+            r
+        }
+        AluOp::Xor => {
+            let r = a ^ b;
+            lazy.set(Kind::Logic, s, r, 0, r);
+            r
+        }
+        AluOp::Adc | AluOp::Sbb => {
+            let carry = lazy.cf(cpu.rflags);
+            lazy.materialize(&mut cpu.rflags);
+            let (r, f) = if op == AluOp::Adc {
+                let r = a.wrapping_add(b).wrapping_add(carry) & mk;
+                (r, flags::add(a, b, carry, r, s))
+            } else {
+                let r = a.wrapping_sub(b).wrapping_sub(carry) & mk;
+                (r, flags::sub(a, b, carry, r, s))
+            };
+            cpu.set_arith(f);
+            r
+        }
+    };
+    if writes {
+        Ok(put(cpu, p, size, r, code_page))
+    } else {
+        Ok(Flow::Next)
+    }
+}

@@ -1,0 +1,233 @@
+//! Decoded blocks: the fast path of the interpreter for 64-bit code.
+//!
+//! A block is a run of instructions in one page, starting at a RIP and ending at the first
+//! branch, the first instruction the fast path does not model, the page end or
+//! [`MAX_OPS`] instructions. Its instructions are decoded once into [`op::Op`]s (operands
+//! resolved) and run back to back with lazily computed flags ([`lazy`]), so a hot loop costs a
+//! table lookup and a byte comparison per block instead of a fetch, a decode-cache probe and an
+//! operand-kind dispatch per instruction. Anything else (and every operation that meets an
+//! unusual case: see [`exec`]) runs on the generic path, [`Cpu::execute_one`].
+//!
+//! Blocks are keyed by RIP and validated against the guest's bytes on every entry, not by
+//! tracking writes: Linux patches its own code at boot (alternatives, static keys, ftrace), other
+//! vCPUs and devices write memory, and the same linear address can hold other code under another
+//! CR3. Comparing a block's bytes (tens of bytes, in place through the TLB's host pointer) covers
+//! all of these; a block that stores into its own page ends there and is validated again.
+
+mod exec;
+mod lazy;
+mod op;
+
+use crate::cpu::Cpu;
+use crate::fault::{ExecError, StepError};
+use crate::flags;
+use exec::{Bail, Flow};
+use iced_x86::{Decoder, DecoderOptions};
+use kiln_engine::IoHandler;
+use lazy::Lazy;
+use op::Op;
+
+/// The most instructions in one block.
+pub const MAX_OPS: usize = 32;
+/// The most bytes a block's instructions span.
+const MAX_BYTES: usize = 256;
+/// Blocks in the cache (a power of two).
+const SLOTS: usize = 8192;
+
+/// One decoded block.
+struct Block {
+    /// The RIP it starts at (`u64::MAX` for an empty slot).
+    rip: u64,
+    /// The guest bytes it was decoded from. For a block whose first instruction is generic
+    /// (no ops), that instruction's bytes, so a rewrite is noticed.
+    bytes: Vec<u8>,
+    /// The operations and their instruction lengths.
+    ops: Vec<(Op, u8)>,
+}
+
+impl Block {
+    /// The block's bytes equal the guest's at `code` (the host address of its RIP).
+    #[inline(always)]
+    fn matches(&self, code: *const u8) -> bool {
+        let n = self.bytes.len();
+        let mut k = 0;
+        while k + 8 <= n {
+            // SAFETY: `code` is the host address of RIP in a mapped RAM page and the block's
+            // bytes were read from there without crossing the page end, so `k + 8 <= n` bytes
+            // are readable. Other vCPUs may write concurrently: this is why bytes are compared.
+            let now = unsafe { std::ptr::read_unaligned(code.add(k).cast::<u64>()) };
+            let was = u64::from_ne_bytes(self.bytes[k..k + 8].try_into().unwrap_or([0; 8]));
+            if now != was {
+                return false;
+            }
+            k += 8;
+        }
+        while k < n {
+            // SAFETY: as above, for one byte.
+            if unsafe { *code.add(k) } != self.bytes[k] {
+                return false;
+            }
+            k += 1;
+        }
+        true
+    }
+
+    /// Decodes the block at `rip`, whose host address is `code`.
+    fn compile(&mut self, rip: u64, code: *const u8) {
+        self.rip = rip;
+        self.ops.clear();
+        self.bytes.clear();
+        let avail = (4096 - (rip & 0xfff) as usize).min(MAX_BYTES);
+        let mut buf = [0u8; MAX_BYTES];
+        // SAFETY: `code` is the host address of RIP in a mapped RAM page; `avail` bytes up to the
+        // page end are readable.
+        unsafe { std::ptr::copy_nonoverlapping(code, buf.as_mut_ptr(), avail) };
+        let mut dec = Decoder::with_ip(64, &buf[..avail], rip, DecoderOptions::NONE);
+        let mut used = 0;
+        while self.ops.len() < MAX_OPS && dec.can_decode() {
+            let i = dec.decode();
+            if i.is_invalid() {
+                break;
+            }
+            match op::translate(&i) {
+                Some(op) => {
+                    self.ops.push((op, i.len() as u8));
+                    used += i.len();
+                    if op.is_branch() {
+                        break;
+                    }
+                }
+                None => {
+                    if self.ops.is_empty() {
+                        used = i.len();
+                    }
+                    break;
+                }
+            }
+        }
+        self.bytes.extend_from_slice(&buf[..used]);
+    }
+}
+
+/// A vCPU's cache of decoded blocks.
+pub struct Blocks {
+    slots: Box<[Block]>,
+}
+
+impl Default for Blocks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Blocks {
+    /// An empty cache.
+    pub fn new() -> Self {
+        let slots = (0..SLOTS).map(|_| Block { rip: u64::MAX, bytes: Vec::new(), ops: Vec::new() });
+        Blocks { slots: slots.collect() }
+    }
+
+    /// Runs at least one and at most `limit` instructions (fewer when an instruction on the
+    /// generic path ran, so the caller can look at devices and interrupts) and delivers the
+    /// exception one raises, as [`Cpu::step`] does. Returns the instructions run, counting one
+    /// that faulted.
+    pub fn run(&mut self, cpu: &mut Cpu, io: &dyn IoHandler, limit: u64) -> Result<u64, StepError> {
+        if cpu.rflags & flags::TF != 0 {
+            cpu.step(io)?;
+            return Ok(1);
+        }
+        match self.execute(cpu, io, limit) {
+            Ok(n) => Ok(n),
+            Err((n, ExecError::Fault(e))) => {
+                cpu.raise(io, e)?;
+                Ok(n + 1)
+            }
+            Err((_, ExecError::Unsupported(w))) => Err(StepError::Unsupported(w)),
+        }
+    }
+
+    /// Runs as [`Blocks::run`] without delivering exceptions: on `Err`, the instructions that
+    /// completed and the error of the next, with the CPU state before it (as
+    /// [`Cpu::execute_one`] leaves it).
+    pub fn execute(
+        &mut self,
+        cpu: &mut Cpu,
+        io: &dyn IoHandler,
+        limit: u64,
+    ) -> Result<u64, (u64, ExecError)> {
+        let mut lazy = Lazy::NONE;
+        let mut n = 0;
+        let r = self.execute_blocks(cpu, io, limit, &mut lazy, &mut n);
+        lazy.materialize(&mut cpu.rflags);
+        r.map(|()| n).map_err(|e| (n, e))
+    }
+
+    fn execute_blocks(
+        &mut self,
+        cpu: &mut Cpu,
+        io: &dyn IoHandler,
+        limit: u64,
+        lazy: &mut Lazy,
+        n: &mut u64,
+    ) -> Result<(), ExecError> {
+        'blocks: while *n < limit {
+            if !cpu.code64() {
+                return generic(cpu, io, lazy, n);
+            }
+            let rip = cpu.rip;
+            let Some(code) = cpu.tlb_exec_host(rip) else {
+                return generic(cpu, io, lazy, n);
+            };
+            let block = &mut self.slots[((rip ^ (rip >> 13)) as usize) & (SLOTS - 1)];
+            if block.rip != rip || !block.matches(code) {
+                block.compile(rip, code);
+            }
+            if block.ops.is_empty() {
+                return generic(cpu, io, lazy, n);
+            }
+            let code_page = code as usize;
+            cpu.interrupt_shadow = false;
+            loop {
+                for &(op, len) in &block.ops {
+                    if *n >= limit {
+                        return Ok(());
+                    }
+                    match exec::exec(cpu, &op, len, lazy, code_page) {
+                        Ok(Flow::Next) => cpu.rip = cpu.rip.wrapping_add(u64::from(len)),
+                        Ok(Flow::Branch) => {}
+                        Ok(Flow::CodeWritten) => {
+                            cpu.rip = cpu.rip.wrapping_add(u64::from(len));
+                            cpu.icount = cpu.icount.wrapping_add(1);
+                            *n += 1;
+                            continue 'blocks;
+                        }
+                        Err(Bail) => return generic(cpu, io, lazy, n),
+                    }
+                    cpu.icount = cpu.icount.wrapping_add(1);
+                    *n += 1;
+                }
+                // A loop onto itself runs again without a lookup: its own stores (which end it
+                // above) and generic instructions (which end the run) are what could change it
+                // from this vCPU; another vCPU's rewrite is seen at the next lookup, as a real
+                // CPU needs a serializing instruction to see cross-modified code.
+                if cpu.rip != rip || *n >= limit {
+                    continue 'blocks;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one instruction on the generic path, with RFLAGS current.
+fn generic(
+    cpu: &mut Cpu,
+    io: &dyn IoHandler,
+    lazy: &mut Lazy,
+    n: &mut u64,
+) -> Result<(), ExecError> {
+    lazy.materialize(&mut cpu.rflags);
+    cpu.execute_one(io)?;
+    *n += 1;
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! The operations of decoded blocks: the common integer instructions of 64-bit code, translated
+//! once from iced-x86's decoding into a compact form that executes without looking at the
+//! instruction again (operand kinds, register numbers and sizes, immediates, branch targets and
+//! RIP-relative addresses are resolved here).
+//!
+//! [`translate`] returns `None` for everything else (system instructions, string instructions,
+//! LOCK, SSE, 16/32-bit addressing, high-byte registers...), which runs on the generic path.
+
+use crate::flags::mask;
+use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
+
+/// "No register" in [`Mem::base`] and [`Mem::index`].
+pub(crate) const NO_REG: u8 = 16;
+
+/// A memory operand with 64-bit addressing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mem {
+    /// Displacement; the absolute address for RIP-relative operands.
+    pub disp: u64,
+    /// Base register index, or [`NO_REG`].
+    pub base: u8,
+    /// Index register index, or [`NO_REG`].
+    pub index: u8,
+    /// log2 of the index scale.
+    pub shift: u8,
+    /// The segment whose base is added: `crate::cpu::FS`, `crate::cpu::GS`, or 0 for none
+    /// (the other segments have base 0 in 64-bit mode).
+    pub seg: u8,
+}
+
+/// A source operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// A general register (index 0-15; 8-bit operands are the low bytes).
+    Reg(u8),
+    /// An immediate, already sign-extended and masked to the operand size.
+    Imm(u64),
+    /// Memory.
+    Mem(Mem),
+}
+
+/// A destination operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dst {
+    /// A general register.
+    Reg(u8),
+    /// Memory.
+    Mem(Mem),
+}
+
+/// Two-operand arithmetic and logic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AluOp {
+    Add,
+    Or,
+    Adc,
+    Sbb,
+    And,
+    Sub,
+    Xor,
+    Cmp,
+    Test,
+}
+
+/// One-operand arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UnOp {
+    Inc,
+    Dec,
+    Neg,
+    Not,
+}
+
+/// One decoded operation. Sizes are operand sizes in bytes (1, 2, 4, 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// MOV between registers, memory and immediates.
+    Mov { size: u8, dst: Dst, src: Src },
+    /// ADD OR ADC SBB AND SUB XOR CMP TEST.
+    Alu { op: AluOp, size: u8, dst: Dst, src: Src },
+    /// INC DEC NEG NOT.
+    Unary { op: UnOp, size: u8, dst: Dst },
+    /// SHL SHR SAR ROL ROR by an immediate count (already masked, non-zero).
+    Shift { m: Mnemonic, size: u8, dst: Dst, count: u8 },
+    /// LEA: the effective address, truncated to the destination size.
+    Lea { size: u8, dst: u8, mem: Mem },
+    /// MOVZX and MOVSX/MOVSXD from `from` bytes.
+    Extend { size: u8, from: u8, signed: bool, dst: u8, src: Src },
+    /// CMOVcc (a 32-bit destination is zero-extended even when the condition is false).
+    Cmov { cc: ConditionCode, size: u8, dst: u8, src: Src },
+    /// SETcc.
+    Set { cc: ConditionCode, dst: Dst },
+    /// XCHG of two registers.
+    XchgRegs { size: u8, a: u8, b: u8 },
+    /// CBW/CWDE/CDQE: sign-extends the low half of the accumulator of `size` bytes.
+    ExtendAcc { size: u8 },
+    /// CWD/CDQ/CQO: fills rDX with the sign of rAX.
+    SignAcc { size: u8 },
+    /// Two- and three-operand IMUL: `dst = a * b`.
+    Imul { size: u8, dst: u8, a: Src, b: Src },
+    /// PUSH of 8 bytes.
+    Push { src: Src },
+    /// POP of 8 bytes into a register.
+    Pop { dst: u8 },
+    /// Jcc to an absolute target.
+    Jcc { cc: ConditionCode, target: u64 },
+    /// JMP to an absolute target.
+    Jmp { target: u64 },
+    /// JMP through a register or memory.
+    JmpIndirect { src: Src },
+    /// CALL to an absolute target.
+    Call { target: u64 },
+    /// CALL through a register or memory.
+    CallIndirect { src: Src },
+    /// RET without an immediate.
+    Ret,
+    /// NOP, ENDBR64, PAUSE and the like.
+    Nop,
+}
+
+impl Op {
+    /// Ends a block: the next instruction is not the one after this.
+    pub(crate) fn is_branch(&self) -> bool {
+        matches!(
+            self,
+            Op::Jcc { .. }
+                | Op::Jmp { .. }
+                | Op::JmpIndirect { .. }
+                | Op::Call { .. }
+                | Op::CallIndirect { .. }
+                | Op::Ret
+        )
+    }
+}
+
+/// The index and size in bytes of a general register, except AH/CH/DH/BH.
+fn gpr(r: Register) -> Option<(u8, u8)> {
+    let n = r as u32;
+    let at = |first: Register| (n - first as u32) as u8;
+    let within = |first: Register, last: Register| (first as u32..=last as u32).contains(&n);
+    if within(Register::RAX, Register::R15) {
+        Some((at(Register::RAX), 8))
+    } else if within(Register::EAX, Register::R15D) {
+        Some((at(Register::EAX), 4))
+    } else if within(Register::AX, Register::R15W) {
+        Some((at(Register::AX), 2))
+    } else if within(Register::AL, Register::BL) {
+        Some((at(Register::AL), 1))
+    } else if within(Register::SPL, Register::R15L) {
+        Some((at(Register::SPL) + 4, 1))
+    } else {
+        None
+    }
+}
+
+/// A 64-bit general register's index.
+fn gpr64(r: Register) -> Option<u8> {
+    gpr(r).filter(|&(_, size)| size == 8).map(|(i, _)| i)
+}
+
+fn mem(i: &Instruction) -> Option<Mem> {
+    let base = i.memory_base();
+    let index = i.memory_index();
+    let seg = match i.memory_segment() {
+        Register::FS => crate::cpu::FS as u8,
+        Register::GS => crate::cpu::GS as u8,
+        _ => 0,
+    };
+    let disp = i.memory_displacement64();
+    if base == Register::RIP {
+        return (index == Register::None).then_some(Mem {
+            disp,
+            base: NO_REG,
+            index: NO_REG,
+            shift: 0,
+            seg,
+        });
+    }
+    let base = if base == Register::None { NO_REG } else { gpr64(base)? };
+    let index = if index == Register::None { NO_REG } else { gpr64(index)? };
+    let shift = i.memory_index_scale().trailing_zeros() as u8;
+    Some(Mem { disp, base, index, shift, seg })
+}
+
+/// Operand `n` as a source of `size` bytes.
+fn src(i: &Instruction, n: u32, size: u8) -> Option<Src> {
+    match i.op_kind(n) {
+        OpKind::Register => {
+            let (r, s) = gpr(i.op_register(n))?;
+            (s == size).then_some(Src::Reg(r))
+        }
+        OpKind::Memory => {
+            (i.memory_size().size() == usize::from(size)).then_some(())?;
+            Some(Src::Mem(mem(i)?))
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(Src::Imm(i.immediate(n) & mask(u32::from(size)))),
+        _ => None,
+    }
+}
+
+/// Operand `n` as a destination, with its size.
+fn dst(i: &Instruction, n: u32) -> Option<(Dst, u8)> {
+    match i.op_kind(n) {
+        OpKind::Register => {
+            let (r, s) = gpr(i.op_register(n))?;
+            Some((Dst::Reg(r), s))
+        }
+        OpKind::Memory => {
+            let size = u8::try_from(i.memory_size().size()).ok()?;
+            matches!(size, 1 | 2 | 4 | 8).then_some(())?;
+            Some((Dst::Mem(mem(i)?), size))
+        }
+        _ => None,
+    }
+}
+
+/// A register destination, with its size.
+fn dst_reg(i: &Instruction, n: u32) -> Option<(u8, u8)> {
+    (i.op_kind(n) == OpKind::Register).then_some(())?;
+    gpr(i.op_register(n))
+}
+
+fn near_target(i: &Instruction) -> Option<u64> {
+    (i.op0_kind() == OpKind::NearBranch64).then(|| i.near_branch_target())
+}
+
+/// A 64-bit register or memory operand of an indirect branch.
+fn indirect(i: &Instruction) -> Option<Src> {
+    match i.op0_kind() {
+        OpKind::Register | OpKind::Memory => src(i, 0, 8),
+        _ => None,
+    }
+}
+
+/// The block operation for `i`, decoded in 64-bit mode, or `None` for the generic path.
+pub(crate) fn translate(i: &Instruction) -> Option<Op> {
+    use Mnemonic as M;
+    if i.has_lock_prefix() || i.has_rep_prefix() || i.has_repne_prefix() {
+        return None;
+    }
+    let m = i.mnemonic();
+    let op = match m {
+        M::Mov => {
+            let (d, size) = dst(i, 0)?;
+            let s = src(i, 1, size)?;
+            if matches!((d, s), (Dst::Mem(_), Src::Mem(_))) {
+                return None;
+            }
+            Op::Mov { size, dst: d, src: s }
+        }
+        M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp | M::Test => {
+            let op = match m {
+                M::Add => AluOp::Add,
+                M::Or => AluOp::Or,
+                M::Adc => AluOp::Adc,
+                M::Sbb => AluOp::Sbb,
+                M::And => AluOp::And,
+                M::Sub => AluOp::Sub,
+                M::Xor => AluOp::Xor,
+                M::Cmp => AluOp::Cmp,
+                _ => AluOp::Test,
+            };
+            let (d, size) = dst(i, 0)?;
+            let s = src(i, 1, size)?;
+            Op::Alu { op, size, dst: d, src: s }
+        }
+        M::Inc | M::Dec | M::Neg | M::Not => {
+            let op = match m {
+                M::Inc => UnOp::Inc,
+                M::Dec => UnOp::Dec,
+                M::Neg => UnOp::Neg,
+                _ => UnOp::Not,
+            };
+            let (d, size) = dst(i, 0)?;
+            Op::Unary { op, size, dst: d }
+        }
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => {
+            let (d, size) = dst(i, 0)?;
+            if i.op1_kind() != OpKind::Immediate8 {
+                return None;
+            }
+            let count = i.immediate8() & if size == 8 { 0x3f } else { 0x1f };
+            if count == 0 {
+                return None;
+            }
+            let m = if m == M::Sal { M::Shl } else { m };
+            Op::Shift { m, size, dst: d, count }
+        }
+        M::Lea => {
+            let (d, size) = dst_reg(i, 0)?;
+            (size >= 2 && i.op1_kind() == OpKind::Memory).then_some(())?;
+            let mut mem = mem(i)?;
+            // LEA computes the offset only; FS/GS overrides do not apply.
+            mem.seg = 0;
+            Op::Lea { size, dst: d, mem }
+        }
+        M::Movzx | M::Movsx | M::Movsxd => {
+            let (d, size) = dst_reg(i, 0)?;
+            let from = match i.op1_kind() {
+                OpKind::Register => gpr(i.op_register(1))?.1,
+                OpKind::Memory => u8::try_from(i.memory_size().size()).ok()?,
+                _ => return None,
+            };
+            (from < size).then_some(())?;
+            Op::Extend { size, from, signed: m != M::Movzx, dst: d, src: src(i, 1, from)? }
+        }
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => {
+            let (d, size) = dst_reg(i, 0)?;
+            Op::Cmov { cc: i.condition_code(), size, dst: d, src: src(i, 1, size)? }
+        }
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => {
+            let (d, size) = dst(i, 0)?;
+            (size == 1).then_some(())?;
+            Op::Set { cc: i.condition_code(), dst: d }
+        }
+        M::Xchg => {
+            let (a, size) = dst_reg(i, 0)?;
+            let (b, size_b) = dst_reg(i, 1)?;
+            (size == size_b).then_some(())?;
+            Op::XchgRegs { size, a, b }
+        }
+        M::Cbw => Op::ExtendAcc { size: 2 },
+        M::Cwde => Op::ExtendAcc { size: 4 },
+        M::Cdqe => Op::ExtendAcc { size: 8 },
+        M::Cwd => Op::SignAcc { size: 2 },
+        M::Cdq => Op::SignAcc { size: 4 },
+        M::Cqo => Op::SignAcc { size: 8 },
+        M::Imul if i.op_count() >= 2 => {
+            let (d, size) = dst_reg(i, 0)?;
+            let (a, b) = if i.op_count() == 3 {
+                (src(i, 1, size)?, src(i, 2, size)?)
+            } else {
+                (Src::Reg(d), src(i, 1, size)?)
+            };
+            Op::Imul { size, dst: d, a, b }
+        }
+        M::Push if i.stack_pointer_increment() == -8 => Op::Push { src: src(i, 0, 8)? },
+        M::Pop if i.stack_pointer_increment() == 8 => {
+            let (d, size) = dst_reg(i, 0)?;
+            (size == 8).then_some(())?;
+            Op::Pop { dst: d }
+        }
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => Op::Jcc { cc: i.condition_code(), target: near_target(i)? },
+        M::Jmp => match near_target(i) {
+            Some(target) => Op::Jmp { target },
+            None => Op::JmpIndirect { src: indirect(i)? },
+        },
+        M::Call if i.stack_pointer_increment() == -8 => match near_target(i) {
+            Some(target) => Op::Call { target },
+            None => Op::CallIndirect { src: indirect(i)? },
+        },
+        M::Ret if i.op_count() == 0 && i.stack_pointer_increment() == 8 => Op::Ret,
+        M::Nop | M::Endbr64 | M::Pause => Op::Nop,
+        _ => return None,
+    };
+    Some(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    fn op(bytes: &[u8]) -> Option<Op> {
+        let i = Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE).decode();
+        translate(&i)
+    }
+
+    #[test]
+    fn common_forms_translate_with_resolved_operands() {
+        // mov rax, [rbx+rcx*8+0x10]
+        assert_eq!(
+            op(&[0x48, 0x8b, 0x44, 0xcb, 0x10]),
+            Some(Op::Mov {
+                size: 8,
+                dst: Dst::Reg(0),
+                src: Src::Mem(Mem { disp: 0x10, base: 3, index: 1, shift: 3, seg: 0 })
+            })
+        );
+        // add dword [rip+0x100], -1: the address is absolute, the immediate masked to 32 bits.
+        assert_eq!(
+            op(&[0x83, 0x05, 0x00, 0x01, 0x00, 0x00, 0xff]),
+            Some(Op::Alu {
+                op: AluOp::Add,
+                size: 4,
+                dst: Dst::Mem(Mem { disp: 0x1107, base: NO_REG, index: NO_REG, shift: 0, seg: 0 }),
+                src: Src::Imm(0xffff_ffff)
+            })
+        );
+        // jne back to the start (75 fe).
+        assert_eq!(op(&[0x75, 0xfe]), Some(Op::Jcc { cc: ConditionCode::ne, target: 0x1000 }));
+        // mov rax, gs:[0x28]
+        assert!(matches!(
+            op(&[0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0]),
+            Some(Op::Mov { src: Src::Mem(Mem { seg: 5, disp: 0x28, .. }), .. })
+        ));
+    }
+
+    #[test]
+    fn what_the_fast_path_does_not_model_stays_generic() {
+        // lock add [rax], ebx
+        assert_eq!(op(&[0xf0, 0x01, 0x18]), None);
+        // mov ah, bl (high-byte register)
+        assert_eq!(op(&[0x88, 0xdc]), None);
+        // mov eax, [ebx] (32-bit addressing)
+        assert_eq!(op(&[0x67, 0x8b, 0x03]), None);
+        // mov rax, cr3
+        assert_eq!(op(&[0x0f, 0x20, 0xd8]), None);
+        // rep movsb
+        assert_eq!(op(&[0xf3, 0xa4]), None);
+        // xchg [rax], ebx (locked implicitly)
+        assert_eq!(op(&[0x87, 0x18]), None);
+        // shl eax, cl (variable count)
+        assert_eq!(op(&[0xd3, 0xe0]), None);
+        // ret 8
+        assert_eq!(op(&[0xc2, 0x08, 0x00]), None);
+    }
+}
