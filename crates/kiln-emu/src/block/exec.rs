@@ -7,7 +7,7 @@
 //! never raises an exception itself and cannot get one wrong.
 
 use super::lazy::{Kind, Lazy};
-use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, NO_REG};
+use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, NO_REG, RIP_REL};
 use crate::cpu::Cpu;
 use crate::fault::is_canonical;
 use crate::flags::{self, mask, sext, sign_bit};
@@ -29,15 +29,24 @@ pub(super) enum Flow {
 
 type Res<T = Flow> = Result<T, Bail>;
 
+/// The offset of a memory operand (no segment base); `next` is the next instruction's RIP.
 #[inline(always)]
-fn linear(cpu: &Cpu, m: &Mem) -> Res<u64> {
-    let mut a = m.disp;
-    if m.base != NO_REG {
+fn offset(cpu: &Cpu, m: &Mem, next: u64) -> u64 {
+    let mut a = m.disp as i64 as u64;
+    if m.base < NO_REG {
         a = a.wrapping_add(cpu.gpr[usize::from(m.base)]);
+    } else if m.base == RIP_REL {
+        a = a.wrapping_add(next);
     }
     if m.index != NO_REG {
         a = a.wrapping_add(cpu.gpr[usize::from(m.index)] << m.shift);
     }
+    a
+}
+
+#[inline(always)]
+fn linear(cpu: &Cpu, m: &Mem, next: u64) -> Res<u64> {
+    let mut a = offset(cpu, m, next);
     if m.seg != 0 {
         a = a.wrapping_add(cpu.seg[usize::from(m.seg)].base);
     }
@@ -77,17 +86,17 @@ fn write_host(p: *mut u8, size: u8, v: u64) {
 
 /// The host address of a memory operand, if the fast path may access it.
 #[inline(always)]
-fn host(cpu: &Cpu, m: &Mem, size: u8, write: bool) -> Res<*mut u8> {
-    let la = linear(cpu, m)?;
+fn host(cpu: &Cpu, m: &Mem, next: u64, size: u8, write: bool) -> Res<*mut u8> {
+    let la = linear(cpu, m, next)?;
     cpu.tlb_data_host(la, u32::from(size), write).ok_or(Bail)
 }
 
 #[inline(always)]
-fn read(cpu: &Cpu, s: &Src, size: u8) -> Res<u64> {
+fn read(cpu: &Cpu, s: &Src, next: u64, size: u8) -> Res<u64> {
     match *s {
         Src::Reg(r) => Ok(cpu.gpr[usize::from(r)] & mask(u32::from(size))),
-        Src::Imm(v) => Ok(v),
-        Src::Mem(m) => Ok(read_host(host(cpu, &m, size, false)?, size)),
+        Src::Imm(v) => Ok(v as i64 as u64 & mask(u32::from(size))),
+        Src::Mem(m) => Ok(read_host(host(cpu, &m, next, size, false)?, size)),
     }
 }
 
@@ -105,10 +114,10 @@ enum Place {
 }
 
 #[inline(always)]
-fn place(cpu: &Cpu, d: &Dst, size: u8, write: bool) -> Res<Place> {
+fn place(cpu: &Cpu, d: &Dst, next: u64, size: u8, write: bool) -> Res<Place> {
     match *d {
         Dst::Reg(r) => Ok(Place::Reg(r)),
-        Dst::Mem(m) => Ok(Place::Host(host(cpu, &m, size, write)?)),
+        Dst::Mem(m) => Ok(Place::Host(host(cpu, &m, next, size, write)?)),
     }
 }
 
@@ -174,15 +183,20 @@ fn target(t: u64) -> Res<u64> {
 /// Executes `op`, whose instruction is `len` bytes long, with the flags in `lazy`.
 #[inline(always)]
 pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: usize) -> Res {
+    let next = cpu.rip.wrapping_add(u64::from(len));
     match *op {
         Op::Mov { size, dst, src } => {
-            let v = read(cpu, &src, size)?;
-            let p = place(cpu, &dst, size, true)?;
+            let v = read(cpu, &src, next, size)?;
+            let p = place(cpu, &dst, next, size, true)?;
             Ok(put(cpu, p, size, v, code_page))
         }
-        Op::Alu { op, size, dst, src } => alu(cpu, op, size, dst, src, lazy, code_page),
+        Op::MovImm64 { dst, low, high } => {
+            cpu.gpr[usize::from(dst)] = u64::from(low) | (u64::from(high) << 32);
+            Ok(Flow::Next)
+        }
+        Op::Alu { op, size, dst, src } => alu(cpu, op, size, dst, src, next, lazy, code_page),
         Op::Unary { op, size, dst } => {
-            let p = place(cpu, &dst, size, true)?;
+            let p = place(cpu, &dst, next, size, true)?;
             let s = u32::from(size);
             let mk = mask(s);
             let a = get(cpu, p, size);
@@ -207,7 +221,7 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(put(cpu, p, size, r, code_page))
         }
         Op::Shift { m, size, dst, count } => {
-            let p = place(cpu, &dst, size, true)?;
+            let p = place(cpu, &dst, next, size, true)?;
             let a = get(cpu, p, size);
             lazy.materialize(&mut cpu.rflags);
             let old_cf = cpu.rflags & flags::CF;
@@ -221,24 +235,18 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(flow)
         }
         Op::Lea { size, dst, mem } => {
-            let mut a = mem.disp;
-            if mem.base != NO_REG {
-                a = a.wrapping_add(cpu.gpr[usize::from(mem.base)]);
-            }
-            if mem.index != NO_REG {
-                a = a.wrapping_add(cpu.gpr[usize::from(mem.index)] << mem.shift);
-            }
+            let a = offset(cpu, &mem, next);
             set_reg(cpu, dst, size, a);
             Ok(Flow::Next)
         }
         Op::Extend { size, from, signed, dst, src } => {
-            let v = read(cpu, &src, from)?;
+            let v = read(cpu, &src, next, from)?;
             let v = if signed { sext(v, u32::from(from)) } else { v };
             set_reg(cpu, dst, size, v);
             Ok(Flow::Next)
         }
         Op::Cmov { cc, size, dst, src } => {
-            let v = read(cpu, &src, size)?;
+            let v = read(cpu, &src, next, size)?;
             if lazy.cond(cc, cpu.rflags) {
                 set_reg(cpu, dst, size, v);
             } else if size == 4 {
@@ -248,7 +256,7 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(Flow::Next)
         }
         Op::Set { cc, dst } => {
-            let p = place(cpu, &dst, 1, true)?;
+            let p = place(cpu, &dst, next, 1, true)?;
             let v = u64::from(lazy.cond(cc, cpu.rflags));
             Ok(put(cpu, p, 1, v, code_page))
         }
@@ -273,8 +281,8 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
         }
         Op::Imul { size, dst, a, b } => {
             let s = u32::from(size);
-            let x = read(cpu, &a, size)?;
-            let y = read(cpu, &b, size)?;
+            let x = read(cpu, &a, next, size)?;
+            let y = read(cpu, &b, next, size)?;
             let p = i128::from(sext(x, s) as i64) * i128::from(sext(y, s) as i64);
             let low = (p as u64) & mask(s);
             let overflow = i128::from(sext(low, s) as i64) != p;
@@ -285,7 +293,7 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(Flow::Next)
         }
         Op::Push { src } => {
-            let v = read(cpu, &src, 8)?;
+            let v = read(cpu, &src, next, 8)?;
             push(cpu, v, code_page)
         }
         Op::Pop { dst } => {
@@ -294,32 +302,28 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             cpu.gpr[usize::from(dst)] = v;
             Ok(Flow::Next)
         }
-        Op::Jcc { cc, target } => {
-            if lazy.cond(cc, cpu.rflags) {
-                cpu.rip = target;
-            } else {
-                cpu.rip = cpu.rip.wrapping_add(u64::from(len));
-            }
+        Op::Jcc { cc, rel } => {
+            let taken = lazy.cond(cc, cpu.rflags);
+            cpu.rip = if taken { next.wrapping_add(rel as i64 as u64) } else { next };
             Ok(Flow::Branch)
         }
-        Op::Jmp { target } => {
-            cpu.rip = target;
+        Op::Jmp { rel } => {
+            cpu.rip = target(next.wrapping_add(rel as i64 as u64))?;
             Ok(Flow::Branch)
         }
         Op::JmpIndirect { src } => {
-            cpu.rip = target(read(cpu, &src, 8)?)?;
+            cpu.rip = target(read(cpu, &src, next, 8)?)?;
             Ok(Flow::Branch)
         }
-        Op::Call { target } => {
-            let ret = cpu.rip.wrapping_add(u64::from(len));
-            push(cpu, ret, code_page)?;
-            cpu.rip = target;
+        Op::Call { rel } => {
+            let t = target(next.wrapping_add(rel as i64 as u64))?;
+            push(cpu, next, code_page)?;
+            cpu.rip = t;
             Ok(Flow::Branch)
         }
         Op::CallIndirect { src } => {
-            let t = target(read(cpu, &src, 8)?)?;
-            let ret = cpu.rip.wrapping_add(u64::from(len));
-            push(cpu, ret, code_page)?;
+            let t = target(read(cpu, &src, next, 8)?)?;
+            push(cpu, next, code_page)?;
             cpu.rip = t;
             Ok(Flow::Branch)
         }
@@ -334,18 +338,20 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn alu(
     cpu: &mut Cpu,
     op: AluOp,
     size: u8,
     dst: Dst,
     src: Src,
+    next: u64,
     lazy: &mut Lazy,
     code_page: usize,
 ) -> Res {
     let writes = !matches!(op, AluOp::Cmp | AluOp::Test);
-    let b = read(cpu, &src, size)?;
-    let p = place(cpu, &dst, size, writes)?;
+    let b = read(cpu, &src, next, size)?;
+    let p = place(cpu, &dst, next, size, writes)?;
     let a = get(cpu, p, size);
     let s = u32::from(size);
     let mk = mask(s);

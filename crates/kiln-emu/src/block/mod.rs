@@ -28,84 +28,93 @@ use lazy::Lazy;
 use op::Op;
 
 /// The most instructions in one block.
-pub const MAX_OPS: usize = 32;
-/// The most bytes a block's instructions span.
-const MAX_BYTES: usize = 256;
+pub const MAX_OPS: usize = 16;
+/// The most bytes a block's instructions span: a block's entry, bytes included, is one cache
+/// line, so finding and validating it costs one memory access (longer runs become several
+/// blocks).
+const MAX_BYTES: usize = 32;
 /// Blocks in the cache (a power of two).
 const SLOTS: usize = 8192;
 
-/// One decoded block.
+/// One decoded block, in one cache line.
+#[repr(align(64))]
 struct Block {
     /// The RIP it starts at (`u64::MAX` for an empty slot).
     rip: u64,
+    /// The operations and their instruction lengths.
+    ops: Box<[(Op, u8)]>,
+    /// How many of `bytes` are the block's.
+    len: u8,
     /// The guest bytes it was decoded from. For a block whose first instruction is generic
     /// (no ops), that instruction's bytes, so a rewrite is noticed.
-    bytes: Vec<u8>,
-    /// The operations and their instruction lengths.
-    ops: Vec<(Op, u8)>,
+    bytes: [u8; MAX_BYTES],
 }
 
 impl Block {
-    /// The block's bytes equal the guest's at `code` (the host address of its RIP).
+    /// The block's bytes equal the guest's at `code`, the host address of its RIP.
     #[inline(always)]
     fn matches(&self, code: *const u8) -> bool {
-        let n = self.bytes.len();
-        let mut k = 0;
-        while k + 8 <= n {
-            // SAFETY: `code` is the host address of RIP in a mapped RAM page and the block's
-            // bytes were read from there without crossing the page end, so `k + 8 <= n` bytes
-            // are readable. Other vCPUs may write concurrently: this is why bytes are compared.
-            let now = unsafe { std::ptr::read_unaligned(code.add(k).cast::<u64>()) };
-            let was = u64::from_ne_bytes(self.bytes[k..k + 8].try_into().unwrap_or([0; 8]));
-            if now != was {
-                return false;
+        let n = usize::from(self.len);
+        if (code as usize & 0xfff) + MAX_BYTES <= 4096 {
+            for k in 0..MAX_BYTES / 8 {
+                let valid = n.saturating_sub(8 * k).min(8);
+                if valid == 0 {
+                    break;
+                }
+                let mask = if valid == 8 { u64::MAX } else { (1u64 << (8 * valid)) - 1 };
+                let mut want = [0u8; 8];
+                want.copy_from_slice(&self.bytes[8 * k..8 * k + 8]);
+                // SAFETY: `code` is the host address of RIP in a mapped RAM page and the 32-byte
+                // window lies in that page (checked above). Other vCPUs may write concurrently:
+                // this is why bytes are compared.
+                let now = unsafe { std::ptr::read_unaligned(code.add(8 * k).cast::<u64>()) };
+                if (u64::from_le(now) ^ u64::from_le_bytes(want)) & mask != 0 {
+                    return false;
+                }
             }
-            k += 8;
+            true
+        } else {
+            // SAFETY: the block's bytes were read from `code` without crossing the page end.
+            (0..n).all(|k| unsafe { *code.add(k) } == self.bytes[k])
         }
-        while k < n {
-            // SAFETY: as above, for one byte.
-            if unsafe { *code.add(k) } != self.bytes[k] {
-                return false;
-            }
-            k += 1;
-        }
-        true
     }
 
     /// Decodes the block at `rip`, whose host address is `code`.
     fn compile(&mut self, rip: u64, code: *const u8) {
-        self.rip = rip;
-        self.ops.clear();
-        self.bytes.clear();
         let avail = (4096 - (rip & 0xfff) as usize).min(MAX_BYTES);
         let mut buf = [0u8; MAX_BYTES];
         // SAFETY: `code` is the host address of RIP in a mapped RAM page; `avail` bytes up to the
         // page end are readable.
         unsafe { std::ptr::copy_nonoverlapping(code, buf.as_mut_ptr(), avail) };
         let mut dec = Decoder::with_ip(64, &buf[..avail], rip, DecoderOptions::NONE);
+        let mut ops = Vec::with_capacity(MAX_OPS);
         let mut used = 0;
-        while self.ops.len() < MAX_OPS && dec.can_decode() {
+        while ops.len() < MAX_OPS && dec.can_decode() {
             let i = dec.decode();
             if i.is_invalid() {
                 break;
             }
             match op::translate(&i) {
                 Some(op) => {
-                    self.ops.push((op, i.len() as u8));
+                    ops.push((op, i.len() as u8));
                     used += i.len();
                     if op.is_branch() {
                         break;
                     }
                 }
                 None => {
-                    if self.ops.is_empty() {
+                    if ops.is_empty() {
                         used = i.len();
                     }
                     break;
                 }
             }
         }
-        self.bytes.extend_from_slice(&buf[..used]);
+        self.rip = rip;
+        self.ops = ops.into_boxed_slice();
+        self.len = used as u8;
+        self.bytes = [0; MAX_BYTES];
+        self.bytes[..used].copy_from_slice(&buf[..used]);
     }
 }
 
@@ -123,7 +132,12 @@ impl Default for Blocks {
 impl Blocks {
     /// An empty cache.
     pub fn new() -> Self {
-        let slots = (0..SLOTS).map(|_| Block { rip: u64::MAX, bytes: Vec::new(), ops: Vec::new() });
+        let slots = (0..SLOTS).map(|_| Block {
+            rip: u64::MAX,
+            ops: Box::new([]),
+            len: 0,
+            bytes: [0; MAX_BYTES],
+        });
         Blocks { slots: slots.collect() }
     }
 
@@ -188,11 +202,12 @@ impl Blocks {
             let code_page = code as usize;
             cpu.interrupt_shadow = false;
             loop {
-                for &(op, len) in &block.ops {
+                for (op, len) in block.ops.iter() {
+                    let len = *len;
                     if *n >= limit {
                         return Ok(());
                     }
-                    match exec::exec(cpu, &op, len, lazy, code_page) {
+                    match exec::exec(cpu, op, len, lazy, code_page) {
                         Ok(Flow::Next) => cpu.rip = cpu.rip.wrapping_add(u64::from(len)),
                         Ok(Flow::Branch) => {}
                         Ok(Flow::CodeWritten) => {

@@ -11,13 +11,16 @@ use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 /// "No register" in [`Mem::base`] and [`Mem::index`].
 pub(crate) const NO_REG: u8 = 16;
+/// [`Mem::base`] of a RIP-relative operand: the displacement counts from the next instruction.
+pub(crate) const RIP_REL: u8 = 17;
 
-/// A memory operand with 64-bit addressing.
+/// A memory operand with 64-bit addressing and a 32-bit displacement (8 bytes, so that an
+/// operation fits in half a cache line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Mem {
-    /// Displacement; the absolute address for RIP-relative operands.
-    pub disp: u64,
-    /// Base register index, or [`NO_REG`].
+    /// Displacement, sign-extended at use.
+    pub disp: i32,
+    /// Base register index, [`NO_REG`] or [`RIP_REL`].
     pub base: u8,
     /// Index register index, or [`NO_REG`].
     pub index: u8,
@@ -33,8 +36,9 @@ pub(crate) struct Mem {
 pub(crate) enum Src {
     /// A general register (index 0-15; 8-bit operands are the low bytes).
     Reg(u8),
-    /// An immediate, already sign-extended and masked to the operand size.
-    Imm(u64),
+    /// An immediate as encoded (at most 32 bits), sign-extended and masked to the operand
+    /// size at use.
+    Imm(i32),
     /// Memory.
     Mem(Mem),
 }
@@ -71,11 +75,14 @@ pub(crate) enum UnOp {
     Not,
 }
 
-/// One decoded operation. Sizes are operand sizes in bytes (1, 2, 4, 8).
+/// One decoded operation. Sizes are operand sizes in bytes (1, 2, 4, 8). Branch targets are
+/// relative to the next instruction, as encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     /// MOV between registers, memory and immediates.
     Mov { size: u8, dst: Dst, src: Src },
+    /// MOV of a 64-bit immediate into a register (split so that operations stay 4-aligned).
+    MovImm64 { dst: u8, low: u32, high: u32 },
     /// ADD OR ADC SBB AND SUB XOR CMP TEST.
     Alu { op: AluOp, size: u8, dst: Dst, src: Src },
     /// INC DEC NEG NOT.
@@ -102,14 +109,14 @@ pub(crate) enum Op {
     Push { src: Src },
     /// POP of 8 bytes into a register.
     Pop { dst: u8 },
-    /// Jcc to an absolute target.
-    Jcc { cc: ConditionCode, target: u64 },
-    /// JMP to an absolute target.
-    Jmp { target: u64 },
+    /// Jcc.
+    Jcc { cc: ConditionCode, rel: i32 },
+    /// JMP.
+    Jmp { rel: i32 },
     /// JMP through a register or memory.
     JmpIndirect { src: Src },
-    /// CALL to an absolute target.
-    Call { target: u64 },
+    /// CALL.
+    Call { rel: i32 },
     /// CALL through a register or memory.
     CallIndirect { src: Src },
     /// RET without an immediate.
@@ -166,20 +173,28 @@ fn mem(i: &Instruction) -> Option<Mem> {
         Register::GS => crate::cpu::GS as u8,
         _ => 0,
     };
-    let disp = i.memory_displacement64();
     if base == Register::RIP {
-        return (index == Register::None).then_some(Mem {
-            disp,
-            base: NO_REG,
+        (index == Register::None).then_some(())?;
+        let rel = i.memory_displacement64().wrapping_sub(i.next_ip()) as i64;
+        return Some(Mem {
+            disp: i32::try_from(rel).ok()?,
+            base: RIP_REL,
             index: NO_REG,
             shift: 0,
             seg,
         });
     }
+    let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
     let base = if base == Register::None { NO_REG } else { gpr64(base)? };
     let index = if index == Register::None { NO_REG } else { gpr64(index)? };
     let shift = i.memory_index_scale().trailing_zeros() as u8;
     Some(Mem { disp, base, index, shift, seg })
+}
+
+/// A branch's target relative to the next instruction.
+fn rel(i: &Instruction) -> Option<i32> {
+    (i.op0_kind() == OpKind::NearBranch64).then_some(())?;
+    i32::try_from(i.near_branch_target().wrapping_sub(i.next_ip()) as i64).ok()
 }
 
 /// Operand `n` as a source of `size` bytes.
@@ -200,7 +215,11 @@ fn src(i: &Instruction, n: u32, size: u8) -> Option<Src> {
         | OpKind::Immediate8to16
         | OpKind::Immediate8to32
         | OpKind::Immediate8to64
-        | OpKind::Immediate32to64 => Some(Src::Imm(i.immediate(n) & mask(u32::from(size)))),
+        | OpKind::Immediate32to64 => {
+            // Every immediate but MOV's imm64 has at most 32 significant bits once masked.
+            let v = i.immediate(n) & mask(u32::from(size));
+            (v == (v as i32 as i64 as u64) & mask(u32::from(size))).then_some(Src::Imm(v as i32))
+        }
         _ => None,
     }
 }
@@ -227,10 +246,6 @@ fn dst_reg(i: &Instruction, n: u32) -> Option<(u8, u8)> {
     gpr(i.op_register(n))
 }
 
-fn near_target(i: &Instruction) -> Option<u64> {
-    (i.op0_kind() == OpKind::NearBranch64).then(|| i.near_branch_target())
-}
-
 /// A 64-bit register or memory operand of an indirect branch.
 fn indirect(i: &Instruction) -> Option<Src> {
     match i.op0_kind() {
@@ -249,6 +264,10 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
     let op = match m {
         M::Mov => {
             let (d, size) = dst(i, 0)?;
+            if let (Dst::Reg(r), OpKind::Immediate64) = (d, i.op1_kind()) {
+                let v = i.immediate64();
+                return Some(Op::MovImm64 { dst: r, low: v as u32, high: (v >> 32) as u32 });
+            }
             let s = src(i, 1, size)?;
             if matches!((d, s), (Dst::Mem(_), Src::Mem(_))) {
                 return None;
@@ -392,13 +411,13 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
         | M::Jl
         | M::Jge
         | M::Jle
-        | M::Jg => Op::Jcc { cc: i.condition_code(), target: near_target(i)? },
-        M::Jmp => match near_target(i) {
-            Some(target) => Op::Jmp { target },
+        | M::Jg => Op::Jcc { cc: i.condition_code(), rel: rel(i)? },
+        M::Jmp => match rel(i) {
+            Some(rel) => Op::Jmp { rel },
             None => Op::JmpIndirect { src: indirect(i)? },
         },
-        M::Call if i.stack_pointer_increment() == -8 => match near_target(i) {
-            Some(target) => Op::Call { target },
+        M::Call if i.stack_pointer_increment() == -8 => match rel(i) {
+            Some(rel) => Op::Call { rel },
             None => Op::CallIndirect { src: indirect(i)? },
         },
         M::Ret if i.op_count() == 0 && i.stack_pointer_increment() == 8 => Op::Ret,
@@ -429,18 +448,25 @@ mod tests {
                 src: Src::Mem(Mem { disp: 0x10, base: 3, index: 1, shift: 3, seg: 0 })
             })
         );
-        // add dword [rip+0x100], -1: the address is absolute, the immediate masked to 32 bits.
+        // add dword [rip+0x100], -1
         assert_eq!(
             op(&[0x83, 0x05, 0x00, 0x01, 0x00, 0x00, 0xff]),
             Some(Op::Alu {
                 op: AluOp::Add,
                 size: 4,
-                dst: Dst::Mem(Mem { disp: 0x1107, base: NO_REG, index: NO_REG, shift: 0, seg: 0 }),
-                src: Src::Imm(0xffff_ffff)
+                dst: Dst::Mem(Mem { disp: 0x100, base: RIP_REL, index: NO_REG, shift: 0, seg: 0 }),
+                src: Src::Imm(-1)
             })
         );
         // jne back to the start (75 fe).
-        assert_eq!(op(&[0x75, 0xfe]), Some(Op::Jcc { cc: ConditionCode::ne, target: 0x1000 }));
+        assert_eq!(op(&[0x75, 0xfe]), Some(Op::Jcc { cc: ConditionCode::ne, rel: -2 }));
+        // mov rax, 0x1122334455667788
+        assert_eq!(
+            op(&[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]),
+            Some(Op::MovImm64 { dst: 0, low: 0x5566_7788, high: 0x1122_3344 })
+        );
+        // An operation with its length takes at most half a cache line.
+        assert!(std::mem::size_of::<(Op, u8)>() <= 32, "{}", std::mem::size_of::<(Op, u8)>());
         // mov rax, gs:[0x28]
         assert!(matches!(
             op(&[0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0]),

@@ -471,6 +471,24 @@ impl Gen {
                 ins.set_memory_displ_size(8);
                 ins.set_segment_prefix(if rng.chance(50) { Register::FS } else { Register::GS });
             }
+            // RIP-relative operands and base+index addressing, which the decoded-block fast
+            // path resolves on its own: the same data address, reached another way.
+            if ins.memory_base() == Register::R15 && rng.chance(10) {
+                let target = crate::native::DATA + ins.memory_displacement64();
+                ins.set_memory_base(Register::RIP);
+                ins.set_memory_displacement64(target);
+                ins.set_memory_displ_size(8);
+            } else if ins.memory_base() == Register::R15 && rng.chance(10) {
+                let index = *rng.pick(&[Register::RAX, Register::RDX, Register::RSI, Register::R9]);
+                let scale = *rng.pick(&[1u32, 2, 4, 8]);
+                let v = rng.below(0x20);
+                if let Ok(set) = Instruction::with2(Code::Mov_rm64_imm32, index, v as i64) {
+                    out.push(set);
+                    ins.set_memory_index(index);
+                    ins.set_memory_index_scale(scale);
+                    ins.set_memory_displ_size(8);
+                }
+            }
             // LOCK on the read-modify-write forms (the encoder rejects the others).
             if rng.chance(20)
                 && ins.op0_kind() == OpKind::Memory
