@@ -297,8 +297,9 @@ impl EmuVcpu {
             };
             let mut done = 0u32;
             while done < budget {
-                // Interrupts are asynchronous: looking every 64 instructions is enough.
-                let chunk = u64::from((budget - done).min(64));
+                // Interrupts are asynchronous: looking every 256 instructions (256 ns of guest
+                // time) is enough.
+                let chunk = u64::from((budget - done).min(256));
                 match self.blocks.run(&mut self.cpu, io, chunk) {
                     Ok(n) => done = done.saturating_add(n as u32),
                     Err(e) => return self.step_error(e),

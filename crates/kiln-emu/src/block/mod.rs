@@ -202,30 +202,38 @@ impl Blocks {
             let code_page = code as usize;
             cpu.interrupt_shadow = false;
             loop {
+                // Instructions completed in this pass, added to the counters once.
+                let room = limit - *n;
+                let mut done = 0;
+                let mut rewritten = false;
                 for (op, len) in block.ops.iter() {
-                    let len = *len;
-                    if *n >= limit {
-                        return Ok(());
+                    if done == room {
+                        break;
                     }
+                    let len = *len;
                     match exec::exec(cpu, op, len, lazy, code_page) {
                         Ok(Flow::Next) => cpu.rip = cpu.rip.wrapping_add(u64::from(len)),
                         Ok(Flow::Branch) => {}
                         Ok(Flow::CodeWritten) => {
                             cpu.rip = cpu.rip.wrapping_add(u64::from(len));
-                            cpu.icount = cpu.icount.wrapping_add(1);
-                            *n += 1;
-                            continue 'blocks;
+                            rewritten = true;
                         }
-                        Err(Bail) => return generic(cpu, io, lazy, n),
+                        Err(Bail) => {
+                            retire(cpu, n, done);
+                            return generic(cpu, io, lazy, n);
+                        }
                     }
-                    cpu.icount = cpu.icount.wrapping_add(1);
-                    *n += 1;
+                    done += 1;
+                    if rewritten {
+                        break;
+                    }
                 }
+                retire(cpu, n, done);
                 // A loop onto itself runs again without a lookup: its own stores (which end it
                 // above) and generic instructions (which end the run) are what could change it
                 // from this vCPU; another vCPU's rewrite is seen at the next lookup, as a real
                 // CPU needs a serializing instruction to see cross-modified code.
-                if cpu.rip != rip || *n >= limit {
+                if rewritten || cpu.rip != rip || *n >= limit {
                     continue 'blocks;
                 }
             }
@@ -234,7 +242,16 @@ impl Blocks {
     }
 }
 
-/// Runs one instruction on the generic path, with RFLAGS current.
+/// Counts `done` instructions as retired.
+#[inline(always)]
+fn retire(cpu: &mut Cpu, n: &mut u64, done: u64) {
+    cpu.icount = cpu.icount.wrapping_add(done);
+    *n += done;
+}
+
+/// Runs one instruction on the generic path, with RFLAGS current (out of line: the block loop
+/// stays small).
+#[inline(never)]
 fn generic(
     cpu: &mut Cpu,
     io: &dyn IoHandler,
