@@ -55,6 +55,14 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
             c.next_rip = c.i.ip();
             return Ok(());
         }
+        if rep && asz == 8 && step == u64::from(size) && matches!(kind, Kind::Stos | Kind::Movs) {
+            let most = (c.cpu.gpr[1]).min(MAX_ITERATIONS - done);
+            let k = bulk(c, kind, size, src_seg, most)?;
+            if k > 0 {
+                done += k;
+                continue;
+            }
+        }
         let rsi = c.cpu.gpr[6] & am;
         let rdi = c.cpu.gpr[7] & am;
         let mut advance_si = false;
@@ -137,6 +145,76 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
         }
     }
     Ok(())
+}
+
+/// Runs up to `most` iterations of a forward REP STOS or REP MOVS with 64-bit addresses at once,
+/// as far as the operands stay within pages the TLB already maps as accessible RAM (dirty for
+/// the destination); returns how many ran (0: none, the element-wise loop goes on, translating
+/// and faulting as it must). Clearing and copying pages is most of what a booting kernel's
+/// string instructions do, and this costs a few host instructions per element instead of two
+/// translations.
+fn bulk(
+    c: &mut Ctx,
+    kind: Kind,
+    size: u32,
+    src_seg: Register,
+    most: u64,
+) -> Result<u64, crate::fault::Exception> {
+    let sz = u64::from(size);
+    let dst_la = c.lin(Register::ES, c.cpu.gpr[7])?;
+    let room = |la: u64| (4096 - (la & 0xfff)) / sz;
+    let mut k = most.min(room(dst_la));
+    let src = if kind == Kind::Movs {
+        let src_la = c.lin(src_seg, c.cpu.gpr[6])?;
+        k = k.min(room(src_la));
+        if k == 0 {
+            return Ok(0);
+        }
+        match c.cpu.tlb_data_host(src_la, (k * sz) as u32, false) {
+            Some(p) => p.cast_const(),
+            None => return Ok(0),
+        }
+    } else {
+        std::ptr::null()
+    };
+    if k == 0 {
+        return Ok(0);
+    }
+    let len = (k * sz) as usize;
+    let Some(dst) = c.cpu.tlb_data_host(dst_la, len as u32, true) else {
+        return Ok(0);
+    };
+    if kind == Kind::Stos {
+        let v = c.cpu.gpr[0].to_le_bytes();
+        for e in 0..k as usize {
+            // SAFETY: `dst` addresses `len` bytes of one mapped RAM page (tlb_data_host checked
+            // the range); element `e` lies within them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(e * size as usize), size as usize)
+            };
+        }
+    } else if (dst as usize) + len <= src as usize || (src as usize) + len <= dst as usize {
+        // SAFETY: both ranges are `len` bytes of mapped RAM (checked by tlb_data_host) and do
+        // not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+    } else {
+        // Overlapping: element by element, forward, as the instruction does.
+        for e in 0..k as usize {
+            let at = e * size as usize;
+            let mut v = [0u8; 8];
+            // SAFETY: element `e` of both `len`-byte RAM ranges; `v` is a distinct buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.add(at), v.as_mut_ptr(), size as usize);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(at), size as usize);
+            }
+        }
+    }
+    c.cpu.gpr[7] = c.cpu.gpr[7].wrapping_add(k * sz);
+    if kind == Kind::Movs {
+        c.cpu.gpr[6] = c.cpu.gpr[6].wrapping_add(k * sz);
+    }
+    c.cpu.gpr[1] -= k;
+    Ok(k)
 }
 
 /// The address size of a string instruction, from its memory operand kinds.
