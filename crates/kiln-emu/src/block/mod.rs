@@ -87,23 +87,26 @@ impl Block {
         // page end are readable.
         unsafe { std::ptr::copy_nonoverlapping(code, buf.as_mut_ptr(), avail) };
         let mut dec = Decoder::with_ip(64, &buf[..avail], rip, DecoderOptions::NONE);
-        let mut ops = Vec::with_capacity(MAX_OPS);
+        // Built on the stack, then one allocation of the exact size.
+        let mut ops = [(Op::Nop, 0u8); MAX_OPS];
+        let mut count = 0;
         let mut used = 0;
-        while ops.len() < MAX_OPS && dec.can_decode() {
+        while count < MAX_OPS && dec.can_decode() {
             let i = dec.decode();
             if i.is_invalid() {
                 break;
             }
             match op::translate(&i) {
                 Some(op) => {
-                    ops.push((op, i.len() as u8));
+                    ops[count] = (op, i.len() as u8);
+                    count += 1;
                     used += i.len();
                     if op.is_branch() {
                         break;
                     }
                 }
                 None => {
-                    if ops.is_empty() {
+                    if count == 0 {
                         used = i.len();
                     }
                     break;
@@ -111,7 +114,7 @@ impl Block {
             }
         }
         self.rip = rip;
-        self.ops = ops.into_boxed_slice();
+        self.ops = Box::from(&ops[..count]);
         self.len = used as u8;
         self.bytes = [0; MAX_BYTES];
         self.bytes[..used].copy_from_slice(&buf[..used]);
