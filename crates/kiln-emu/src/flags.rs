@@ -47,11 +47,8 @@ pub const DEFINED: u64 = ARITH | FIXED | TF | IF | DF | IOPL | NT | RF | VM | AC
 /// All ones in the low `size` bytes (`size` is 1, 2, 4 or 8).
 #[inline]
 pub fn mask(size: u32) -> u64 {
-    if size >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (size * 8)) - 1
-    }
+    // Branch-free: this runs several times per instruction.
+    u64::MAX >> (64u32.wrapping_sub(size.min(8) * 8) & 63)
 }
 
 /// The sign bit of a `size`-byte value.
@@ -152,6 +149,15 @@ mod tests {
         assert_eq!(f & (CF | SF | ZF), CF | SF);
         // 0x80 - 1 on a byte overflows signed.
         assert_ne!(sub(0x80, 1, 0, 0x7f, 1) & OF, 0);
+    }
+
+    #[test]
+    fn mask_covers_the_operand_size() {
+        assert_eq!(mask(1), 0xff);
+        assert_eq!(mask(2), 0xffff);
+        assert_eq!(mask(4), 0xffff_ffff);
+        assert_eq!(mask(8), u64::MAX);
+        assert_eq!(mask(16), u64::MAX);
     }
 
     #[test]

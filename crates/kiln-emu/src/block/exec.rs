@@ -194,6 +194,18 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             cpu.gpr[usize::from(dst)] = u64::from(low) | (u64::from(high) << 32);
             Ok(Flow::Next)
         }
+        Op::AluRegs { op, size, dst, src } => {
+            let b = cpu.gpr[usize::from(src)];
+            alu_reg(cpu, op, size, dst, b, lazy)
+        }
+        Op::AluRegImm { op, size, dst, imm } => {
+            alu_reg(cpu, op, size, dst, imm as i64 as u64, lazy)
+        }
+        Op::MovRegs { size, dst, src } => {
+            let v = cpu.gpr[usize::from(src)];
+            set_reg(cpu, dst, size, v);
+            Ok(Flow::Next)
+        }
         Op::Alu { op, size, dst, src } => alu(cpu, op, size, dst, src, next, lazy, code_page),
         Op::Unary { op, size, dst } => {
             let p = place(cpu, &dst, next, size, true)?;
@@ -353,9 +365,32 @@ fn alu(
     let b = read(cpu, &src, next, size)?;
     let p = place(cpu, &dst, next, size, writes)?;
     let a = get(cpu, p, size);
+    let r = compute(cpu, op, u32::from(size), a, b, lazy);
+    if writes {
+        Ok(put(cpu, p, size, r, code_page))
+    } else {
+        Ok(Flow::Next)
+    }
+}
+
+/// Two-operand arithmetic on register operands: `a op= b`.
+#[inline(always)]
+fn alu_reg(cpu: &mut Cpu, op: AluOp, size: u8, dst: u8, b: u64, lazy: &mut Lazy) -> Res {
     let s = u32::from(size);
+    let a = cpu.gpr[usize::from(dst)] & mask(s);
+    let r = compute(cpu, op, s, a, b & mask(s), lazy);
+    if !matches!(op, AluOp::Cmp | AluOp::Test) {
+        set_reg(cpu, dst, size, r);
+    }
+    Ok(Flow::Next)
+}
+
+/// The result of `a op b` on `s`-byte operands (masked), recording the flags in `lazy` (or,
+/// for ADC/SBB, in RFLAGS).
+#[inline(always)]
+fn compute(cpu: &mut Cpu, op: AluOp, s: u32, a: u64, b: u64, lazy: &mut Lazy) -> u64 {
     let mk = mask(s);
-    let r = match op {
+    match op {
         AluOp::Add => {
             let r = a.wrapping_add(b) & mk;
             lazy.set(Kind::Add, s, a, b, r);
@@ -394,10 +429,5 @@ fn alu(
             cpu.set_arith(f);
             r
         }
-    };
-    if writes {
-        Ok(put(cpu, p, size, r, code_page))
-    } else {
-        Ok(Flow::Next)
     }
 }

@@ -83,8 +83,15 @@ pub(crate) enum Op {
     Mov { size: u8, dst: Dst, src: Src },
     /// MOV of a 64-bit immediate into a register (split so that operations stay 4-aligned).
     MovImm64 { dst: u8, low: u32, high: u32 },
+    /// MOV between two registers (the common forms have their own operations, which skip
+    /// the operand-kind dispatch).
+    MovRegs { size: u8, dst: u8, src: u8 },
     /// ADD OR ADC SBB AND SUB XOR CMP TEST.
     Alu { op: AluOp, size: u8, dst: Dst, src: Src },
+    /// ALU on two registers.
+    AluRegs { op: AluOp, size: u8, dst: u8, src: u8 },
+    /// ALU on a register and an immediate (sign-extended, masked at use).
+    AluRegImm { op: AluOp, size: u8, dst: u8, imm: i32 },
     /// INC DEC NEG NOT.
     Unary { op: UnOp, size: u8, dst: Dst },
     /// SHL SHR SAR ROL ROR by an immediate count (already masked, non-zero).
@@ -269,10 +276,11 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
                 return Some(Op::MovImm64 { dst: r, low: v as u32, high: (v >> 32) as u32 });
             }
             let s = src(i, 1, size)?;
-            if matches!((d, s), (Dst::Mem(_), Src::Mem(_))) {
-                return None;
+            match (d, s) {
+                (Dst::Mem(_), Src::Mem(_)) => return None,
+                (Dst::Reg(dst), Src::Reg(src)) => Op::MovRegs { size, dst, src },
+                _ => Op::Mov { size, dst: d, src: s },
             }
-            Op::Mov { size, dst: d, src: s }
         }
         M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp | M::Test => {
             let op = match m {
@@ -287,8 +295,11 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
                 _ => AluOp::Test,
             };
             let (d, size) = dst(i, 0)?;
-            let s = src(i, 1, size)?;
-            Op::Alu { op, size, dst: d, src: s }
+            match (d, src(i, 1, size)?) {
+                (Dst::Reg(dst), Src::Reg(src)) => Op::AluRegs { op, size, dst, src },
+                (Dst::Reg(dst), Src::Imm(imm)) => Op::AluRegImm { op, size, dst, imm },
+                (d, s) => Op::Alu { op, size, dst: d, src: s },
+            }
         }
         M::Inc | M::Dec | M::Neg | M::Not => {
             let op = match m {
@@ -460,6 +471,15 @@ mod tests {
         );
         // jne back to the start (75 fe).
         assert_eq!(op(&[0x75, 0xfe]), Some(Op::Jcc { cc: ConditionCode::ne, rel: -2 }));
+        // add rax, rcx and sub ecx, 8 skip the operand-kind dispatch.
+        assert_eq!(
+            op(&[0x48, 0x01, 0xc8]),
+            Some(Op::AluRegs { op: AluOp::Add, size: 8, dst: 0, src: 1 })
+        );
+        assert_eq!(
+            op(&[0x83, 0xe9, 0x08]),
+            Some(Op::AluRegImm { op: AluOp::Sub, size: 4, dst: 1, imm: 8 })
+        );
         // mov rax, 0x1122334455667788
         assert_eq!(
             op(&[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]),
