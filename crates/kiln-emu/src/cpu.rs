@@ -473,12 +473,12 @@ impl Cpu {
     /// Writes general register `index` (0..16) with an operand size in bytes.
     #[inline]
     pub fn set_gpr_sized(&mut self, index: usize, size: u32, v: u64) {
+        // Branch-free (this runs for most instructions): 8- and 16-bit writes keep the other
+        // bits, 32- and 64-bit writes keep none.
         let g = &mut self.gpr[index & 15];
-        *g = match size {
-            8 => v,
-            4 => v & 0xffff_ffff,
-            _ => (*g & !flags::mask(size)) | (v & flags::mask(size)),
-        };
+        let m = flags::mask(size);
+        let keep = !m & u64::from(size < 4).wrapping_neg();
+        *g = (*g & keep) | (v & m);
     }
 
     /// Replaces the arithmetic flags with `f`.

@@ -57,3 +57,30 @@ fn engine_speed_on_an_integer_loop() {
     let s = t.elapsed().as_secs_f64();
     println!("engine: 50M instructions in {s:.3} s: {:.1} MIPS", 50.0 / s);
 }
+
+#[test]
+#[ignore = "a measurement, not a check"]
+fn engine_speed_on_the_benchmarks_two_instruction_loop() {
+    use kiln_engine::{BootCpuState, Engine, VmSpec};
+    let sb = Sandbox::new().expect("sandbox");
+    let ip = 0x10_0000u64;
+    let mut a = CodeAssembler::new(64).expect("assembler");
+    let mut top = a.create_label();
+    a.mov(ecx, 50_000_000u32).expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.dec(ecx).expect("asm");
+    a.jnz(top).expect("asm");
+    a.hlt().expect("asm");
+    sb.poke(ip, &a.assemble(ip).expect("asm"));
+    let vm = kiln_emu::EmuEngine::new().create_vm(&VmSpec { vcpus: 1 }, &sb.memory).expect("VM");
+    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let d = sb.cpu.dump();
+    let mut st = BootCpuState { regs: d.regs, sregs: d.sregs };
+    st.regs.rip = ip;
+    vcpu.set_boot_state(&st).expect("boot state");
+    let io = kiln_emu::sandbox::RecordingIo::default();
+    let t = std::time::Instant::now();
+    vcpu.run(&io).expect("runs");
+    let s = t.elapsed().as_secs_f64();
+    println!("engine, dec+jnz: 100M instructions in {s:.3} s: {:.1} MIPS", 100.0 / s);
+}

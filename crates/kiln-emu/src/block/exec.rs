@@ -207,29 +207,16 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(Flow::Next)
         }
         Op::Alu { op, size, dst, src } => alu(cpu, op, size, dst, src, next, lazy, code_page),
+        Op::UnaryReg { op, size, dst } => {
+            let a = cpu.gpr[usize::from(dst)] & mask(u32::from(size));
+            let r = unary(cpu, op, size, a, lazy);
+            set_reg(cpu, dst, size, r);
+            Ok(Flow::Next)
+        }
         Op::Unary { op, size, dst } => {
             let p = place(cpu, &dst, next, size, true)?;
-            let s = u32::from(size);
-            let mk = mask(s);
             let a = get(cpu, p, size);
-            let r = match op {
-                UnOp::Inc => {
-                    let r = a.wrapping_add(1) & mk;
-                    lazy.set_keep_cf(Kind::Inc, s, a, r, cpu.rflags);
-                    r
-                }
-                UnOp::Dec => {
-                    let r = a.wrapping_sub(1) & mk;
-                    lazy.set_keep_cf(Kind::Dec, s, a, r, cpu.rflags);
-                    r
-                }
-                UnOp::Neg => {
-                    let r = 0u64.wrapping_sub(a) & mk;
-                    lazy.set(Kind::Sub, s, 0, a, r);
-                    r
-                }
-                UnOp::Not => !a & mk,
-            };
+            let r = unary(cpu, op, size, a, lazy);
             Ok(put(cpu, p, size, r, code_page))
         }
         Op::Shift { m, size, dst, count } => {
@@ -429,5 +416,30 @@ fn compute(cpu: &mut Cpu, op: AluOp, s: u32, a: u64, b: u64, lazy: &mut Lazy) ->
             cpu.set_arith(f);
             r
         }
+    }
+}
+
+/// INC DEC NEG NOT of the `size`-byte value `a`, recording the flags.
+#[inline(always)]
+fn unary(cpu: &Cpu, op: UnOp, size: u8, a: u64, lazy: &mut Lazy) -> u64 {
+    let s = u32::from(size);
+    let mk = mask(s);
+    match op {
+        UnOp::Inc => {
+            let r = a.wrapping_add(1) & mk;
+            lazy.set_keep_cf(Kind::Inc, s, a, r, cpu.rflags);
+            r
+        }
+        UnOp::Dec => {
+            let r = a.wrapping_sub(1) & mk;
+            lazy.set_keep_cf(Kind::Dec, s, a, r, cpu.rflags);
+            r
+        }
+        UnOp::Neg => {
+            let r = 0u64.wrapping_sub(a) & mk;
+            lazy.set(Kind::Sub, s, 0, a, r);
+            r
+        }
+        UnOp::Not => !a & mk,
     }
 }

@@ -93,12 +93,22 @@ impl Lazy {
     #[inline(always)]
     pub(crate) fn cond(&self, cc: ConditionCode, rflags: u64) -> bool {
         use ConditionCode as C;
+        if self.kind == Kind::None {
+            return eval(cc, rflags);
+        }
+        match cc {
+            C::e => self.res == 0,
+            C::ne => self.res != 0,
+            C::s => self.res & sign_bit(self.size) != 0,
+            C::ns => self.res & sign_bit(self.size) == 0,
+            _ => self.cond_other(cc, rflags),
+        }
+    }
+
+    /// The conditions other than e/ne/s/ns with flags pending.
+    fn cond_other(&self, cc: ConditionCode, rflags: u64) -> bool {
+        use ConditionCode as C;
         match (self.kind, cc) {
-            (Kind::None, _) => eval(cc, rflags),
-            (_, C::e) => self.res == 0,
-            (_, C::ne) => self.res != 0,
-            (_, C::s) => self.res & sign_bit(self.size) != 0,
-            (_, C::ns) => self.res & sign_bit(self.size) == 0,
             (Kind::Sub, C::b) => self.a < self.b,
             (Kind::Sub, C::ae) => self.a >= self.b,
             (Kind::Sub, C::be) => self.a <= self.b,

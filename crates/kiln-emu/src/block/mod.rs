@@ -172,97 +172,95 @@ impl Blocks {
         io: &dyn IoHandler,
         limit: u64,
     ) -> Result<u64, (u64, ExecError)> {
+        // The pending flags and the count are locals of this function only (no pointer to them
+        // leaves it), so the compiler keeps them in registers in the block loop.
         let mut lazy = Lazy::NONE;
-        let mut n = 0;
-        let r = self.execute_blocks(cpu, io, limit, &mut lazy, &mut n);
+        let mut n = 0u64;
+        let result: Result<(), ExecError> = 'run: {
+            'blocks: while n < limit {
+                if !cpu.code64() {
+                    break 'run generic(cpu, io, &mut lazy, &mut n);
+                }
+                let rip = cpu.rip;
+                let Some(code) = cpu.tlb_exec_host(rip) else {
+                    break 'run generic(cpu, io, &mut lazy, &mut n);
+                };
+                let block = &mut self.slots[((rip ^ (rip >> 13)) as usize) & (SLOTS - 1)];
+                if block.rip != rip || !block.matches(code) {
+                    block.compile(rip, code);
+                }
+                if block.ops.is_empty() {
+                    break 'run generic(cpu, io, &mut lazy, &mut n);
+                }
+                let code_page = code as usize;
+                cpu.interrupt_shadow = false;
+                loop {
+                    // Instructions completed in this pass, added to the counters once.
+                    let room = limit - n;
+                    let mut done = 0;
+                    let mut rewritten = false;
+                    for &(ref op, len) in block.ops.iter() {
+                        if done == room {
+                            break;
+                        }
+                        match exec::exec(cpu, op, len, &mut lazy, code_page) {
+                            Ok(Flow::Next) => cpu.rip = cpu.rip.wrapping_add(u64::from(len)),
+                            Ok(Flow::Branch) => {}
+                            Ok(Flow::CodeWritten) => {
+                                cpu.rip = cpu.rip.wrapping_add(u64::from(len));
+                                rewritten = true;
+                            }
+                            Err(Bail) => {
+                                cpu.icount = cpu.icount.wrapping_add(done);
+                                n += done;
+                                break 'run generic(cpu, io, &mut lazy, &mut n);
+                            }
+                        }
+                        done += 1;
+                        if rewritten {
+                            break;
+                        }
+                    }
+                    cpu.icount = cpu.icount.wrapping_add(done);
+                    n += done;
+                    // A loop onto itself runs again without a lookup: its own stores (which
+                    // end it above) and generic instructions (which end the run) are what
+                    // could change it from this vCPU; another vCPU's rewrite is seen at the
+                    // next lookup, as a real CPU needs a serializing instruction to see
+                    // cross-modified code.
+                    if rewritten || cpu.rip != rip || n >= limit {
+                        continue 'blocks;
+                    }
+                }
+            }
+            Ok(())
+        };
         lazy.materialize(&mut cpu.rflags);
-        r.map(|()| n).map_err(|e| (n, e))
+        result.map(|()| n).map_err(|e| (n, e))
     }
-
-    fn execute_blocks(
-        &mut self,
-        cpu: &mut Cpu,
-        io: &dyn IoHandler,
-        limit: u64,
-        lazy: &mut Lazy,
-        n: &mut u64,
-    ) -> Result<(), ExecError> {
-        'blocks: while *n < limit {
-            if !cpu.code64() {
-                return generic(cpu, io, lazy, n);
-            }
-            let rip = cpu.rip;
-            let Some(code) = cpu.tlb_exec_host(rip) else {
-                return generic(cpu, io, lazy, n);
-            };
-            let block = &mut self.slots[((rip ^ (rip >> 13)) as usize) & (SLOTS - 1)];
-            if block.rip != rip || !block.matches(code) {
-                block.compile(rip, code);
-            }
-            if block.ops.is_empty() {
-                return generic(cpu, io, lazy, n);
-            }
-            let code_page = code as usize;
-            cpu.interrupt_shadow = false;
-            loop {
-                // Instructions completed in this pass, added to the counters once.
-                let room = limit - *n;
-                let mut done = 0;
-                let mut rewritten = false;
-                for (op, len) in block.ops.iter() {
-                    if done == room {
-                        break;
-                    }
-                    let len = *len;
-                    match exec::exec(cpu, op, len, lazy, code_page) {
-                        Ok(Flow::Next) => cpu.rip = cpu.rip.wrapping_add(u64::from(len)),
-                        Ok(Flow::Branch) => {}
-                        Ok(Flow::CodeWritten) => {
-                            cpu.rip = cpu.rip.wrapping_add(u64::from(len));
-                            rewritten = true;
-                        }
-                        Err(Bail) => {
-                            retire(cpu, n, done);
-                            return generic(cpu, io, lazy, n);
-                        }
-                    }
-                    done += 1;
-                    if rewritten {
-                        break;
-                    }
-                }
-                retire(cpu, n, done);
-                // A loop onto itself runs again without a lookup: its own stores (which end it
-                // above) and generic instructions (which end the run) are what could change it
-                // from this vCPU; another vCPU's rewrite is seen at the next lookup, as a real
-                // CPU needs a serializing instruction to see cross-modified code.
-                if rewritten || cpu.rip != rip || *n >= limit {
-                    continue 'blocks;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Counts `done` instructions as retired.
-#[inline(always)]
-fn retire(cpu: &mut Cpu, n: &mut u64, done: u64) {
-    cpu.icount = cpu.icount.wrapping_add(done);
-    *n += done;
 }
 
 /// Runs one instruction on the generic path, with RFLAGS current (out of line: the block loop
-/// stays small).
+/// stays small). The flags and the count come by value and go back the same way, so that
+/// the loop's copies need not live in memory.
 #[inline(never)]
+fn generic_out_of_line(cpu: &mut Cpu, io: &dyn IoHandler, mut lazy: Lazy) -> Result<(), ExecError> {
+    lazy.materialize(&mut cpu.rflags);
+    cpu.execute_one(io)
+}
+
+/// [`generic_out_of_line`] for the loop's locals: RFLAGS becomes current, the instruction
+/// counts if it completed.
+#[inline(always)]
 fn generic(
     cpu: &mut Cpu,
     io: &dyn IoHandler,
     lazy: &mut Lazy,
     n: &mut u64,
 ) -> Result<(), ExecError> {
-    lazy.materialize(&mut cpu.rflags);
-    cpu.execute_one(io)?;
+    let pending = *lazy;
+    *lazy = Lazy::NONE;
+    generic_out_of_line(cpu, io, pending)?;
     *n += 1;
     Ok(())
 }

@@ -94,6 +94,8 @@ pub(crate) enum Op {
     AluRegImm { op: AluOp, size: u8, dst: u8, imm: i32 },
     /// INC DEC NEG NOT.
     Unary { op: UnOp, size: u8, dst: Dst },
+    /// INC DEC NEG NOT of a register.
+    UnaryReg { op: UnOp, size: u8, dst: u8 },
     /// SHL SHR SAR ROL ROR by an immediate count (already masked, non-zero).
     Shift { m: Mnemonic, size: u8, dst: Dst, count: u8 },
     /// LEA: the effective address, truncated to the destination size.
@@ -308,8 +310,10 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
                 M::Neg => UnOp::Neg,
                 _ => UnOp::Not,
             };
-            let (d, size) = dst(i, 0)?;
-            Op::Unary { op, size, dst: d }
+            match dst(i, 0)? {
+                (Dst::Reg(dst), size) => Op::UnaryReg { op, size, dst },
+                (d, size) => Op::Unary { op, size, dst: d },
+            }
         }
         M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => {
             let (d, size) = dst(i, 0)?;
