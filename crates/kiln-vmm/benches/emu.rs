@@ -7,6 +7,9 @@
 //!    marks, as million guest instructions per second.
 //! 3. P = T_native / T_virtual of a CPU-bound workload (`seq 1 N | sha256sum` with Debian's
 //!    static busybox), natively on the host and inside each VM, timed between serial marks.
+//!
+//! Each is measured three times, Kiln and QEMU alternating, and the best is reported: the
+//! machines' CPUs are shared and their speed changes by up to 2x from minute to minute.
 
 use kiln_testguest::elf::{ElfImage, ElfNote};
 use kiln_testguest::{guests, GUEST_BASE};
@@ -43,6 +46,31 @@ fn watch(mut child: Child, markers: &[&str], limit: Duration) -> Vec<Option<Dura
     let _ = child.kill();
     let _ = child.wait();
     seen
+}
+
+/// Rounds of each measurement; the best is reported.
+const ROUNDS: usize = 3;
+
+/// The shorter of two durations (either may be missing).
+fn best(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Keeps the run with the shortest ready time and work interval (markers: ready, work start,
+/// work end), each from its own run.
+fn best_run(kept: &mut [Option<Duration>], run: Vec<Option<Duration>>) {
+    kept[0] = best(kept[0], run[0]);
+    let work = |t: &[Option<Duration>]| match (t[1], t[2]) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    if kept[1].is_none() || best(work(kept), work(&run)) != work(kept) {
+        kept[1] = run[1];
+        kept[2] = run[2];
+    }
 }
 
 /// Times of the single-byte marks `!` and `#`.
@@ -139,30 +167,43 @@ fn main() {
     let limit = Duration::from_secs(900);
     let k = kernel.to_string_lossy().into_owned();
     let i = initrd.to_string_lossy().into_owned();
-    let kiln_boot = kiln(&["--kernel", &k, "--initrd", &i, "--memory", "256"])
-        .map(|c| watch(c, &markers, limit))
-        .unwrap_or_else(|| vec![None; 3]);
-    let qemu_boot = qemu(&kernel, Some(&initrd))
-        .map(|c| watch(c, &markers, limit))
-        .unwrap_or_else(|| vec![None; 3]);
-    let kiln_loop =
-        kiln(&["--kernel", &probe.to_string_lossy()]).and_then(|c| watch_bytes(c, limit));
-    let qemu_loop = qemu(&probe, None).and_then(|c| watch_bytes(c, limit));
+    // The two CPUs of these machines are shared with other tenants and change speed by up to
+    // 2x from one minute to the next, so each measurement runs ROUNDS times, Kiln and QEMU
+    // alternating, and the best of each is reported.
+    let (mut kiln_boot, mut qemu_boot) = (vec![None; 3], vec![None; 3]);
+    let (mut kiln_loop, mut qemu_loop) = (None, None);
+    let p = probe.to_string_lossy().into_owned();
+    for _ in 0..ROUNDS {
+        let run = kiln(&["--kernel", &k, "--initrd", &i, "--memory", "256"])
+            .map(|c| watch(c, &markers, limit))
+            .unwrap_or_else(|| vec![None; 3]);
+        best_run(&mut kiln_boot, run);
+        let run = qemu(&kernel, Some(&initrd))
+            .map(|c| watch(c, &markers, limit))
+            .unwrap_or_else(|| vec![None; 3]);
+        best_run(&mut qemu_boot, run);
+        kiln_loop = best(kiln_loop, kiln(&["--kernel", &p]).and_then(|c| watch_bytes(c, limit)));
+        qemu_loop = best(qemu_loop, qemu(&probe, None).and_then(|c| watch_bytes(c, limit)));
+    }
 
-    let native_start = Instant::now();
-    let native = Command::new("/bin/busybox")
-        .args([
-            "sh",
-            "-c",
-            &WORKLOAD
-                .replace("seq", "/bin/busybox seq")
-                .replace("sha256sum", "/bin/busybox sha256sum"),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .map(|_| native_start.elapsed());
+    let mut native = None;
+    for _ in 0..ROUNDS {
+        let native_start = Instant::now();
+        let run = Command::new("/bin/busybox")
+            .args([
+                "sh",
+                "-c",
+                &WORKLOAD
+                    .replace("seq", "/bin/busybox seq")
+                    .replace("sha256sum", "/bin/busybox sha256sum"),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .ok()
+            .filter(|s| s.success())
+            .map(|_| native_start.elapsed());
+        native = best(native, run);
+    }
 
     let work = |t: &[Option<Duration>]| match (t[1], t[2]) {
         (Some(a), Some(b)) => Some(b - a),
@@ -173,7 +214,7 @@ fn main() {
             format!("{:.1}", 2.0 * f64::from(LOOP_ITERATIONS) / d.as_secs_f64() / 1e6)
         })
     };
-    println!("software virtualization: kiln-vmm --engine emu vs qemu-system-x86_64 -M microvm -accel tcg");
+    println!("software virtualization: kiln-vmm --engine emu vs qemu-system-x86_64 -M microvm -accel tcg (best of {ROUNDS})");
     println!("{:<44} {:>12} {:>12} {:>12}", "metric", "kiln emu", "qemu tcg", "kiln/qemu");
     println!(
         "{:<44} {:>12} {:>12} {:>12}",
