@@ -1,12 +1,12 @@
 //! Decoded blocks: the fast path of the interpreter for 64-bit code.
 //!
 //! A block is a run of instructions in one page, starting at a RIP and ending at the first
-//! branch, the first instruction the fast path does not model, the page end or
-//! [`MAX_OPS`] instructions. Its instructions are decoded once into [`op::Op`]s (operands
-//! resolved) and run back to back with lazily computed flags ([`lazy`]), so a hot loop costs a
+//! branch, the first instruction the fast path does not model, the page end, 32 bytes or
+//! [`MAX_OPS`] instructions. Its instructions are decoded once into `op::Op`s (operands
+//! resolved) and run back to back with lazily computed flags (`lazy`), so a hot loop costs a
 //! table lookup and a byte comparison per block instead of a fetch, a decode-cache probe and an
 //! operand-kind dispatch per instruction. Anything else (and every operation that meets an
-//! unusual case: see [`exec`]) runs on the generic path, [`Cpu::execute_one`].
+//! unusual case: see `exec`) runs on the generic path, [`Cpu::execute_one`].
 //!
 //! Blocks are keyed by RIP and validated against the guest's bytes on every entry, not by
 //! tracking writes: Linux patches its own code at boot (alternatives, static keys, ftrace), other
