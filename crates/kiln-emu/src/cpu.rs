@@ -502,31 +502,7 @@ impl Cpu {
     /// Evaluates a condition code against RFLAGS.
     #[inline]
     pub fn cond(&self, cc: ConditionCode) -> bool {
-        let f = self.rflags;
-        let cf = f & flags::CF != 0;
-        let zf = f & flags::ZF != 0;
-        let sf = f & flags::SF != 0;
-        let of = f & flags::OF != 0;
-        let pf = f & flags::PF != 0;
-        match cc {
-            ConditionCode::None => true,
-            ConditionCode::o => of,
-            ConditionCode::no => !of,
-            ConditionCode::b => cf,
-            ConditionCode::ae => !cf,
-            ConditionCode::e => zf,
-            ConditionCode::ne => !zf,
-            ConditionCode::be => cf || zf,
-            ConditionCode::a => !cf && !zf,
-            ConditionCode::s => sf,
-            ConditionCode::ns => !sf,
-            ConditionCode::p => pf,
-            ConditionCode::np => !pf,
-            ConditionCode::l => sf != of,
-            ConditionCode::ge => sf == of,
-            ConditionCode::le => zf || sf != of,
-            ConditionCode::g => !zf && sf == of,
-        }
+        flags::condition(cc, self.rflags)
     }
 
     /// The guest-physical memory this CPU sees.

@@ -3,6 +3,8 @@
 //! Flags are computed eagerly, one helper per instruction family, so every instruction's flag
 //! effect is visible in one place and can be checked against the manuals and the host CPU.
 
+use iced_x86::ConditionCode;
+
 /// Carry flag.
 pub const CF: u64 = 1 << 0;
 /// Reserved bit 1, always set.
@@ -117,6 +119,36 @@ pub fn sub(a: u64, b: u64, borrow: u64, res: u64, size: u32) -> u64 {
         f |= OF;
     }
     f | ((a ^ b ^ res) & AF)
+}
+
+/// Condition code `cc` evaluated on the flags word `f`.
+#[inline]
+pub fn condition(cc: ConditionCode, f: u64) -> bool {
+    use ConditionCode as C;
+    let cf = f & CF != 0;
+    let zf = f & ZF != 0;
+    let sf = f & SF != 0;
+    let of = f & OF != 0;
+    let pf = f & PF != 0;
+    match cc {
+        C::None => true,
+        C::o => of,
+        C::no => !of,
+        C::b => cf,
+        C::ae => !cf,
+        C::e => zf,
+        C::ne => !zf,
+        C::be => cf || zf,
+        C::a => !cf && !zf,
+        C::s => sf,
+        C::ns => !sf,
+        C::p => pf,
+        C::np => !pf,
+        C::l => sf != of,
+        C::ge => sf == of,
+        C::le => zf || sf != of,
+        C::g => !zf && sf == of,
+    }
 }
 
 /// Flags of a logical operation (AND, OR, XOR, TEST): CF and OF clear, AF clear (architecturally

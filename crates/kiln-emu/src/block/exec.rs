@@ -302,8 +302,11 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(Flow::Next)
         }
         Op::Jcc { cc, rel } => {
-            let taken = lazy.cond(cc, cpu.rflags);
-            cpu.rip = if taken { next.wrapping_add(rel as i64 as u64) } else { next };
+            cpu.rip = if lazy.cond(cc, cpu.rflags) {
+                target(next.wrapping_add(rel as i64 as u64))?
+            } else {
+                next
+            };
             Ok(Flow::Branch)
         }
         Op::Jmp { rel } => {

@@ -6,7 +6,7 @@
 //! record lives only while blocks run: [`Lazy::materialize`] writes it into RFLAGS before
 //! anything else (a generic instruction, an exception, the end of the run) can look.
 
-use crate::flags::{self, sext, sign_bit, CF, OF, SF, ZF};
+use crate::flags::{self, condition, sext, sign_bit, CF};
 use iced_x86::ConditionCode;
 
 /// Which operation produced the pending flags.
@@ -94,7 +94,7 @@ impl Lazy {
     pub(crate) fn cond(&self, cc: ConditionCode, rflags: u64) -> bool {
         use ConditionCode as C;
         if self.kind == Kind::None {
-            return eval(cc, rflags);
+            return condition(cc, rflags);
         }
         match cc {
             C::e => self.res == 0,
@@ -121,7 +121,7 @@ impl Lazy {
             (Kind::Logic, C::ae | C::no) => true,
             (Kind::Logic, C::be) => self.res == 0,
             (Kind::Logic, C::a) => self.res != 0,
-            _ => eval(cc, self.arith(rflags)),
+            _ => condition(cc, self.arith(rflags)),
         }
     }
 
@@ -131,35 +131,6 @@ impl Lazy {
 
     fn signed_b(&self) -> i64 {
         sext(self.b, self.size) as i64
-    }
-}
-
-/// Condition `cc` on the flags word `f`.
-fn eval(cc: ConditionCode, f: u64) -> bool {
-    use ConditionCode as C;
-    let cf = f & CF != 0;
-    let zf = f & ZF != 0;
-    let sf = f & SF != 0;
-    let of = f & OF != 0;
-    let pf = f & flags::PF != 0;
-    match cc {
-        C::None => true,
-        C::o => of,
-        C::no => !of,
-        C::b => cf,
-        C::ae => !cf,
-        C::e => zf,
-        C::ne => !zf,
-        C::be => cf || zf,
-        C::a => !cf && !zf,
-        C::s => sf,
-        C::ns => !sf,
-        C::p => pf,
-        C::np => !pf,
-        C::l => sf != of,
-        C::ge => sf == of,
-        C::le => zf || sf != of,
-        C::g => !zf && sf == of,
     }
 }
 
@@ -250,7 +221,7 @@ mod tests {
                 for cc in CONDS {
                     assert_eq!(
                         lazy.cond(cc, before),
-                        eval(cc, want),
+                        condition(cc, want),
                         "{kind:?} case {case} size {size} a {a:#x} b {b:#x} {cc:?} (seed {seed:#x})"
                     );
                 }
