@@ -28,21 +28,13 @@ fn interpreter_speed_on_an_integer_loop() {
     println!("{n} instructions in {s:.3} s: {:.1} MIPS", n as f64 / s / 1e6);
 }
 
-#[test]
-#[ignore = "a measurement, not a check"]
-fn engine_speed_on_an_integer_loop() {
+/// Runs `code` (at 0x100000, ending in HLT) on an emu vCPU as the VMM does; returns seconds.
+fn run_on_engine(code: impl FnOnce(&mut CodeAssembler)) -> f64 {
     use kiln_engine::{BootCpuState, Engine, VmSpec};
     let sb = Sandbox::new().expect("sandbox");
     let ip = 0x10_0000u64;
     let mut a = CodeAssembler::new(64).expect("assembler");
-    let mut top = a.create_label();
-    a.mov(ecx, 10_000_000u32).expect("asm");
-    a.set_label(&mut top).expect("asm");
-    a.add(rax, rcx).expect("asm");
-    a.xor(rbx, rax).expect("asm");
-    a.mov(qword_ptr(0x20_0000u64), rbx).expect("asm");
-    a.dec(ecx).expect("asm");
-    a.jnz(top).expect("asm");
+    code(&mut a);
     a.hlt().expect("asm");
     sb.poke(ip, &a.assemble(ip).expect("asm"));
     let vm = kiln_emu::EmuEngine::new().create_vm(&VmSpec { vcpus: 1 }, &sb.memory).expect("VM");
@@ -54,33 +46,34 @@ fn engine_speed_on_an_integer_loop() {
     let io = kiln_emu::sandbox::RecordingIo::default();
     let t = std::time::Instant::now();
     vcpu.run(&io).expect("runs");
-    let s = t.elapsed().as_secs_f64();
+    t.elapsed().as_secs_f64()
+}
+
+#[test]
+#[ignore = "a measurement, not a check"]
+fn engine_speed_on_an_integer_loop() {
+    let s = run_on_engine(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 10_000_000u32).expect("asm");
+        a.set_label(&mut top).expect("asm");
+        a.add(rax, rcx).expect("asm");
+        a.xor(rbx, rax).expect("asm");
+        a.mov(qword_ptr(0x20_0000u64), rbx).expect("asm");
+        a.dec(ecx).expect("asm");
+        a.jnz(top).expect("asm");
+    });
     println!("engine: 50M instructions in {s:.3} s: {:.1} MIPS", 50.0 / s);
 }
 
 #[test]
 #[ignore = "a measurement, not a check"]
 fn engine_speed_on_the_benchmarks_two_instruction_loop() {
-    use kiln_engine::{BootCpuState, Engine, VmSpec};
-    let sb = Sandbox::new().expect("sandbox");
-    let ip = 0x10_0000u64;
-    let mut a = CodeAssembler::new(64).expect("assembler");
-    let mut top = a.create_label();
-    a.mov(ecx, 50_000_000u32).expect("asm");
-    a.set_label(&mut top).expect("asm");
-    a.dec(ecx).expect("asm");
-    a.jnz(top).expect("asm");
-    a.hlt().expect("asm");
-    sb.poke(ip, &a.assemble(ip).expect("asm"));
-    let vm = kiln_emu::EmuEngine::new().create_vm(&VmSpec { vcpus: 1 }, &sb.memory).expect("VM");
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
-    let d = sb.cpu.dump();
-    let mut st = BootCpuState { regs: d.regs, sregs: d.sregs };
-    st.regs.rip = ip;
-    vcpu.set_boot_state(&st).expect("boot state");
-    let io = kiln_emu::sandbox::RecordingIo::default();
-    let t = std::time::Instant::now();
-    vcpu.run(&io).expect("runs");
-    let s = t.elapsed().as_secs_f64();
+    let s = run_on_engine(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 50_000_000u32).expect("asm");
+        a.set_label(&mut top).expect("asm");
+        a.dec(ecx).expect("asm");
+        a.jnz(top).expect("asm");
+    });
     println!("engine, dec+jnz: 100M instructions in {s:.3} s: {:.1} MIPS", 100.0 / s);
 }

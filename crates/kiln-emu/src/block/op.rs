@@ -270,6 +270,25 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
         return None;
     }
     let m = i.mnemonic();
+    if i.is_jcc_short_or_near() {
+        return Some(Op::Jcc { cc: i.condition_code(), rel: rel(i)? });
+    }
+    // The other instructions with a condition code and general-register operands: SETcc
+    // (one operand) and CMOVcc (two).
+    if i.condition_code() != ConditionCode::None && !i.is_loopcc() {
+        let cc = i.condition_code();
+        return match i.op_count() {
+            1 => {
+                let (d, size) = dst(i, 0)?;
+                (size == 1).then_some(Op::Set { cc, dst: d })
+            }
+            2 => {
+                let (d, size) = dst_reg(i, 0)?;
+                Some(Op::Cmov { cc, size, dst: d, src: src(i, 1, size)? })
+            }
+            _ => None,
+        };
+    }
     let op = match m {
         M::Mov => {
             let (d, size) = dst(i, 0)?;
@@ -345,45 +364,6 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
             (from < size).then_some(())?;
             Op::Extend { size, from, signed: m != M::Movzx, dst: d, src: src(i, 1, from)? }
         }
-        M::Cmovo
-        | M::Cmovno
-        | M::Cmovb
-        | M::Cmovae
-        | M::Cmove
-        | M::Cmovne
-        | M::Cmovbe
-        | M::Cmova
-        | M::Cmovs
-        | M::Cmovns
-        | M::Cmovp
-        | M::Cmovnp
-        | M::Cmovl
-        | M::Cmovge
-        | M::Cmovle
-        | M::Cmovg => {
-            let (d, size) = dst_reg(i, 0)?;
-            Op::Cmov { cc: i.condition_code(), size, dst: d, src: src(i, 1, size)? }
-        }
-        M::Seto
-        | M::Setno
-        | M::Setb
-        | M::Setae
-        | M::Sete
-        | M::Setne
-        | M::Setbe
-        | M::Seta
-        | M::Sets
-        | M::Setns
-        | M::Setp
-        | M::Setnp
-        | M::Setl
-        | M::Setge
-        | M::Setle
-        | M::Setg => {
-            let (d, size) = dst(i, 0)?;
-            (size == 1).then_some(())?;
-            Op::Set { cc: i.condition_code(), dst: d }
-        }
         M::Xchg => {
             let (a, size) = dst_reg(i, 0)?;
             let (b, size_b) = dst_reg(i, 1)?;
@@ -411,22 +391,6 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
             (size == 8).then_some(())?;
             Op::Pop { dst: d }
         }
-        M::Jo
-        | M::Jno
-        | M::Jb
-        | M::Jae
-        | M::Je
-        | M::Jne
-        | M::Jbe
-        | M::Ja
-        | M::Js
-        | M::Jns
-        | M::Jp
-        | M::Jnp
-        | M::Jl
-        | M::Jge
-        | M::Jle
-        | M::Jg => Op::Jcc { cc: i.condition_code(), rel: rel(i)? },
         M::Jmp => match rel(i) {
             Some(rel) => Op::Jmp { rel },
             None => Op::JmpIndirect { src: indirect(i)? },
@@ -475,6 +439,15 @@ mod tests {
         );
         // jne back to the start (75 fe).
         assert_eq!(op(&[0x75, 0xfe]), Some(Op::Jcc { cc: ConditionCode::ne, rel: -2 }));
+        // sete al, cmovl rax, [rbx]
+        assert_eq!(
+            op(&[0x0f, 0x94, 0xc0]),
+            Some(Op::Set { cc: ConditionCode::e, dst: Dst::Reg(0) })
+        );
+        assert!(matches!(
+            op(&[0x48, 0x0f, 0x4c, 0x03]),
+            Some(Op::Cmov { cc: ConditionCode::l, size: 8, dst: 0, src: Src::Mem(_) })
+        ));
         // add rax, rcx and sub ecx, 8 skip the operand-kind dispatch.
         assert_eq!(
             op(&[0x48, 0x01, 0xc8]),
