@@ -4,20 +4,25 @@
 use iced_x86::code_asm::*;
 use kiln_emu::sandbox::Sandbox;
 
-#[test]
-#[ignore = "a measurement, not a check"]
-fn interpreter_speed_on_an_integer_loop() {
-    let mut sb = Sandbox::new().expect("sandbox");
-    let ip = 0x10_0000u64;
-    let mut a = CodeAssembler::new(64).expect("assembler");
+/// Five instructions per iteration: two ALU operations on registers, a store, DEC, JNZ.
+fn integer_loop(a: &mut CodeAssembler, iterations: u32) {
     let mut top = a.create_label();
-    a.mov(ecx, 2_000_000u32).expect("asm");
+    a.mov(ecx, iterations).expect("asm");
     a.set_label(&mut top).expect("asm");
     a.add(rax, rcx).expect("asm");
     a.xor(rbx, rax).expect("asm");
     a.mov(qword_ptr(0x20_0000u64), rbx).expect("asm");
     a.dec(ecx).expect("asm");
     a.jnz(top).expect("asm");
+}
+
+#[test]
+#[ignore = "a measurement, not a check"]
+fn interpreter_speed_on_an_integer_loop() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let ip = 0x10_0000u64;
+    let mut a = CodeAssembler::new(64).expect("assembler");
+    integer_loop(&mut a, 2_000_000);
     a.hlt().expect("asm");
     let code = a.assemble(ip).expect("asm");
     sb.poke(ip, &code);
@@ -52,16 +57,7 @@ fn run_on_engine(code: impl FnOnce(&mut CodeAssembler)) -> f64 {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn engine_speed_on_an_integer_loop() {
-    let s = run_on_engine(|a| {
-        let mut top = a.create_label();
-        a.mov(ecx, 10_000_000u32).expect("asm");
-        a.set_label(&mut top).expect("asm");
-        a.add(rax, rcx).expect("asm");
-        a.xor(rbx, rax).expect("asm");
-        a.mov(qword_ptr(0x20_0000u64), rbx).expect("asm");
-        a.dec(ecx).expect("asm");
-        a.jnz(top).expect("asm");
-    });
+    let s = run_on_engine(|a| integer_loop(a, 10_000_000));
     println!("engine: 50M instructions in {s:.3} s: {:.1} MIPS", 50.0 / s);
 }
 
