@@ -279,15 +279,11 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(Flow::Next)
         }
         Op::Imul { size, dst, a, b } => {
-            let s = u32::from(size);
             let x = read(cpu, &a, next, size)?;
             let y = read(cpu, &b, next, size)?;
-            let p = i128::from(sext(x, s) as i64) * i128::from(sext(y, s) as i64);
-            let low = (p as u64) & mask(s);
-            let overflow = i128::from(sext(low, s) as i64) != p;
+            let (low, f) = crate::exec::muldiv::imul_truncated(x, y, u32::from(size));
             set_reg(cpu, dst, size, low);
             lazy.materialize(&mut cpu.rflags);
-            let f = flags::szp(low, s) | if overflow { flags::CF | flags::OF } else { 0 };
             cpu.set_arith(f);
             Ok(Flow::Next)
         }

@@ -10,7 +10,7 @@ mod bits;
 mod control;
 mod data;
 mod msr;
-mod muldiv;
+pub(crate) mod muldiv;
 mod seg;
 pub(crate) mod shift;
 mod sse;

@@ -33,18 +33,26 @@ fn mul_flags(c: &mut Ctx, low: u64, size: u32, overflow: bool) {
     c.cpu.set_arith(f);
 }
 
+/// Two- and three-operand IMUL: the product of the `size`-byte operands truncated to `size`
+/// bytes, and its flags (CF and OF when the truncation lost significant bits). Shared with the
+/// decoded-block fast path.
+pub(crate) fn imul_truncated(x: u64, y: u64, size: u32) -> (u64, u64) {
+    let p = i128::from(sext(x & mask(size), size) as i64)
+        * i128::from(sext(y & mask(size), size) as i64);
+    let low = (p as u64) & mask(size);
+    let overflow = i128::from(sext(low, size) as i64) != p;
+    (low, flags::szp(low, size) | if overflow { CF | OF } else { 0 })
+}
+
 /// MUL, IMUL, DIV, IDIV.
 pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
     if m == Mnemonic::Imul && c.i.op_count() > 1 {
         let size = c.op_size(0);
         let (x, y) =
             if c.i.op_count() == 3 { (c.read(1)?, c.read(2)?) } else { (c.read(0)?, c.read(1)?) };
-        let p = i128::from(sext(x & mask(size), size) as i64)
-            * i128::from(sext(y & mask(size), size) as i64);
-        let low = (p as u64) & mask(size);
-        let overflow = i128::from(sext(low, size) as i64) != p;
+        let (low, f) = imul_truncated(x, y, size);
         c.write(0, low)?;
-        mul_flags(c, low, size, overflow);
+        c.cpu.set_arith(f);
         return Ok(());
     }
     let size = c.op_size(0);
