@@ -2,8 +2,9 @@
 //! BLSMSK BLSR).
 //!
 //! Flags the manuals leave undefined are left unchanged here (BT*: OF SF AF PF; BSF/BSR: everything
-//! but ZF; TZCNT/LZCNT: OF SF AF PF). BSF/BSR with a zero source leave the destination unchanged,
-//! as AMD documents and Intel CPUs do.
+//! but ZF; TZCNT/LZCNT: OF SF AF PF). BSF/BSR with a zero source leave the destination's value
+//! as it was, as Intel CPUs (the vendor emu reports) do: the 32-bit form still writes the register,
+//! so its upper half is cleared (AMD documents the whole register unchanged; docs/emu.md).
 
 use super::{Ctx, R};
 use crate::fault::Exception;
@@ -54,6 +55,10 @@ pub(super) fn scan(c: &mut Ctx, m: Mnemonic) -> R {
     match m {
         Mnemonic::Bsf | Mnemonic::Bsr => {
             if src == 0 {
+                if size == 4 && c.i.op0_kind() == OpKind::Register {
+                    let old = c.read(0)? & mask(4);
+                    c.write(0, old)?;
+                }
                 c.cpu.set_flags(ZF, ZF);
                 return Ok(());
             }

@@ -91,14 +91,19 @@ fn is_near_branch(k: OpKind) -> bool {
     matches!(k, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
 }
 
-/// The target of a near JMP/CALL: relative, or read from a register or memory.
-fn near_target(c: &mut Ctx) -> Result<u64, Exception> {
-    let t = if is_near_branch(c.i.op0_kind()) {
+/// The target of a near JMP/CALL: relative, or read from a register or memory; not yet checked.
+fn near_target_unchecked(c: &mut Ctx) -> Result<u64, Exception> {
+    Ok(if is_near_branch(c.i.op0_kind()) {
         c.i.near_branch_target()
     } else {
         let size = c.op_size(0);
         c.read(0)? & mask(size)
-    };
+    })
+}
+
+/// The target of a near JMP: #GP(0) if it is not canonical in 64-bit code.
+fn near_target(c: &mut Ctx) -> Result<u64, Exception> {
+    let t = near_target_unchecked(c)?;
     if c.cpu.code64() && !is_canonical(t) {
         return Err(Exception::gp(0));
     }
@@ -202,9 +207,18 @@ fn call(c: &mut Ctx) -> R {
     if is_far(c) {
         return far_transfer(c, true);
     }
-    let target = near_target(c)?;
+    let target = near_target_unchecked(c)?;
     let size = c.stack_op_size();
-    c.push(c.next_rip & mask(size), size)?;
+    let return_address = c.next_rip & mask(size);
+    if c.cpu.code64() && !is_canonical(target) {
+        // Intel (the vendor emu reports) stores the return address, then raises #GP(0) on the
+        // CALL with RSP and RIP unchanged; AMD stores nothing (docs/emu.md, vendor differences).
+        let rsp = c.cpu.gpr[4];
+        c.push(return_address, size)?;
+        c.cpu.gpr[4] = rsp;
+        return Err(Exception::gp(0).into());
+    }
+    c.push(return_address, size)?;
     c.next_rip = target;
     Ok(())
 }

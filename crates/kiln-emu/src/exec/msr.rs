@@ -200,7 +200,8 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
                 | (1 << 19); // CLFSH
             (eax, ebx, ecx, edx)
         }
-        7 if sub == 0 => (0, 1 << 3, 0, 0), // BMI1
+        // BMI1; FCS and FDS deprecated (stored as zero by FNSTENV/FNSAVE).
+        7 if sub == 0 => (0, (1 << 3) | (1 << 13), 0, 0),
         // TSC/crystal ratio 1:1 and the crystal frequency, so Linux need not calibrate (it also
         // derives the local APIC timer period from the crystal clock).
         0x15 => (1, 1, cpu::TSC_HZ as u32, 0),

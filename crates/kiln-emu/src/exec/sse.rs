@@ -771,7 +771,7 @@ fn fxsave(c: &mut Ctx, m: Mnemonic) -> R {
             fcw,
             fsw: summarize_fsw(u16_at(2), fcw),
             ftw: b[4],
-            fop: u16_at(6),
+            fop: u16_at(6) & 0x7ff,
             fip: u64_at(8),
             fdp: u64_at(16),
             st,

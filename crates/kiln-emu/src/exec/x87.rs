@@ -167,11 +167,53 @@ fn is_no_wait(op: u8, modrm: u8) -> bool {
     }
 }
 
-/// Control instructions, which leave the last-instruction and data pointers alone.
+/// Control instructions (Intel SDM vol. 1, 5.2.8: FNINIT, FNCLEX, FNSTSW, FNSTCW, FLDCW,
+/// FNSTENV, FLDENV, FNSAVE, FRSTOR, FINCSTP, FDECSTP, FFREE, FNOP), which leave the
+/// last-instruction and data pointers alone (FNSAVE, FLDENV and FRSTOR set them themselves).
 fn is_control(op: u8, modrm: u8) -> bool {
     let reg = (modrm >> 3) & 7;
     is_no_wait(op, modrm)
         || (modrm < 0xc0 && matches!((op, reg), (0xd9, 4..=7) | (0xdd, 4 | 6 | 7)))
+        || matches!((op, modrm), (0xd9, 0xd0 | 0xf6 | 0xf7) | (0xdd | 0xdf, 0xc0..=0xc7))
+}
+
+/// What an instruction does to the last-instruction pointer, data pointer and opcode.
+enum Pointers {
+    /// Unchanged by a control instruction, else set to this instruction's.
+    Keep,
+    /// Cleared (FNINIT, and FNSAVE, which initializes the FPU).
+    Clear,
+    /// Loaded from an environment image (FLDENV, FRSTOR): FOP, FIP, FDP.
+    Load((u16, u64, u64)),
+}
+
+/// Writes the pointer fields of an FNSTENV/FNSAVE image in the protected-mode formats of
+/// 64-bit mode: the 28-byte one (`wide`) or the 14-byte one. FCS and FDS are stored as zero,
+/// as on Intel CPUs that report CPUID.(EAX=7,ECX=0):EBX[13] (which emu reports).
+fn store_env_pointers(f: &Fpu, img: &mut [u8], wide: bool) {
+    if wide {
+        img[12..16].copy_from_slice(&(f.fip as u32).to_le_bytes());
+        img[16..20].copy_from_slice(&(u32::from(f.fop & 0x7ff) << 16).to_le_bytes());
+        img[20..24].copy_from_slice(&(f.fdp as u32).to_le_bytes());
+        img[24..28].fill(0);
+    } else {
+        img[6..8].copy_from_slice(&(f.fip as u16).to_le_bytes());
+        img[8..10].fill(0);
+        img[10..12].copy_from_slice(&(f.fdp as u16).to_le_bytes());
+        img[12..14].fill(0);
+    }
+}
+
+/// FOP, FIP and FDP from an FLDENV/FRSTOR image (the 14-byte format has no FOP: zero).
+fn load_env_pointers(img: &[u8], wide: bool) -> (u16, u64, u64) {
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([img[o], img[o + 1]]));
+    let u32_at =
+        |o: usize| u64::from(u32::from_le_bytes([img[o], img[o + 1], img[o + 2], img[o + 3]]));
+    if wide {
+        (((u32_at(16) >> 16) & 0x7ff) as u16, u32_at(12), u32_at(20))
+    } else {
+        (0, u16_at(6), u16_at(10))
+    }
 }
 
 fn to_image(f: &Fpu, out: &mut [u8; 512]) {
@@ -241,10 +283,15 @@ pub(super) fn exec(c: &mut Ctx) -> R {
         rax: c.cpu.gpr[0],
     });
     to_image(&c.cpu.fpu, &mut run.guest.0);
-    let mut data_la = 0;
+    let mut data_offset = 0;
+    let mut pointers = Pointers::Keep;
     if modrm >= 0xc0 {
         if !run_register_form(&mut run, op, modrm) {
             return Err(Exception::ud().into());
+        }
+        // FNINIT clears them.
+        if (op, modrm) == (0xdb, 0xe3) {
+            pointers = Pointers::Clear;
         }
     } else {
         let reg = (modrm >> 3) & 7;
@@ -258,7 +305,8 @@ pub(super) fn exec(c: &mut Ctx) -> R {
         if !matches!((op, reg), (0xd9, 6 | 7) | (0xdd, 6 | 7)) || !store {
             c.cpu.read_lin(c.io, la, &mut run.mem.0[..size], Priv::Current)?;
         }
-        let ran = if has_operand_size_prefix(c) && matches!((op, reg), (0xd9 | 0xdd, 4 | 6)) {
+        let wide = !has_operand_size_prefix(c);
+        let ran = if !wide && matches!((op, reg), (0xd9 | 0xdd, 4 | 6)) {
             run_memory_form_16(&mut run, op, reg)
         } else {
             run_memory_form(&mut run, op, (reg << 3) | 7)
@@ -266,17 +314,35 @@ pub(super) fn exec(c: &mut Ctx) -> R {
         if !ran {
             return Err(Exception::ud().into());
         }
+        match (op, reg) {
+            // FNSTENV/FNSAVE: the pointers are emu's, whatever the host's FPU kept.
+            (0xd9 | 0xdd, 6) => {
+                store_env_pointers(&c.cpu.fpu, &mut run.mem.0, wide);
+                if op == 0xdd {
+                    pointers = Pointers::Clear;
+                }
+            }
+            // FLDENV/FRSTOR load them from the image.
+            (0xd9 | 0xdd, 4) => pointers = Pointers::Load(load_env_pointers(&run.mem.0, wide)),
+            _ => {}
+        }
         if store {
             let bytes = run.mem.0;
             c.cpu.write_lin(c.io, la, &bytes[..size], Priv::Current)?;
         }
-        data_la = la;
+        data_offset = c.ea();
     }
     from_image(&run.guest.0, &mut c.cpu.fpu);
-    if !is_control(op, modrm) {
-        c.cpu.fpu.fip = c.i.ip();
-        c.cpu.fpu.fdp = data_la;
-        c.cpu.fpu.fop = (u16::from(op & 7) << 8) | u16::from(modrm);
+    let f = &mut c.cpu.fpu;
+    match pointers {
+        Pointers::Keep if !is_control(op, modrm) => {
+            f.fip = c.i.ip();
+            f.fdp = data_offset;
+            f.fop = (u16::from(op & 7) << 8) | u16::from(modrm);
+        }
+        Pointers::Keep => {}
+        Pointers::Clear => (f.fop, f.fip, f.fdp) = (0, 0, 0),
+        Pointers::Load((fop, fip, fdp)) => (f.fop, f.fip, f.fdp) = (fop, fip, fdp),
     }
     c.cpu.set_arith(run.rflags);
     if op == 0xdf && modrm == 0xe0 {

@@ -142,15 +142,28 @@ fn st_reg(idx: u32) -> Register {
 pub struct Program {
     pub code: Vec<u8>,
     pub families: Vec<Family>,
+    /// Offsets in `code` of operand-size prefixes put on near CALL/RET/Jcc (a vendor
+    /// difference: see `vendor::Class::OperandSizeBranch`).
+    pub branch_size_prefixes: Vec<usize>,
 }
 
 /// The generator: op-code tables per family.
 pub struct Gen {
     codes: Vec<(Family, Vec<Code>)>,
+    /// Mnemonics left out because the host CPU lacks them, with the feature.
+    pub excluded: Vec<(Mnemonic, &'static str)>,
+}
+
+/// True for the 64-bit near CALL, RET and Jcc forms that may carry an operand-size prefix.
+fn takes_branch_size_prefix(code: Code) -> bool {
+    matches!(code, Code::Call_rel32_64 | Code::Call_rm64 | Code::Retnq | Code::Retnq_imm16)
+        || (code.op_code().operand_size() != 16 && Instruction::with(code).is_jcc_short())
 }
 
 impl Gen {
-    pub fn new() -> Self {
+    /// The tables, without the instructions the host cannot run (`lacks` names the feature).
+    pub fn new(lacks: impl Fn(Mnemonic) -> Option<&'static str>) -> Self {
+        let mut excluded: Vec<(Mnemonic, &'static str)> = vec![];
         let mut codes: Vec<(Family, Vec<Code>)> = FAMILIES.iter().map(|f| (*f, vec![])).collect();
         for code in Code::values() {
             let op = code.op_code();
@@ -169,6 +182,12 @@ impl Gen {
             let Some(fam) = family(op.mnemonic()) else {
                 continue;
             };
+            if let Some(feature) = lacks(op.mnemonic()) {
+                if !excluded.iter().any(|(m, _)| *m == op.mnemonic()) {
+                    excluded.push((op.mnemonic(), feature));
+                }
+                continue;
+            }
             // PEXTRW to memory is SSE4.1, which emu does not advertise.
             if matches!(code, Code::Pextrw_r32m16_xmm_imm8 | Code::Pextrw_r64m16_xmm_imm8) {
                 continue;
@@ -190,8 +209,9 @@ impl Gen {
             {
                 continue;
             }
-            // 16-bit near CALL/RET: AMD (the host) honours the operand-size prefix in 64-bit
-            // mode, Intel (which this CPU reports being) ignores it. Far CALL is not covered.
+            // The 16-bit near CALL/RET forms are AMD's reading of the operand-size prefix; the
+            // prefix is put on the 64-bit forms instead (`takes_branch_size_prefix`). Far CALL
+            // is not covered.
             if matches!(op.mnemonic(), Mnemonic::Call | Mnemonic::Ret)
                 && (op.operand_size() == 16 || op.op_kinds().contains(&K::mem))
             {
@@ -201,7 +221,7 @@ impl Gen {
                 e.1.push(code);
             }
         }
-        Gen { codes }
+        Gen { codes, excluded }
     }
 
     /// Counts of op-codes per family (for the report).
@@ -211,7 +231,7 @@ impl Gen {
 
     /// A program of 1..=8 instructions (plus the preludes some of them need).
     pub fn program(&self, rng: &mut Rng, ip: u64) -> Program {
-        let mut out = Program { code: vec![], families: vec![] };
+        let mut out = Program { code: vec![], families: vec![], branch_size_prefixes: vec![] };
         let n = 1 + rng.below(8);
         let mut emitted = 0;
         while emitted < n {
@@ -232,11 +252,21 @@ impl Gen {
             if !ok {
                 continue;
             }
-            // Encode; a branch skips a one-byte NOP that follows it.
+            // Encode; a branch skips a one-byte NOP that follows it. Now and then the main
+            // instruction, if a near CALL/RET/Jcc, gets an operand-size prefix.
             let mut bytes = vec![];
             let mut cur = ip + out.code.len() as u64;
             let mut good = true;
-            for mut ins in list {
+            let count = list.len();
+            let prefix_main =
+                list.last().is_some_and(|i| takes_branch_size_prefix(i.code())) && rng.chance(20);
+            let mut prefixes = vec![];
+            for (k, mut ins) in list.into_iter().enumerate() {
+                if prefix_main && k + 1 == count {
+                    prefixes.push(out.code.len() + bytes.len());
+                    bytes.push(0x66);
+                    cur += 1;
+                }
                 let is_branch = ins.op_count() == 1 && ins.op0_kind() == OpKind::NearBranch64;
                 if is_branch {
                     // Branch over a one-byte NOP: learn the length, then aim past the NOP.
@@ -268,6 +298,7 @@ impl Gen {
                 continue;
             }
             out.code.extend(bytes);
+            out.branch_size_prefixes.extend(prefixes);
             out.families.push(fam);
             emitted += 1;
         }
@@ -565,6 +596,15 @@ impl Gen {
             ) {
                 out.push(i);
             }
+        }
+        // LDMXCSR of a value with MM (bit 17, AMD's misaligned-SSE mode) set now and then: a
+        // vendor difference (`vendor::Class::MxcsrMm`).
+        if m == Mnemonic::Ldmxcsr && ins.op0_kind() == OpKind::Memory && rng.chance(50) {
+            let mut store = *ins;
+            store.set_code(Code::Mov_rm32_imm32);
+            store.set_op1_kind(OpKind::Immediate32);
+            store.set_immediate32((1 << 17) | 0x1f80 | ((rng.below(4) as u32) << 13));
+            out.push(store);
         }
         // Make divisions mostly valid: a zero or sign-extended upper half.
         if matches!(m, Mnemonic::Div | Mnemonic::Idiv) && rng.chance(70) {
