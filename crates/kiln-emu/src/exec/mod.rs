@@ -9,14 +9,19 @@ mod alu;
 mod bits;
 mod control;
 mod data;
+mod mmx;
 mod msr;
 pub(crate) mod muldiv;
 mod seg;
 pub(crate) mod shift;
 mod sse;
+mod sse41;
+mod sse42;
 mod ssefp;
+mod ssse3;
 mod string;
 mod system;
+mod vector;
 mod x87;
 
 pub use msr::{cpuid, read_msr, write_msr};
@@ -465,6 +470,7 @@ fn dispatch(c: &mut Ctx) -> R {
         M::Bt | M::Bts | M::Btr | M::Btc => bits::bit_test(c, m),
         M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => bits::scan(c, m),
         M::Bswap => bits::bswap(c),
+        M::Crc32 => sse42::crc32(c),
         M::Andn | M::Bextr | M::Blsi | M::Blsmsk | M::Blsr => bits::bmi1(c, m),
         M::Movsd if !is_string_form(c.i) => sse::exec(c, m).unwrap_or(Err(Exception::ud().into())),
         M::Cmpsd if !is_string_form(c.i) => sse::exec(c, m).unwrap_or(Err(Exception::ud().into())),

@@ -1,16 +1,18 @@
-//! SSE/SSE2 moves, logic and packed-integer operations on XMM registers, MXCSR,
-//! FXSAVE/FXRSTOR and FWAIT, and the routing of the x87 and SSE floating-point instructions.
+//! SSE/SSE2 moves, logic and packed-integer operations on XMM registers and (at a 64-bit width)
+//! MMX registers, the SSE3 moves, MXCSR, FXSAVE/FXRSTOR and FWAIT, and the routing of the x87,
+//! MMX, SSE floating-point, SSSE3 and SSE4 instructions.
 //!
-//! x87 arithmetic lives in `x87.rs`, SSE/SSE2 floating point in `ssefp.rs`. Not implemented
-//! (raise #UD): MMX forms of the packed-integer instructions, SSE3 and later.
+//! x87 arithmetic lives in `x87.rs`, the MMX register file in `mmx.rs`, SSE floating point in
+//! `ssefp.rs`, SSSE3 in `ssse3.rs`, SSE4.1 in `sse41.rs`, SSE4.2 in `sse42.rs`.
 
+use super::vector::{self, dst, from_lanes, lane, lanes, pack, sat_s, sat_u, sx, unpack, Vreg};
 use super::{Ctx, R};
 use crate::cpu::{self, MXCSR_MASK};
 use crate::fault::{Exception, Vector};
 use crate::mmu::Priv;
-use iced_x86::{Mnemonic, OpKind, Register};
+use iced_x86::{Mnemonic, OpKind};
 
-/// Executes `m` if it is in the implemented SSE/x87-control subset.
+/// Executes `m` if it is in the implemented SSE/MMX/x87-control subset.
 pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
     use Mnemonic as M;
     let r = match m {
@@ -18,24 +20,30 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> Option<R> {
         M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => fxsave(c, m),
         M::Ldmxcsr | M::Stmxcsr => mxcsr(c, m),
         M::Movnti => movnti(c),
+        M::Emms => super::mmx::emms(c),
         _ if is_x87(m) => super::x87::exec(c),
-        _ if super::ssefp::handles(m) => {
-            if uses_mmx(c) {
-                return Some(Err(Exception::ud().into()));
-            }
-            sse_available(c).map_err(Into::into).and_then(|()| super::ssefp::exec(c, m))
+        _ if super::ssefp::handles(m) => simd(c, |c| super::ssefp::exec(c, m)),
+        _ if is_sse(m)
+            || super::ssse3::handles(m)
+            || super::sse41::handles(m)
+            || super::sse42::handles(m) =>
+        {
+            simd(c, |c| sse(c, m))
         }
-        _ => {
-            if !is_sse(m) {
-                return None;
-            }
-            if uses_mmx(c) {
-                return Some(Err(Exception::ud().into()));
-            }
-            sse_available(c).map_err(Into::into).and_then(|()| sse(c, m))
-        }
+        _ => return None,
     };
     Some(r)
+}
+
+/// Runs a vector instruction: as an MMX instruction if it names an MMX register (the x87
+/// state's transition), else after the SSE availability checks.
+fn simd(c: &mut Ctx, run: impl FnOnce(&mut Ctx) -> R) -> R {
+    if vector::uses_mmx(c) {
+        super::mmx::exec(c, run)
+    } else {
+        sse_available(c)?;
+        run(c)
+    }
 }
 
 /// x87 instructions other than the control ones handled here.
@@ -232,16 +240,17 @@ fn is_sse(m: Mnemonic) -> bool {
             | M::Packsswb
             | M::Packuswb
             | M::Packssdw
+            | M::Lddqu
+            | M::Movddup
+            | M::Movshdup
+            | M::Movsldup
+            | M::Pshufw
+            | M::Movq2dq
+            | M::Movdq2q
+            | M::Maskmovq
+            | M::Maskmovdqu
+            | M::Movntq
     )
-}
-
-fn is_mmx_reg(r: Register) -> bool {
-    (Register::MM0 as u32..=Register::MM7 as u32).contains(&(r as u32))
-}
-
-fn uses_mmx(c: &Ctx) -> bool {
-    (0..c.i.op_count())
-        .any(|n| c.i.op_kind(n) == OpKind::Register && is_mmx_reg(c.i.op_register(n)))
 }
 
 /// #UD unless SSE is enabled (CR0.EM clear, CR4.OSFXSR set); #NM if CR0.TS is set.
@@ -269,142 +278,64 @@ fn x87_available(c: &Ctx, wait: bool) -> Result<(), Exception> {
     Ok(())
 }
 
-fn xmm_index(r: Register) -> usize {
-    (r as usize).wrapping_sub(Register::XMM0 as usize) & 15
-}
-
-fn is_xmm(r: Register) -> bool {
-    (Register::XMM0 as u32..=Register::XMM15 as u32).contains(&(r as u32))
-}
-
-/// Legacy SSE requires 16-byte memory operands to be aligned, except for the explicitly
-/// unaligned moves.
-fn must_align(c: &Ctx) -> bool {
-    c.i.memory_size().size() == 16
-        && !matches!(c.i.mnemonic(), Mnemonic::Movdqu | Mnemonic::Movups | Mnemonic::Movupd)
-}
-
-/// Reads operand `n` as up to 128 bits (memory: the instruction's memory size, with the
-/// alignment check of legacy SSE).
-fn read_x(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
-    match c.i.op_kind(n) {
-        OpKind::Register => {
-            let r = c.i.op_register(n);
-            if is_xmm(r) {
-                Ok(c.cpu.xmm[xmm_index(r)])
-            } else {
-                Ok(u128::from(c.cpu.reg(r)))
-            }
-        }
-        OpKind::Memory => {
-            let la = c.mem_lin()?;
-            if must_align(c) && la % 16 != 0 {
-                return Err(Exception::gp(0));
-            }
-            let size = c.i.memory_size().size().min(16);
-            let mut b = [0u8; 16];
-            c.cpu.read_lin(c.io, la, &mut b[..size], Priv::Current)?;
-            Ok(u128::from_le_bytes(b))
-        }
-        _ => Ok(u128::from(c.i.immediate(n))),
-    }
-}
-
-/// Writes `bytes` bytes of `v` to memory operand `n`.
-fn write_mem_x(c: &mut Ctx, v: u128, bytes: usize, aligned: bool) -> Result<(), Exception> {
-    let la = c.mem_lin()?;
-    if aligned && la % 16 != 0 {
-        return Err(Exception::gp(0));
-    }
-    c.cpu.write_lin(c.io, la, &v.to_le_bytes()[..bytes], Priv::Current)
-}
-
-fn dst_xmm(c: &Ctx) -> Result<usize, Exception> {
-    let r = c.i.op_register(0);
-    if c.i.op0_kind() == OpKind::Register && is_xmm(r) {
-        Ok(xmm_index(r))
-    } else {
-        Err(Exception::ud())
-    }
-}
-
-/// Applies `f` lane by lane on lanes of `bits` bits.
-fn lanes(a: u128, b: u128, bits: u32, f: impl Fn(u64, u64) -> u64) -> u128 {
-    let n = 128 / bits;
-    let m: u128 = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
-    let mut out = 0u128;
-    for k in 0..n {
-        let x = ((a >> (k * bits)) & m) as u64;
-        let y = ((b >> (k * bits)) & m) as u64;
-        out |= (u128::from(f(x, y)) & m) << (k * bits);
-    }
-    out
-}
-
-fn sx(v: u64, bits: u32) -> i64 {
-    let s = 64 - bits;
-    ((v << s) as i64) >> s
-}
-
-fn sat_s(v: i64, bits: u32) -> u64 {
-    let max = (1i64 << (bits - 1)) - 1;
-    let min = -(1i64 << (bits - 1));
-    v.clamp(min, max) as u64
-}
-
-fn sat_u(v: i64, bits: u32) -> u64 {
-    v.clamp(0, (1i64 << bits) - 1) as u64
-}
-
-fn unpack(a: u128, b: u128, bits: u32, high: bool) -> u128 {
-    let n = 64 / bits;
-    let m = (1u128 << bits) - 1;
-    let base = if high { 64 } else { 0 };
-    let mut out = 0u128;
-    for k in 0..n {
-        let x = (a >> (base + k * bits)) & m;
-        let y = (b >> (base + k * bits)) & m;
-        out |= x << (2 * k * bits);
-        out |= y << ((2 * k + 1) * bits);
-    }
-    out
-}
-
 fn shift_count(c: &mut Ctx) -> Result<u64, Exception> {
     Ok(match c.i.op_kind(1) {
         OpKind::Immediate8 => u64::from(c.i.immediate8()),
-        _ => read_x(c, 1)? as u64,
+        _ => vector::read(c, 1)? as u64,
     })
+}
+
+/// The width of the instruction's vector operands: 64 for MMX forms, else 128.
+fn width(c: &Ctx) -> u32 {
+    if vector::uses_mmx(c) {
+        64
+    } else {
+        128
+    }
 }
 
 fn sse(c: &mut Ctx, m: Mnemonic) -> R {
     use Mnemonic as M;
+    if let Some(r) = super::mmx::moves(c, m) {
+        return r;
+    }
+    if let Some(r) = super::ssse3::exec(c, m) {
+        return r;
+    }
+    if let Some(r) = super::sse41::exec(c, m) {
+        return r;
+    }
+    if let Some(r) = super::sse42::exec(c, m) {
+        return r;
+    }
     let op0_mem = c.i.op0_kind() == OpKind::Memory;
+    let w = width(c);
     match m {
-        M::Movdqa | M::Movaps | M::Movapd | M::Movdqu | M::Movups | M::Movupd => {
+        M::Movdqa | M::Movaps | M::Movapd | M::Movdqu | M::Movups | M::Movupd | M::Lddqu => {
             let aligned = matches!(m, M::Movdqa | M::Movaps | M::Movapd);
             if op0_mem {
-                let v = read_x(c, 1)?;
-                write_mem_x(c, v, 16, aligned)?;
+                let v = vector::read(c, 1)?;
+                vector::write_mem(c, v, 16, aligned)?;
             } else {
-                // read_x checks alignment for the aligned forms.
-                let d = dst_xmm(c)?;
-                c.cpu.xmm[d] = read_x(c, 1)?;
+                // vector::read checks alignment for the aligned forms.
+                let d = dst(c)?;
+                let v = vector::read(c, 1)?;
+                vector::set(c, d, v);
             }
         }
         M::Movntdq | M::Movntps | M::Movntpd => {
-            let v = read_x(c, 1)?;
-            write_mem_x(c, v, 16, true)?;
+            let v = vector::read(c, 1)?;
+            vector::write_mem(c, v, 16, true)?;
         }
         M::Movd | M::Movq => {
             let bytes = if m == M::Movd { 4 } else { 8 };
             let mask = if bytes == 4 { 0xffff_ffffu128 } else { u128::from(u64::MAX) };
-            let v = read_x(c, 1)? & mask;
+            let v = vector::read(c, 1)? & mask;
             match c.i.op0_kind() {
-                OpKind::Memory => write_mem_x(c, v, bytes, false)?,
-                OpKind::Register if is_xmm(c.i.op_register(0)) => {
-                    let d = dst_xmm(c)?;
-                    c.cpu.xmm[d] = v;
+                OpKind::Memory => vector::write_mem(c, v, bytes, false)?,
+                OpKind::Register if Vreg::of(c.i.op_register(0)).is_some() => {
+                    let d = dst(c)?;
+                    vector::set(c, d, v);
                 }
                 _ => c.write(0, v as u64)?,
             }
@@ -413,148 +344,135 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
             let bytes = if m == M::Movss { 4 } else { 8 };
             let mask = (1u128 << (bytes * 8)) - 1;
             if op0_mem {
-                let v = read_x(c, 1)?;
-                write_mem_x(c, v, bytes, false)?;
+                let v = vector::read(c, 1)?;
+                vector::write_mem(c, v, bytes, false)?;
             } else {
-                let d = dst_xmm(c)?;
-                let v = read_x(c, 1)? & mask;
-                c.cpu.xmm[d] =
-                    if c.i.op1_kind() == OpKind::Memory { v } else { (c.cpu.xmm[d] & !mask) | v };
+                let d = dst(c)?;
+                let v = vector::read(c, 1)? & mask;
+                let old = vector::get(c, d);
+                let r = if c.i.op1_kind() == OpKind::Memory { v } else { (old & !mask) | v };
+                vector::set(c, d, r);
             }
         }
         M::Movlps | M::Movlpd | M::Movhps | M::Movhpd => {
             let high = matches!(m, M::Movhps | M::Movhpd);
             if op0_mem {
-                let v = read_x(c, 1)?;
+                let v = vector::read(c, 1)?;
                 let v = if high { v >> 64 } else { v };
-                write_mem_x(c, v, 8, false)?;
+                vector::write_mem(c, v, 8, false)?;
             } else {
-                let d = dst_xmm(c)?;
-                let v = read_x(c, 1)? & u128::from(u64::MAX);
-                let old = c.cpu.xmm[d];
-                c.cpu.xmm[d] = if high {
+                let d = dst(c)?;
+                let v = vector::read(c, 1)? & u128::from(u64::MAX);
+                let old = vector::get(c, d);
+                let r = if high {
                     (old & u128::from(u64::MAX)) | (v << 64)
                 } else {
                     (old & !u128::from(u64::MAX)) | v
                 };
+                vector::set(c, d, r);
             }
         }
         M::Movhlps | M::Movlhps => {
-            let d = dst_xmm(c)?;
-            let s = read_x(c, 1)?;
-            let old = c.cpu.xmm[d];
+            let d = dst(c)?;
+            let s = vector::read(c, 1)?;
+            let old = vector::get(c, d);
             let lo = u128::from(u64::MAX);
-            c.cpu.xmm[d] =
-                if m == M::Movhlps { (old & !lo) | (s >> 64) } else { (old & lo) | (s << 64) };
+            let r = if m == M::Movhlps { (old & !lo) | (s >> 64) } else { (old & lo) | (s << 64) };
+            vector::set(c, d, r);
+        }
+        M::Movddup | M::Movshdup | M::Movsldup => {
+            let d = dst(c)?;
+            let s = vector::read(c, 1)?;
+            let r = match m {
+                M::Movddup => from_lanes(64, 2, |_| lane(s, 64, 0)),
+                M::Movshdup => from_lanes(32, 4, |k| lane(s, 32, k | 1)),
+                _ => from_lanes(32, 4, |k| lane(s, 32, k & !1)),
+            };
+            vector::set(c, d, r);
         }
         M::Pmovmskb | M::Movmskps | M::Movmskpd => {
-            let s = read_x(c, 1)?;
+            let s = vector::read(c, 1)?;
             let bits = match m {
                 M::Pmovmskb => 8,
                 M::Movmskps => 32,
                 _ => 64,
             };
             let mut mask = 0u64;
-            for k in 0..128 / bits {
+            for k in 0..w / bits {
                 mask |= (((s >> ((k + 1) * bits - 1)) & 1) as u64) << k;
             }
-            let r = c.i.op_register(0);
-            let idx = (r.full_register() as usize).wrapping_sub(Register::RAX as usize);
-            c.cpu.set_gpr_sized(idx & 15, 8, mask);
+            vector::set_gpr64(c, mask);
         }
         M::Pinsrw => {
-            let d = dst_xmm(c)?;
-            let k = u32::from(c.i.immediate8() & 7);
-            let v = read_x(c, 1)? & 0xffff;
-            c.cpu.xmm[d] = (c.cpu.xmm[d] & !(0xffff << (16 * k))) | (v << (16 * k));
+            let d = dst(c)?;
+            let k = u32::from(c.i.immediate8()) & (w / 16 - 1);
+            let v = vector::read(c, 1)? & 0xffff;
+            let old = vector::get(c, d);
+            vector::set(c, d, (old & !(0xffff << (16 * k))) | (v << (16 * k)));
         }
         M::Pextrw => {
-            // The SSE2 form: a general register destination (the SSE4.1 memory form is #UD).
-            let r = c.i.op_register(0);
-            if c.i.op0_kind() != OpKind::Register || is_xmm(r) {
-                return Err(Exception::ud().into());
+            let k = u32::from(c.i.immediate8()) & (w / 16 - 1);
+            let v = (vector::read(c, 1)? >> (16 * k)) as u64 & 0xffff;
+            match c.i.op0_kind() {
+                // The SSE4.1 memory form.
+                OpKind::Memory => vector::write_mem(c, u128::from(v), 2, false)?,
+                _ => vector::set_gpr64(c, v),
             }
-            let k = u32::from(c.i.immediate8() & 7);
-            let v = (read_x(c, 1)? >> (16 * k)) as u64 & 0xffff;
-            let idx = (r.full_register() as usize).wrapping_sub(Register::RAX as usize);
-            c.cpu.set_gpr_sized(idx & 15, 8, v);
         }
         M::Pmaddwd => {
-            let d = dst_xmm(c)?;
-            let s = read_x(c, 1)?;
-            let a = c.cpu.xmm[d];
-            let word = |v: u128, k: u32| i64::from((v >> (16 * k)) as u16 as i16);
-            let mut r = 0u128;
-            for k in 0..4 {
-                let sum = word(a, 2 * k) * word(s, 2 * k) + word(a, 2 * k + 1) * word(s, 2 * k + 1);
-                r |= u128::from(sum as u32) << (32 * k);
-            }
-            c.cpu.xmm[d] = r;
+            let d = dst(c)?;
+            let s = vector::read(c, 1)?;
+            let a = vector::get(c, d);
+            let word = |v: u128, k: u32| sx(lane(v, 16, k), 16);
+            let r = from_lanes(32, w / 32, |k| {
+                (word(a, 2 * k) * word(s, 2 * k) + word(a, 2 * k + 1) * word(s, 2 * k + 1)) as u64
+            });
+            vector::set(c, d, r);
         }
         M::Psadbw => {
-            let d = dst_xmm(c)?;
-            let s = read_x(c, 1)?;
-            let a = c.cpu.xmm[d];
-            let mut r = 0u128;
-            for half in 0..2 {
-                let sum: u32 = (0..8)
+            let d = dst(c)?;
+            let s = vector::read(c, 1)?;
+            let a = vector::get(c, d);
+            let r = from_lanes(64, w / 64, |half| {
+                (0..8)
                     .map(|k| {
-                        let at = 64 * half + 8 * k;
-                        u32::from(((a >> at) as u8).abs_diff((s >> at) as u8))
+                        let at = 8 * half + k;
+                        u64::from((lane(a, 8, at) as u8).abs_diff(lane(s, 8, at) as u8))
                     })
-                    .sum();
-                r |= u128::from(sum) << (64 * half);
-            }
-            c.cpu.xmm[d] = r;
+                    .sum()
+            });
+            vector::set(c, d, r);
         }
         M::Pshufd | M::Pshuflw | M::Pshufhw | M::Shufps | M::Shufpd => {
-            let d = dst_xmm(c)?;
+            let d = dst(c)?;
             let imm = u32::from(c.i.immediate8());
-            let s = read_x(c, 1)?;
-            let old = c.cpu.xmm[d];
-            let w = |v: u128, bits: u32, k: u32| (v >> (k * bits)) & ((1u128 << bits) - 1);
-            let mut r = 0u128;
-            match m {
-                M::Pshufd => {
-                    for k in 0..4 {
-                        r |= w(s, 32, (imm >> (2 * k)) & 3) << (32 * k);
-                    }
-                }
+            let s = vector::read(c, 1)?;
+            let old = vector::get(c, d);
+            let sel = |k: u32| (imm >> (2 * k)) & 3;
+            let r = match m {
+                M::Pshufd => from_lanes(32, 4, |k| lane(s, 32, sel(k))),
                 M::Pshuflw => {
-                    for k in 0..4 {
-                        r |= w(s, 16, (imm >> (2 * k)) & 3) << (16 * k);
-                    }
-                    r |= s & !u128::from(u64::MAX);
+                    from_lanes(16, 4, |k| lane(s, 16, sel(k))) | (s & !u128::from(u64::MAX))
                 }
                 M::Pshufhw => {
-                    for k in 0..4 {
-                        r |= w(s, 16, 4 + ((imm >> (2 * k)) & 3)) << (16 * (k + 4));
-                    }
-                    r |= s & u128::from(u64::MAX);
+                    (from_lanes(16, 4, |k| lane(s, 16, 4 + sel(k))) << 64)
+                        | (s & u128::from(u64::MAX))
                 }
-                M::Shufps => {
-                    r |= w(old, 32, imm & 3);
-                    r |= w(old, 32, (imm >> 2) & 3) << 32;
-                    r |= w(s, 32, (imm >> 4) & 3) << 64;
-                    r |= w(s, 32, (imm >> 6) & 3) << 96;
-                }
-                _ => {
-                    r |= w(old, 64, imm & 1);
-                    r |= w(s, 64, (imm >> 1) & 1) << 64;
-                }
-            }
-            c.cpu.xmm[d] = r;
+                M::Shufps => from_lanes(32, 4, |k| lane(if k < 2 { old } else { s }, 32, sel(k))),
+                _ => from_lanes(64, 2, |k| lane(if k == 0 { old } else { s }, 64, (imm >> k) & 1)),
+            };
+            vector::set(c, d, r);
         }
         M::Psllw | M::Pslld | M::Psllq | M::Psrlw | M::Psrld | M::Psrlq | M::Psraw | M::Psrad => {
-            let d = dst_xmm(c)?;
+            let d = dst(c)?;
             let cnt = shift_count(c)?;
             let bits = match m {
                 M::Psllw | M::Psrlw | M::Psraw => 16,
                 M::Pslld | M::Psrld | M::Psrad => 32,
                 _ => 64,
             };
-            let a = c.cpu.xmm[d];
-            c.cpu.xmm[d] = lanes(a, 0, bits, |x, _| match m {
+            let a = vector::get(c, d);
+            let r = lanes(a, 0, bits, |x, _| match m {
                 M::Psllw | M::Pslld | M::Psllq => {
                     if cnt >= u64::from(bits) {
                         0
@@ -571,31 +489,35 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
                 }
                 _ => (sx(x, bits) >> cnt.min(u64::from(bits) - 1)) as u64,
             });
+            vector::set(c, d, r & vector::width_mask(w));
         }
         M::Pslldq | M::Psrldq => {
-            let d = dst_xmm(c)?;
+            let d = dst(c)?;
             let n = u32::from(c.i.immediate8());
-            let a = c.cpu.xmm[d];
-            c.cpu.xmm[d] = if n > 15 {
+            let a = vector::get(c, d);
+            let r = if n > 15 {
                 0
             } else if m == M::Pslldq {
                 a << (8 * n)
             } else {
                 a >> (8 * n)
             };
+            vector::set(c, d, r);
         }
         _ => {
-            let d = dst_xmm(c)?;
-            let b = read_x(c, 1)?;
-            let a = c.cpu.xmm[d];
-            c.cpu.xmm[d] = binary(m, a, b)?;
+            let d = dst(c)?;
+            let b = vector::read(c, 1)?;
+            let a = vector::get(c, d);
+            let r = binary(m, a, b, w)?;
+            vector::set(c, d, r & vector::width_mask(w));
         }
     }
     Ok(())
 }
 
-/// Two-operand packed operations `a op b`.
-fn binary(m: Mnemonic, a: u128, b: u128) -> Result<u128, Exception> {
+/// Two-operand packed operations `a op b` on `width`-bit vectors (the result's bits above
+/// `width` are don't-care).
+pub(super) fn binary(m: Mnemonic, a: u128, b: u128, width: u32) -> Result<u128, Exception> {
     use Mnemonic as M;
     let ones = |t: bool, bits: u32| if t { (1u64 << (bits - 1) << 1).wrapping_sub(1) } else { 0 };
     Ok(match m {
@@ -635,32 +557,17 @@ fn binary(m: Mnemonic, a: u128, b: u128) -> Result<u128, Exception> {
         M::Pmulhw => lanes(a, b, 16, |x, y| ((sx(x, 16) * sx(y, 16)) >> 16) as u64),
         M::Pmulhuw => lanes(a, b, 16, |x, y| (x * y) >> 16),
         M::Pmuludq => lanes(a, b, 64, |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff)),
-        M::Punpcklbw => unpack(a, b, 8, false),
-        M::Punpcklwd => unpack(a, b, 16, false),
-        M::Punpckldq => unpack(a, b, 32, false),
-        M::Punpcklqdq => unpack(a, b, 64, false),
-        M::Punpckhbw => unpack(a, b, 8, true),
-        M::Punpckhwd => unpack(a, b, 16, true),
-        M::Punpckhdq => unpack(a, b, 32, true),
-        M::Punpckhqdq => unpack(a, b, 64, true),
-        M::Packsswb | M::Packuswb | M::Packssdw => {
-            let (src_bits, dst_bits) = if m == M::Packssdw { (32, 16) } else { (16, 8) };
-            let n = 128 / src_bits;
-            let mut out = 0u128;
-            for (half, v) in [a, b].iter().enumerate() {
-                for k in 0..n {
-                    let x =
-                        sx(((v >> (k * src_bits)) & ((1u128 << src_bits) - 1)) as u64, src_bits);
-                    let s = if m == M::Packuswb {
-                        sat_u(x, dst_bits)
-                    } else {
-                        sat_s(x, dst_bits) & ((1u64 << dst_bits) - 1)
-                    };
-                    out |= u128::from(s) << ((half as u32 * n + k) * dst_bits);
-                }
-            }
-            out
-        }
+        M::Punpcklbw => unpack(a, b, 8, false, width),
+        M::Punpcklwd => unpack(a, b, 16, false, width),
+        M::Punpckldq => unpack(a, b, 32, false, width),
+        M::Punpcklqdq => unpack(a, b, 64, false, width),
+        M::Punpckhbw => unpack(a, b, 8, true, width),
+        M::Punpckhwd => unpack(a, b, 16, true, width),
+        M::Punpckhdq => unpack(a, b, 32, true, width),
+        M::Punpckhqdq => unpack(a, b, 64, true, width),
+        M::Packsswb => pack(a, b, 16, 8, true, width),
+        M::Packuswb => pack(a, b, 16, 8, false, width),
+        M::Packssdw => pack(a, b, 32, 16, true, width),
         _ => return Err(Exception::ud()),
     })
 }

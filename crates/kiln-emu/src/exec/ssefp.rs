@@ -8,6 +8,7 @@
 //! This makes results bit-exact with an x86 FPU, including NaN propagation; it ties this module
 //! to x86-64 hosts, which is where Kiln runs. RCPPS/RSQRTPS approximations are the host model's.
 
+use super::vector::{self, Vreg};
 use super::{Ctx, R};
 use crate::cpu;
 use crate::fault::{Exception, Vector};
@@ -234,6 +235,24 @@ pub(super) fn handles(m: Mnemonic) -> bool {
             | M::Cvtsd2si
             | M::Cvttss2si
             | M::Cvttsd2si
+            | M::Cvtpi2ps
+            | M::Cvtps2pi
+            | M::Cvttps2pi
+            | M::Cvtpi2pd
+            | M::Cvtpd2pi
+            | M::Cvttpd2pi
+            | M::Addsubps
+            | M::Addsubpd
+            | M::Haddps
+            | M::Haddpd
+            | M::Hsubps
+            | M::Hsubpd
+            | M::Roundps
+            | M::Roundpd
+            | M::Roundss
+            | M::Roundsd
+            | M::Dpps
+            | M::Dppd
     )
 }
 
@@ -243,10 +262,9 @@ fn source(c: &mut Ctx, n: u32) -> Result<u128, Exception> {
     match c.i.op_kind(n) {
         OpKind::Register => {
             let r = c.i.op_register(n);
-            if is_xmm(r) {
-                Ok(c.cpu.xmm[xmm_index(r)])
-            } else {
-                Ok(u128::from(c.cpu.reg(r)))
+            match Vreg::of(r) {
+                Some(v) => Ok(vector::get(c, v)),
+                None => Ok(u128::from(c.cpu.reg(r))),
             }
         }
         OpKind::Memory => {
@@ -326,6 +344,21 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
             c.write(0, v)?;
             return Ok(());
         }
+        M::Cvtps2pi | M::Cvttps2pi | M::Cvtpd2pi | M::Cvttpd2pi => {
+            // To an MMX register: two 32-bit integers.
+            let d = vector::dst(c)?;
+            let lo = u128::from(u64::MAX);
+            let b = source(c, 1)?;
+            let (r, after) = match m {
+                M::Cvtps2pi => host2!("cvtps2dq", 0, b & lo, mx),
+                M::Cvttps2pi => host2!("cvttps2dq", 0, b & lo, mx),
+                M::Cvtpd2pi => host2!("cvtpd2dq", 0, b, mx),
+                _ => host2!("cvttpd2dq", 0, b, mx),
+            };
+            settle(c, after)?;
+            vector::set(c, d, r & lo);
+            return Ok(());
+        }
         _ => {}
     }
     let d = match c.i.op0_kind() {
@@ -347,6 +380,25 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
         M::Cmpps | M::Cmppd | M::Cmpss | M::Cmpsd => {
             let b = source(c, 1)?;
             compare(m, c.i.immediate8() & 7, a, b, mx)
+        }
+        M::Cvtpi2ps => {
+            // From two 32-bit integers into the low half; the high half is kept.
+            let lo = u128::from(u64::MAX);
+            let b = source(c, 1)? & lo;
+            let (r, after) = host2!("cvtdq2ps", 0, b, mx);
+            ((a & !lo) | (r & lo), after)
+        }
+        M::Cvtpi2pd => {
+            let b = source(c, 1)? & u128::from(u64::MAX);
+            host2!("cvtdq2pd", 0, b, mx)
+        }
+        M::Roundps | M::Roundpd | M::Roundss | M::Roundsd => {
+            let b = source(c, 1)?;
+            round(m, c.i.immediate8() & 0xf, a, b, mx)
+        }
+        M::Dpps | M::Dppd => {
+            let b = source(c, 1)?;
+            dot(m == M::Dpps, c.i.immediate8(), a, b, mx)
         }
         _ => {
             let b = source(c, 1)?;
@@ -407,8 +459,83 @@ fn arith(m: Mnemonic, a: u128, b: u128, mx: u32) -> Option<(u128, u32)> {
         M::Cvtdq2pd => host2!("cvtdq2pd", a, b, mx),
         M::Cvtpd2dq => host2!("cvtpd2dq", a, b, mx),
         M::Cvttpd2dq => host2!("cvttpd2dq", a, b, mx),
+        M::Addsubps => host2!("addsubps", a, b, mx),
+        M::Addsubpd => host2!("addsubpd", a, b, mx),
+        M::Haddps => host2!("haddps", a, b, mx),
+        M::Haddpd => host2!("haddpd", a, b, mx),
+        M::Hsubps => host2!("hsubps", a, b, mx),
+        M::Hsubpd => host2!("hsubpd", a, b, mx),
         _ => return None,
     })
+}
+
+/// ROUNDPS/ROUNDPD/ROUNDSS/ROUNDSD with control `p` (imm8[3:0]: precision-exception
+/// suppression, MXCSR or immediate rounding mode).
+fn round(m: Mnemonic, p: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
+    use Mnemonic as M;
+    macro_rules! by_control {
+        ($insn:literal) => {
+            match p {
+                0 => host2i!($insn, "0", a, b, mx),
+                1 => host2i!($insn, "1", a, b, mx),
+                2 => host2i!($insn, "2", a, b, mx),
+                3 => host2i!($insn, "3", a, b, mx),
+                4 => host2i!($insn, "4", a, b, mx),
+                5 => host2i!($insn, "5", a, b, mx),
+                6 => host2i!($insn, "6", a, b, mx),
+                7 => host2i!($insn, "7", a, b, mx),
+                8 => host2i!($insn, "8", a, b, mx),
+                9 => host2i!($insn, "9", a, b, mx),
+                10 => host2i!($insn, "10", a, b, mx),
+                11 => host2i!($insn, "11", a, b, mx),
+                12 => host2i!($insn, "12", a, b, mx),
+                13 => host2i!($insn, "13", a, b, mx),
+                14 => host2i!($insn, "14", a, b, mx),
+                _ => host2i!($insn, "15", a, b, mx),
+            }
+        };
+    }
+    match m {
+        M::Roundps => by_control!("roundps"),
+        M::Roundpd => by_control!("roundpd"),
+        M::Roundss => by_control!("roundss"),
+        _ => by_control!("roundsd"),
+    }
+}
+
+/// DPPS (`single`) / DPPD as the SDM defines them: the products selected by imm8[7:4] (the
+/// others +0.0), summed pairwise ((p0 + p1) + (p2 + p3) for DPPS), each step rounded under
+/// MXCSR, the sum written to the lanes selected by imm8[3:0] (the others +0.0).
+fn dot(single: bool, imm: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
+    let (bits, n) = if single { (32, 4) } else { (64, 2) };
+    let scalar = |mul: bool, x: u64, y: u64, raised: &mut u32| -> u64 {
+        let (x, y) = (u128::from(x), u128::from(y));
+        let (r, after) = match (single, mul) {
+            (true, true) => host2!("mulss", x, y, mx),
+            (true, false) => host2!("addss", x, y, mx),
+            (false, true) => host2!("mulsd", x, y, mx),
+            (false, false) => host2!("addsd", x, y, mx),
+        };
+        *raised |= after & 0x3f;
+        vector::lane(r, bits, 0)
+    };
+    let mut raised = 0u32;
+    let mut t = [0u64; 4];
+    for (k, slot) in t.iter_mut().enumerate().take(n as usize) {
+        let k = k as u32;
+        if imm >> (4 + k) & 1 != 0 {
+            *slot = scalar(true, vector::lane(a, bits, k), vector::lane(b, bits, k), &mut raised);
+        }
+    }
+    let sum = if single {
+        let low = scalar(false, t[0], t[1], &mut raised);
+        let high = scalar(false, t[2], t[3], &mut raised);
+        scalar(false, low, high, &mut raised)
+    } else {
+        scalar(false, t[0], t[1], &mut raised)
+    };
+    let r = vector::from_lanes(bits, n, |k| if imm >> k & 1 != 0 { sum } else { 0 });
+    (r, (mx & !0x3f) | raised)
 }
 
 /// CMPPS/CMPPD/CMPSS/CMPSD with predicate `p` (0..8).
