@@ -2,10 +2,12 @@
 //! R0-R7 (Intel SDM vol. 1, 9.5). The x87 state keeps its registers in stack order (ST(0) first,
 //! as FXSAVE does), so MMi is ST((i - TOP) mod 8).
 //!
-//! Every MMX instruction except EMMS first makes the transition to MMX: TOP becomes 0 (so MMi
-//! is ST(i)) and every tag valid. Writing MMi sets the register's exponent and sign to all ones.
-//! EMMS marks every register empty. A pending unmasked x87 exception raises #MF first, CR0.EM
-//! #UD, CR0.TS #NM. A faulting MMX instruction leaves the x87 state as it was.
+//! Every MMX instruction first makes the transition to MMX: TOP becomes 0 (so MMi is ST(i)) and
+//! every tag valid; EMMS then marks every register empty. Writing MMi sets the register's
+//! exponent and sign to all ones. A pending unmasked x87 exception raises #MF first, CR0.EM
+//! #UD, CR0.TS #NM. A fault in reaching an operand (#GP, #PF, #SS) leaves the x87 state as it
+//! was; a SIMD floating-point exception (#XM of CVTPS2PI, say) comes after the transition, as the
+//! differential test sees the hardware do.
 //!
 //! The packed-integer instructions themselves are the SSE ones at a 64-bit width (`sse.rs`,
 //! `ssse3.rs`); this module has the register file, the transition and the MMX-only moves.
@@ -13,7 +15,7 @@
 use super::vector::{self, Vreg};
 use super::{Ctx, R};
 use crate::cpu::{self, Fpu};
-use crate::fault::{Exception, Vector};
+use crate::fault::{Exception, ExecError, Vector};
 use crate::mmu::Priv;
 use iced_x86::{Mnemonic, OpKind};
 
@@ -60,19 +62,20 @@ fn available(c: &Ctx) -> Result<(), Exception> {
     Ok(())
 }
 
-/// Runs an MMX-form instruction: the checks, the transition, then `run`; the x87 state is put
-/// back if it faults.
+/// Runs an MMX-form instruction: the checks, the transition, then `run`.
 pub(super) fn exec(c: &mut Ctx, run: impl FnOnce(&mut Ctx) -> R) -> R {
     available(c)?;
     let saved = c.cpu.fpu;
+    enter(&mut c.cpu.fpu);
     if c.i.mnemonic() == Mnemonic::Emms {
         c.cpu.fpu.ftw = 0;
         return Ok(());
     }
-    enter(&mut c.cpu.fpu);
     let r = run(c);
-    if r.is_err() {
-        c.cpu.fpu = saved;
+    if let Err(ExecError::Fault(e)) = &r {
+        if e.vector != Vector::XM {
+            c.cpu.fpu = saved;
+        }
     }
     r
 }

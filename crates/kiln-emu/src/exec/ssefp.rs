@@ -55,9 +55,9 @@ macro_rules! host2 {
     }};
 }
 
-/// Like `host2!` with an immediate predicate.
+/// Like `host2!` with an immediate operand (a constant expression).
 macro_rules! host2i {
-    ($insn:literal, $imm:literal, $a:expr, $b:expr, $mx:expr) => {{
+    ($insn:literal, $imm:expr, $a:expr, $b:expr, $mx:expr) => {{
         let mut a = to_m128($a);
         let b = to_m128($b);
         let mut mx: u32 = $mx;
@@ -67,11 +67,12 @@ macro_rules! host2i {
             asm!(
                 "stmxcsr [{saved}]",
                 "ldmxcsr [{mx}]",
-                concat!($insn, " {a}, {b}, ", $imm),
+                concat!($insn, " {a}, {b}, {imm}"),
                 "stmxcsr [{mx}]",
                 "ldmxcsr [{saved}]",
                 a = inout(xmm_reg) a,
                 b = in(xmm_reg) b,
+                imm = const $imm,
                 mx = in(reg) &mut mx,
                 saved = in(reg) &mut saved,
                 options(nostack),
@@ -304,6 +305,27 @@ fn settle(c: &mut Ctx, after: u32) -> Result<(), Exception> {
     Ok(())
 }
 
+/// Records the flags of `steps` (each the flags one step of a multi-step instruction raised) up
+/// to and including the first that raises an unmasked exception, that one as `settle` would,
+/// and returns the exception.
+fn settle_steps(c: &mut Ctx, steps: &[u32]) -> Exception {
+    let masks = (c.cpu.mxcsr >> 7) & 0x3f;
+    for &f in steps {
+        let raised = f & 0x3f;
+        if raised & !masks != 0 {
+            let pre = raised & 0x07;
+            c.cpu.mxcsr |= if pre & !masks != 0 { pre } else { raised };
+            break;
+        }
+        c.cpu.mxcsr |= raised;
+    }
+    if c.cpu.cr4 & cpu::CR4_OSXMMEXCPT != 0 {
+        Exception::new(Vector::XM)
+    } else {
+        Exception::ud()
+    }
+}
+
 /// The MXCSR to run a host operation under: the guest's controls, flags clear, all masked.
 fn host_mxcsr(c: &Ctx) -> u32 {
     (c.cpu.mxcsr & 0xffc0) | 0x1f80
@@ -398,7 +420,15 @@ pub(super) fn exec(c: &mut Ctx, m: Mnemonic) -> R {
         }
         M::Dpps | M::Dppd => {
             let b = source(c, 1)?;
-            dot(m == M::Dpps, c.i.immediate8(), a, b, mx)
+            let (single, imm) = (m == M::Dpps, c.i.immediate8());
+            let (r, after) = dot(single, imm, a, b, mx);
+            let masks = (c.cpu.mxcsr >> 7) & 0x3f;
+            if after & 0x3f & !masks != 0 {
+                // An unmasked exception stops it at the step that raises it; the flags of the
+                // steps before are recorded.
+                return Err(settle_steps(c, &dot_steps(single, imm, a, b, mx)).into());
+            }
+            (r, after)
         }
         _ => {
             let b = source(c, 1)?;
@@ -476,22 +506,22 @@ fn round(m: Mnemonic, p: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
     macro_rules! by_control {
         ($insn:literal) => {
             match p {
-                0 => host2i!($insn, "0", a, b, mx),
-                1 => host2i!($insn, "1", a, b, mx),
-                2 => host2i!($insn, "2", a, b, mx),
-                3 => host2i!($insn, "3", a, b, mx),
-                4 => host2i!($insn, "4", a, b, mx),
-                5 => host2i!($insn, "5", a, b, mx),
-                6 => host2i!($insn, "6", a, b, mx),
-                7 => host2i!($insn, "7", a, b, mx),
-                8 => host2i!($insn, "8", a, b, mx),
-                9 => host2i!($insn, "9", a, b, mx),
-                10 => host2i!($insn, "10", a, b, mx),
-                11 => host2i!($insn, "11", a, b, mx),
-                12 => host2i!($insn, "12", a, b, mx),
-                13 => host2i!($insn, "13", a, b, mx),
-                14 => host2i!($insn, "14", a, b, mx),
-                _ => host2i!($insn, "15", a, b, mx),
+                0 => host2i!($insn, 0, a, b, mx),
+                1 => host2i!($insn, 1, a, b, mx),
+                2 => host2i!($insn, 2, a, b, mx),
+                3 => host2i!($insn, 3, a, b, mx),
+                4 => host2i!($insn, 4, a, b, mx),
+                5 => host2i!($insn, 5, a, b, mx),
+                6 => host2i!($insn, 6, a, b, mx),
+                7 => host2i!($insn, 7, a, b, mx),
+                8 => host2i!($insn, 8, a, b, mx),
+                9 => host2i!($insn, 9, a, b, mx),
+                10 => host2i!($insn, 10, a, b, mx),
+                11 => host2i!($insn, 11, a, b, mx),
+                12 => host2i!($insn, 12, a, b, mx),
+                13 => host2i!($insn, 13, a, b, mx),
+                14 => host2i!($insn, 14, a, b, mx),
+                _ => host2i!($insn, 15, a, b, mx),
             }
         };
     }
@@ -503,12 +533,20 @@ fn round(m: Mnemonic, p: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
     }
 }
 
-/// DPPS (`single`) / DPPD as the SDM defines them: the products selected by imm8[7:4] (the
-/// others +0.0), summed pairwise ((p0 + p1) + (p2 + p3) for DPPS), each step rounded under
-/// MXCSR, the sum written to the lanes selected by imm8[3:0] (the others +0.0).
-fn dot(single: bool, imm: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
+/// Runs `insn a, b, imm8` on the host for any run-time `imm8` (one arm per value).
+macro_rules! host2_imm8 {
+    ($insn:literal, $imm:expr, $a:expr, $b:expr, $mx:expr; $($n:literal)*) => {
+        match $imm {
+            $($n => host2i!($insn, $n, $a, $b, $mx),)*
+        }
+    };
+}
+
+/// The flags each step of DPPS/DPPD raises, in order: the selected products, the pairwise sums,
+/// and (DPPS) the final sum, each as scalar operations on the host.
+fn dot_steps(single: bool, imm: u8, a: u128, b: u128, mx: u32) -> Vec<u32> {
     let (bits, n) = if single { (32, 4) } else { (64, 2) };
-    let scalar = |mul: bool, x: u64, y: u64, raised: &mut u32| -> u64 {
+    let op = |mul: bool, x: u64, y: u64| -> (u64, u32) {
         let (x, y) = (u128::from(x), u128::from(y));
         let (r, after) = match (single, mul) {
             (true, true) => host2!("mulss", x, y, mx),
@@ -516,26 +554,33 @@ fn dot(single: bool, imm: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
             (false, true) => host2!("mulsd", x, y, mx),
             (false, false) => host2!("addsd", x, y, mx),
         };
-        *raised |= after & 0x3f;
-        vector::lane(r, bits, 0)
+        (vector::lane(r, bits, 0), after & 0x3f)
     };
-    let mut raised = 0u32;
     let mut t = [0u64; 4];
-    for (k, slot) in t.iter_mut().enumerate().take(n as usize) {
-        let k = k as u32;
+    let mut products = 0;
+    for (k, slot) in t.iter_mut().enumerate().take(n) {
         if imm >> (4 + k) & 1 != 0 {
-            *slot = scalar(true, vector::lane(a, bits, k), vector::lane(b, bits, k), &mut raised);
+            let (p, f) = op(true, vector::lane(a, bits, k as u32), vector::lane(b, bits, k as u32));
+            *slot = p;
+            products |= f;
         }
     }
-    let sum = if single {
-        let low = scalar(false, t[0], t[1], &mut raised);
-        let high = scalar(false, t[2], t[3], &mut raised);
-        scalar(false, low, high, &mut raised)
+    if !single {
+        return vec![products, op(false, t[0], t[1]).1];
+    }
+    let (low, f1) = op(false, t[0], t[1]);
+    let (high, f2) = op(false, t[2], t[3]);
+    vec![products, f1 | f2, op(false, low, high).1]
+}
+
+/// DPPS (`single`) / DPPD with control `imm`, on the host's unit (the products, sums and
+/// flags are the hardware's, including for the lanes imm8[7:4] leaves out).
+fn dot(single: bool, imm: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
+    if single {
+        host2_imm8!("dpps", imm, a, b, mx; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159 160 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 178 179 180 181 182 183 184 185 186 187 188 189 190 191 192 193 194 195 196 197 198 199 200 201 202 203 204 205 206 207 208 209 210 211 212 213 214 215 216 217 218 219 220 221 222 223 224 225 226 227 228 229 230 231 232 233 234 235 236 237 238 239 240 241 242 243 244 245 246 247 248 249 250 251 252 253 254 255)
     } else {
-        scalar(false, t[0], t[1], &mut raised)
-    };
-    let r = vector::from_lanes(bits, n, |k| if imm >> k & 1 != 0 { sum } else { 0 });
-    (r, (mx & !0x3f) | raised)
+        host2_imm8!("dppd", imm, a, b, mx; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159 160 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 178 179 180 181 182 183 184 185 186 187 188 189 190 191 192 193 194 195 196 197 198 199 200 201 202 203 204 205 206 207 208 209 210 211 212 213 214 215 216 217 218 219 220 221 222 223 224 225 226 227 228 229 230 231 232 233 234 235 236 237 238 239 240 241 242 243 244 245 246 247 248 249 250 251 252 253 254 255)
+    }
 }
 
 /// CMPPS/CMPPD/CMPSS/CMPSD with predicate `p` (0..8).
@@ -544,14 +589,14 @@ fn compare(m: Mnemonic, p: u8, a: u128, b: u128, mx: u32) -> (u128, u32) {
     macro_rules! by_pred {
         ($insn:literal) => {
             match p {
-                0 => host2i!($insn, "0", a, b, mx),
-                1 => host2i!($insn, "1", a, b, mx),
-                2 => host2i!($insn, "2", a, b, mx),
-                3 => host2i!($insn, "3", a, b, mx),
-                4 => host2i!($insn, "4", a, b, mx),
-                5 => host2i!($insn, "5", a, b, mx),
-                6 => host2i!($insn, "6", a, b, mx),
-                _ => host2i!($insn, "7", a, b, mx),
+                0 => host2i!($insn, 0, a, b, mx),
+                1 => host2i!($insn, 1, a, b, mx),
+                2 => host2i!($insn, 2, a, b, mx),
+                3 => host2i!($insn, 3, a, b, mx),
+                4 => host2i!($insn, 4, a, b, mx),
+                5 => host2i!($insn, 5, a, b, mx),
+                6 => host2i!($insn, 6, a, b, mx),
+                _ => host2i!($insn, 7, a, b, mx),
             }
         };
     }

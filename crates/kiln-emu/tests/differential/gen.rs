@@ -1,6 +1,6 @@
 //! Random instruction sequences built from iced-x86's op-code tables.
 
-use crate::tables::{family, operand_supported, Family, FAMILIES};
+use crate::tables::{family_of, operand_supported, uses_vector_state, Family, FAMILIES};
 use iced_x86::{
     Code, Encoder, EncodingKind, Instruction, Mnemonic, OpCodeOperandKind as K, OpKind, Register,
     RepPrefixKind,
@@ -134,6 +134,10 @@ fn reg_xmm(idx: u32) -> Register {
     Register::values().nth(Register::XMM0 as usize + idx as usize).unwrap_or(Register::XMM0)
 }
 
+fn reg_mm(idx: u32) -> Register {
+    Register::values().nth(Register::MM0 as usize + idx as usize).unwrap_or(Register::MM0)
+}
+
 fn st_reg(idx: u32) -> Register {
     Register::values().nth(Register::ST0 as usize + idx as usize).unwrap_or(Register::ST0)
 }
@@ -174,12 +178,12 @@ impl Gen {
                 continue;
             }
             // SIMD: only the legacy SSE encodings (VEX forms are AVX).
-            if matches!(family(op.mnemonic()), Some(Family::Sse | Family::SseFp | Family::X87))
+            if family_of(code).is_some_and(uses_vector_state)
                 && op.encoding() != EncodingKind::Legacy
             {
                 continue;
             }
-            let Some(fam) = family(op.mnemonic()) else {
+            let Some(fam) = family_of(code) else {
                 continue;
             };
             if let Some(feature) = lacks(op.mnemonic()) {
@@ -188,11 +192,10 @@ impl Gen {
                 }
                 continue;
             }
-            // PEXTRW to memory is SSE4.1, which emu does not advertise.
-            if matches!(code, Code::Pextrw_r32m16_xmm_imm8 | Code::Pextrw_r64m16_xmm_imm8) {
-                continue;
-            }
             if !op.op_kinds().iter().all(|k| operand_supported(*k)) {
+                if std::env::var_os("KILN_EMU_GEN_DEBUG").is_some() {
+                    eprintln!("not generated: {code:?} {:?}", op.op_kinds());
+                }
                 continue;
             }
             // BSWAP r16 is undefined; the 16-bit branch forms truncate RIP.
@@ -355,6 +358,19 @@ impl Gen {
                     ins.set_op_kind(n, OpKind::Register);
                     ins.set_op_register(n, reg_xmm(rng.below(16) as u32));
                 }
+                K::mm_reg | K::mm_rm => {
+                    ins.set_op_kind(n, OpKind::Register);
+                    ins.set_op_register(n, reg_mm(rng.below(8) as u32));
+                }
+                K::mm_or_mem => {
+                    if rng.chance(40) {
+                        Self::set_mem(&mut ins, n, 0x400 + rng.below(0x1800));
+                        mem_used = true;
+                    } else {
+                        ins.set_op_kind(n, OpKind::Register);
+                        ins.set_op_register(n, reg_mm(rng.below(8) as u32));
+                    }
+                }
                 K::st0 => {
                     ins.set_op_kind(n, OpKind::Register);
                     ins.set_op_register(n, Register::ST0);
@@ -465,6 +481,7 @@ impl Gen {
                 K::br64_1 | K::br64_4 => {
                     ins.set_op_kind(n, OpKind::NearBranch64);
                 }
+                K::seg_rDI => ins.set_op_kind(n, OpKind::MemorySegRDI),
                 K::seg_rBX_al => {
                     ins.set_op_kind(n, OpKind::Memory);
                     ins.set_memory_base(Register::RBX);
@@ -574,6 +591,15 @@ impl Gen {
             if let Ok(i) = Instruction::with2(code, r, v) {
                 out.push(i);
             }
+        }
+        // MASKMOVQ/MASKMOVDQU store to [RDI]: point it into the data area.
+        if matches!(m, Mnemonic::Maskmovq | Mnemonic::Maskmovdqu) {
+            let mut i = Instruction::default();
+            i.set_code(Code::Lea_r64_m);
+            i.set_op0_kind(OpKind::Register);
+            i.set_op0_register(Register::RDI);
+            Self::set_mem(&mut i, 1, 0x400 + rng.below(0x1800));
+            out.push(i);
         }
         // XLAT reads [RBX + AL]: point RBX into the data area.
         if m == Mnemonic::Xlatb {

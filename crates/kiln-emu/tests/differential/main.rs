@@ -278,8 +278,7 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
         sb.cpu.seg[kiln_emu::cpu::FS].base = DATA + 0x400;
         sb.cpu.seg[kiln_emu::cpu::GS].base = DATA + 0xc00;
         nat.set_regs(&regs).expect("set host registers");
-        let simd =
-            prog.families.iter().any(|f| matches!(f, Family::Sse | Family::SseFp | Family::X87));
+        let simd = prog.families.iter().any(|f| tables::uses_vector_state(*f));
         if simd {
             let mut fp = base_fp;
             // Random rounding mode, sometimes DAZ/FTZ, sometimes an unmasked exception.
@@ -464,6 +463,24 @@ fn emulator_matches_the_host_cpu_on_generated_code() {
                             sb.cpu.xmm[k]
                         ));
                     }
+                }
+                // The x87/MMX registers and the abridged tag word.
+                for k in 0..8 {
+                    let mut host = [0u8; 10];
+                    for w in 0..3 {
+                        let b = fp.st_space[4 * k + w].to_le_bytes();
+                        let n = (10 - 4 * w).min(4);
+                        host[4 * w..4 * w + n].copy_from_slice(&b[..n]);
+                    }
+                    if host[..] != sb.cpu.fpu.st[k][..10] {
+                        d.push_str(&format!(
+                            "  st{k}/mm: host {host:02x?} emu {:02x?}\n",
+                            &sb.cpu.fpu.st[k][..10]
+                        ));
+                    }
+                }
+                if fp.ftw & 0xff != u16::from(sb.cpu.fpu.ftw) {
+                    d.push_str(&format!("  ftw: host {:#x} emu {:#x}\n", fp.ftw, sb.cpu.fpu.ftw));
                 }
                 if fp.mxcsr != sb.cpu.mxcsr || fp.cwd != sb.cpu.fpu.fcw || fp.swd != sb.cpu.fpu.fsw
                 {

@@ -17,12 +17,28 @@ pub enum Family {
     Sse,
     SseFp,
     X87,
+    /// MMX-register forms of the packed-integer instructions, EMMS, and the MMX conversions.
+    Mmx,
+    Sse3,
+    Ssse3,
+    Sse41,
+    /// The SSE4.2 string compares and PCMPGTQ.
+    Sse42,
+    Crc32,
+    Popcnt,
 }
 
-pub const FAMILIES: [Family; 12] = [
+pub const FAMILIES: [Family; 19] = [
     Family::X87,
     Family::Sse,
     Family::SseFp,
+    Family::Mmx,
+    Family::Sse3,
+    Family::Ssse3,
+    Family::Sse41,
+    Family::Sse42,
+    Family::Crc32,
+    Family::Popcnt,
     Family::Alu,
     Family::Shift,
     Family::MulDiv,
@@ -69,7 +85,6 @@ pub fn family(m: Mnemonic) -> Option<Family> {
         | M::Bsr
         | M::Tzcnt
         | M::Lzcnt
-        | M::Popcnt
         | M::Bswap
         | M::Andn
         | M::Bextr
@@ -392,8 +407,119 @@ pub fn family(m: Mnemonic) -> Option<Family> {
         | M::Fldenv
         | M::Fnsave
         | M::Frstor => Family::X87,
+        M::Popcnt => Family::Popcnt,
+        M::Crc32 => Family::Crc32,
+        M::Maskmovdqu => Family::Sse,
+        M::Emms | M::Pshufw | M::Movq2dq | M::Movdq2q | M::Movntq | M::Maskmovq => Family::Mmx,
+        M::Cvtpi2ps | M::Cvtps2pi | M::Cvttps2pi | M::Cvtpi2pd | M::Cvtpd2pi | M::Cvttpd2pi => {
+            Family::Mmx
+        }
+        M::Addsubps
+        | M::Addsubpd
+        | M::Haddps
+        | M::Haddpd
+        | M::Hsubps
+        | M::Hsubpd
+        | M::Lddqu
+        | M::Movddup
+        | M::Movshdup
+        | M::Movsldup => Family::Sse3,
+        M::Pabsb
+        | M::Pabsw
+        | M::Pabsd
+        | M::Psignb
+        | M::Psignw
+        | M::Psignd
+        | M::Phaddw
+        | M::Phaddd
+        | M::Phaddsw
+        | M::Phsubw
+        | M::Phsubd
+        | M::Phsubsw
+        | M::Pmaddubsw
+        | M::Pmulhrsw
+        | M::Pshufb
+        | M::Palignr => Family::Ssse3,
+        M::Blendps
+        | M::Blendpd
+        | M::Blendvps
+        | M::Blendvpd
+        | M::Pblendvb
+        | M::Pblendw
+        | M::Dpps
+        | M::Dppd
+        | M::Extractps
+        | M::Insertps
+        | M::Movntdqa
+        | M::Mpsadbw
+        | M::Packusdw
+        | M::Pcmpeqq
+        | M::Pextrb
+        | M::Pextrd
+        | M::Pextrq
+        | M::Phminposuw
+        | M::Pinsrb
+        | M::Pinsrd
+        | M::Pinsrq
+        | M::Pmaxsb
+        | M::Pmaxsd
+        | M::Pmaxud
+        | M::Pmaxuw
+        | M::Pminsb
+        | M::Pminsd
+        | M::Pminud
+        | M::Pminuw
+        | M::Pmovsxbw
+        | M::Pmovsxbd
+        | M::Pmovsxbq
+        | M::Pmovsxwd
+        | M::Pmovsxwq
+        | M::Pmovsxdq
+        | M::Pmovzxbw
+        | M::Pmovzxbd
+        | M::Pmovzxbq
+        | M::Pmovzxwd
+        | M::Pmovzxwq
+        | M::Pmovzxdq
+        | M::Pmuldq
+        | M::Pmulld
+        | M::Ptest
+        | M::Roundps
+        | M::Roundpd
+        | M::Roundss
+        | M::Roundsd => Family::Sse41,
+        M::Pcmpestri
+        | M::Pcmpestri64
+        | M::Pcmpestrm
+        | M::Pcmpestrm64
+        | M::Pcmpistri
+        | M::Pcmpistrm
+        | M::Pcmpgtq => Family::Sse42,
         _ => return None,
     })
+}
+
+/// True for families whose programs use the vector and x87 state (set up and compared).
+pub fn uses_vector_state(f: Family) -> bool {
+    matches!(
+        f,
+        Family::Sse
+            | Family::SseFp
+            | Family::X87
+            | Family::Mmx
+            | Family::Sse3
+            | Family::Ssse3
+            | Family::Sse41
+            | Family::Sse42
+    )
+}
+
+/// The family of op-code `code`: by mnemonic, with MMX-register forms of any mnemonic as MMX.
+pub fn family_of(code: iced_x86::Code) -> Option<Family> {
+    let op = code.op_code();
+    let f = family(op.mnemonic())?;
+    let mmx = op.op_kinds().iter().any(|k| matches!(k, K::mm_reg | K::mm_rm | K::mm_or_mem));
+    Some(if mmx { Family::Mmx } else { f })
 }
 
 pub fn operand_supported(k: K) -> bool {
@@ -436,6 +562,10 @@ pub fn operand_supported(k: K) -> bool {
             | K::xmm_or_mem
             | K::st0
             | K::sti_opcode
+            | K::mm_reg
+            | K::mm_rm
+            | K::mm_or_mem
+            | K::seg_rDI
     )
 }
 

@@ -10,6 +10,7 @@
 //! on every host. Each adjustment is idempotent: applied on a host of the claimed vendor it would
 //! change nothing.
 
+use crate::tables::Family;
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use kiln_emu::sandbox::Sandbox;
 use std::arch::x86_64::{__cpuid_count, CpuidResult};
@@ -53,6 +54,10 @@ pub struct Host {
     pub popcnt: bool,
     pub cx16: bool,
     pub lahf_lm: bool,
+    pub sse3: bool,
+    pub ssse3: bool,
+    pub sse41: bool,
+    pub sse42: bool,
 }
 
 impl Host {
@@ -71,6 +76,10 @@ impl Host {
             popcnt: l1.ecx & (1 << 23) != 0,
             cx16: l1.ecx & (1 << 13) != 0,
             lahf_lm: e1 & 1 != 0,
+            sse3: l1.ecx & 1 != 0,
+            ssse3: l1.ecx & (1 << 9) != 0,
+            sse41: l1.ecx & (1 << 19) != 0,
+            sse42: l1.ecx & (1 << 20) != 0,
         }
     }
 
@@ -85,7 +94,14 @@ impl Host {
             M::Popcnt if !self.popcnt => Some("POPCNT"),
             M::Cmpxchg16b if !self.cx16 => Some("CMPXCHG16B"),
             M::Lahf | M::Sahf if !self.lahf_lm => Some("LAHF/SAHF in 64-bit mode"),
-            _ => None,
+            M::Fisttp if !self.sse3 => Some("SSE3"),
+            _ => match crate::tables::family(m) {
+                Some(Family::Sse3) if !self.sse3 => Some("SSE3"),
+                Some(Family::Ssse3) if !self.ssse3 => Some("SSSE3"),
+                Some(Family::Sse41) if !self.sse41 => Some("SSE4.1"),
+                Some(Family::Sse42 | Family::Crc32) if !self.sse42 => Some("SSE4.2"),
+                _ => None,
+            },
         }
     }
 }
