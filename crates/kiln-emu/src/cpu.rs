@@ -181,8 +181,8 @@ pub struct Cpu {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub interrupt_shadow: bool,
-    /// Report FPU, FXSR, SSE and SSE2 in CPUID and accept CR4.OSFXSR/OSXMMEXCPT (on by
-    /// default; Linux requires them). Off models a CPU without them.
+    /// Report FPU, MMX, FXSR and SSE through SSE4.2 in CPUID and accept CR4.OSFXSR/OSXMMEXCPT
+    /// (on by default; Linux requires them). Off models a CPU without them.
     pub advertise_simd: bool,
     /// This CPU's APIC id (CPUID leaf 1 EBX[31:24]).
     pub apic_id: u32,

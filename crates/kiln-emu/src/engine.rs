@@ -31,7 +31,7 @@ pub const SLICE: u32 = 2048;
 /// Options of the emu engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmuConfig {
-    /// Report FPU, FXSR, SSE and SSE2 in CPUID (see [`Cpu::advertise_simd`]). On by default:
+    /// Report FPU, MMX, FXSR, SSE through SSE4.2 in CPUID (see [`Cpu::advertise_simd`]). On by default:
     /// Linux refuses to boot without them.
     pub advertise_simd: bool,
 }

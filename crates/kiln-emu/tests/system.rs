@@ -253,12 +253,13 @@ fn invalid_opcode_raises_ud_in_the_guest() {
 }
 
 #[test]
-fn cpuid_advertises_long_mode_fpu_and_sse2() {
+fn cpuid_advertises_long_mode_the_x86_64_baseline_and_v2() {
     let mut sb = Sandbox::new().expect("sandbox");
     let code = assemble(CODE, |a| {
         a.mov(eax, 0x8000_0001u32)?;
         a.cpuid()?;
         a.mov(r8d, edx)?;
+        a.mov(r9d, ecx)?;
         a.mov(eax, 1u32)?;
         a.cpuid()?;
         a.hlt()
@@ -270,7 +271,14 @@ fn cpuid_advertises_long_mode_fpu_and_sse2() {
     assert_ne!(sb.cpu.gpr[2] & (1 << 26), 0, "SSE2");
     assert_ne!(sb.cpu.gpr[2] & (1 << 24), 0, "FXSR");
     assert_ne!(sb.cpu.gpr[2] & 1, 0, "FPU");
-    assert_eq!(sb.cpu.gpr[2] & (1 << 23), 0, "no MMX");
+    assert_ne!(sb.cpu.gpr[2] & (1 << 23), 0, "MMX");
+    // x86-64-v2: SSE3, SSSE3, CX16, SSE4.1, SSE4.2, POPCNT (ECX), LAHF-LM (0x80000001 ECX).
+    for (bit, name) in
+        [(0, "SSE3"), (9, "SSSE3"), (13, "CX16"), (19, "SSE4.1"), (20, "SSE4.2"), (23, "POPCNT")]
+    {
+        assert_ne!(sb.cpu.gpr[1] & (1 << bit), 0, "{name}");
+    }
+    assert_ne!(sb.cpu.gpr[9] & 1, 0, "LAHF-LM");
 }
 
 #[test]

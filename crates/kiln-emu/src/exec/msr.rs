@@ -180,10 +180,13 @@ pub fn cpuid(cpu: &Cpu, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             let ebx = (cpu.apic_id << 24) | (1 << 16) | (8 << 8);
             // CX16, POPCNT, hypervisor; with the VM's APIC, the TSC-deadline timer.
             let deadline = if cpu.chip.is_some() { 1 << 24 } else { 0 };
-            let ecx = (1 << 13) | (1 << 23) | (1 << 31) | deadline;
+            // SSE3, SSSE3, SSE4.1, SSE4.2 (x86-64-v2 with CX16, POPCNT and LAHF-LM).
+            let vector = if cpu.advertise_simd { 1 | (1 << 9) | (1 << 19) | (1 << 20) } else { 0 };
+            let ecx = (1 << 13) | (1 << 23) | (1 << 31) | deadline | vector;
             let apic = if cpu.chip.is_some() { 1 << 9 } else { 0 };
             let simd = if cpu.advertise_simd {
-                1 | (1 << 24) | (1 << 25) | (1 << 26) // FPU, FXSR, SSE, SSE2
+                // FPU, MMX, FXSR, SSE, SSE2
+                1 | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
             } else {
                 0
             };
