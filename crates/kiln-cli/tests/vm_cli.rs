@@ -8,6 +8,9 @@ fn kiln(args: &[&str]) -> Output {
         .args(args)
         .env_remove("KILN_SOCKET")
         .env_remove("KILN_TOKEN")
+        // A remote URL in the environment wins over --socket; these tests talk to local sockets.
+        .env_remove("KILN_URL")
+        .env_remove("KILN_CA_CERT")
         .output()
         .expect("kiln runs")
 }

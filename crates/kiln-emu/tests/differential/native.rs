@@ -79,7 +79,10 @@ impl Native {
         if pid == 0 {
             // SAFETY: async-signal-safe calls in the forked child; it never returns.
             unsafe {
-                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                // Without tracing (ptrace denied here) the parent sees an exit, not a stop.
+                if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                    libc::_exit(127);
+                }
                 libc::raise(libc::SIGSTOP);
                 libc::_exit(0);
             }
