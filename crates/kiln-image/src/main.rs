@@ -10,6 +10,9 @@
 //! * `kiln-image debian-kernel` downloads Debian's `linux-image-cloud-amd64` kernel package
 //!   (through apt, into the cache) and prints the path of its `vmlinuz` last, or with
 //!   `--modules` its module directory, for `initramfs --modules-from`.
+//! * `kiln-image debian-system` builds a whole Debian system (systemd, udev, Debian's cloud
+//!   kernel) from Debian's packages with mmdebstrap onto an ext4 image, cached by its inputs, and
+//!   prints the directory holding `rootfs.ext4`, `vmlinuz` and `initrd.img` last.
 //!
 //! Missing host packages are installed with apt-get when running as root, or named in the error.
 
@@ -21,6 +24,7 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod packages;
+mod system;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -77,6 +81,22 @@ enum Command {
         #[arg(long)]
         modules: bool,
     },
+    /// Builds (or finds in the cache) a Debian system on an ext4 image with its kernel and
+    /// initrd; prints the directory holding rootfs.ext4, vmlinuz and initrd.img last.
+    DebianSystem {
+        /// The Debian suite.
+        #[arg(long, value_name = "SUITE", default_value = system::DEFAULT_SUITE)]
+        suite: String,
+        /// Packages installed on top of mmdebstrap's minbase variant, comma-separated.
+        #[arg(long, value_name = "P,...", default_value = system::DEFAULT_PACKAGES)]
+        packages: String,
+        /// The Debian archive to install from.
+        #[arg(long, value_name = "URL", default_value = system::DEFAULT_MIRROR)]
+        mirror: String,
+        /// The root file system's size in MiB (a sparse file).
+        #[arg(long, value_name = "MIB", default_value_t = system::DEFAULT_SIZE_MIB)]
+        size_mib: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +122,10 @@ fn main() -> ExitCode {
         }
         Command::DebianKernel { package, modules } => debian::fetch(&cache, &package)
             .map(|kernel| if modules { kernel.modules } else { kernel.vmlinuz }),
+        Command::DebianSystem { suite, packages, mirror, size_mib } => {
+            let spec = system::SystemSpec { suite, packages, mirror, size_mib };
+            system::build(&cache, &spec).map(|built| built.dir)
+        }
     });
     match result {
         Ok(path) => {

@@ -2,6 +2,8 @@
 //!
 //! * [`guests`] assembles small 64-bit guests with iced-x86's code assembler: serial output, port
 //!   I/O, MMIO, HLT, triple fault, several vCPUs, code at CPL0 and CPL3.
+//! * [`debian`] boots a whole Debian system (`kiln-image debian-system`) with a command for
+//!   systemd to run once it is up.
 //! * [`elf`] wraps guest code into an ELF64 kernel image that `kiln-vmm --kernel` boots.
 //! * [`initramfs`] builds a Kiln initramfs with a test's script and files through kiln-image.
 //! * [`harness`] runs a guest directly on an engine with a recording [`kiln_engine::IoHandler`], so
@@ -13,6 +15,7 @@
 
 pub mod agent;
 pub mod conformance;
+pub mod debian;
 pub mod elf;
 pub mod guests;
 pub mod harness;

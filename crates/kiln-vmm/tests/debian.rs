@@ -5,11 +5,15 @@
 //!
 //! `scripts/test` fetches the kernel with `kiln-image debian-kernel` and exports
 //! `KILN_DEBIAN_KERNEL` (the vmlinuz) and `KILN_DEBIAN_MODULES` (its `lib/modules/<release>`).
+//!
+//! Then a whole Debian system, unmodified: `kiln-image debian-system` installs it from Debian's
+//! packages and `scripts/test` exports its directory as `KILN_DEBIAN_SYSTEM`.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should fail the test
 
+use kiln_testguest::debian::{self, DebianSystem};
 use kiln_testguest::skip;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -111,5 +115,130 @@ fn debian_cloud_kernel_boots_under_emu_with_its_virtio_disk() {
     assert!(console.contains("KILN-VDA-NODE"), "/dev/vda exists: {console}");
     // The ready marker's boot-timer write, by kiln-boot-timer through ioperm (no /dev/port).
     assert!(log.contains("boot timer: guest ready"), "boot timer reached: {log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The guest's check, run by systemd once the system is up (from the check disk, /dev/vdb):
+/// the boot's end state, the CPU flags Linux sees, the ISA levels glibc's loader supports, and
+/// the string-function program, then power-off.
+const SYSTEM_CHECK: &str = "#!/bin/sh
+exec >/dev/console 2>&1
+state=$(systemctl is-system-running --wait)
+echo \"KILN-SYSTEM-STATE $state\"
+[ \"$state\" = running ] || systemctl --failed --no-pager
+echo \"KILN-CPU-FLAGS $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)\"
+/lib64/ld-linux-x86-64.so.2 --help | sed -n 's/^ *\\(x86-64-v[234]\\) (\\(.*\\))$/KILN-ISA \\1 \\2/p'
+/mnt/strings SEED ROUNDS
+echo \"KILN-STRINGS-STATUS $?\"
+umount /mnt
+systemctl poweroff
+";
+
+/// The seed and rounds of the string-function program (the same on the host and in the guest).
+const STRINGS_SEED: &str = "0x6b696c6e";
+const STRINGS_ROUNDS: &str = "3000";
+
+/// Compiles tests/guest/strings.c with the host's C compiler, dynamically linked against the
+/// host's glibc (Debian 12's, as in the guest).
+fn compile_strings(test: &str, out: &Path) -> bool {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/strings.c");
+    match Command::new("cc").args(["-O2", "-o"]).arg(out).arg(&source).status() {
+        Ok(s) if s.success() => true,
+        Ok(s) => panic!("cc {} failed: {s}", source.display()),
+        Err(e) => {
+            skip::skip(test, &format!("no C compiler (cc: {e}); apt-get install gcc libc6-dev"));
+            false
+        }
+    }
+}
+
+/// Boots an unmodified Debian 12 system (systemd, udev, its own cloud kernel and
+/// initramfs-tools initrd, made by `kiln-image debian-system`) under emu to
+/// `systemctl is-system-running` = running, checks the x86-64-v2 CPU the guest sees and glibc's
+/// SSE4.2 string functions in it, and powers off: kiln-vmm must exit 0.
+#[test]
+fn debian_system_boots_to_running_under_emu() {
+    let test = "kiln-vmm::debian_system_boots_to_running_under_emu";
+    let system = match DebianSystem::from_env() {
+        Ok(system) => system,
+        Err(why) => return skip::skip(test, &why),
+    };
+    let dir = std::env::temp_dir().join(format!("kiln-debian-system-{}", std::process::id()));
+    let check_dir = dir.join("check");
+    std::fs::create_dir_all(&check_dir).unwrap();
+    let strings = check_dir.join("strings");
+    if !compile_strings(test, &strings) {
+        return;
+    }
+    let native = Command::new(&strings).args([STRINGS_SEED, STRINGS_ROUNDS]).output().unwrap();
+    let native = String::from_utf8_lossy(&native.stdout).trim().to_string();
+    assert!(native.starts_with("KILN-STRINGS-OK "), "on the host: {native}");
+    let script = SYSTEM_CHECK.replace("SEED", STRINGS_SEED).replace("ROUNDS", STRINGS_ROUNDS);
+    let check = check_dir.join("check");
+    std::fs::write(&check, script).unwrap();
+    std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let check_disk = dir.join("check.ext4");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&check_dir)
+        .arg(&check_disk)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(mkfs.success(), "mkfs.ext4 -d of the check disk");
+    let root = dir.join("rootfs.ext4");
+    system.copy_rootfs(&root).unwrap();
+
+    let command = "mount -o ro,noload /dev/vdb /mnt && exec /mnt/check";
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--engine", "emu", "--memory", "1024", "--timeout", "1800"])
+        .arg("--cmdline")
+        .arg(debian::cmdline(command))
+        .arg("--kernel")
+        .arg(&system.vmlinuz)
+        .arg("--initrd")
+        .arg(&system.initrd)
+        .arg("--disk")
+        .arg(&root)
+        .arg("--disk")
+        .arg(format!("{},ro", check_disk.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{log}");
+    eprintln!("boot to power-off: {:.1} s", started.elapsed().as_secs_f64());
+    for line in console
+        .lines()
+        .filter(|l| l.contains("KILN-") && !l.to_lowercase().contains("command line"))
+    {
+        eprintln!("guest: {}", line.trim());
+    }
+    let value = |key: &str| {
+        console.lines().find_map(|l| l.trim().strip_prefix(key)).map(|v| v.trim().to_string())
+    };
+    let tail: String = console.lines().rev().take(60).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        value("KILN-SYSTEM-STATE "),
+        Some("running".into()),
+        "system state; console:\n{tail}"
+    );
+    let flags = value("KILN-CPU-FLAGS ").unwrap_or_default();
+    // x86-64 baseline and x86-64-v2, in /proc/cpuinfo's names (pni is SSE3).
+    for flag in [
+        "fpu", "cx8", "cmov", "mmx", "fxsr", "sse", "sse2", "syscall", "lm", "cx16", "lahf_lm",
+        "popcnt", "pni", "ssse3", "sse4_1", "sse4_2",
+    ] {
+        assert!(flags.split_whitespace().any(|f| f == flag), "{flag} in /proc/cpuinfo: {flags}");
+    }
+    let v2 = value("KILN-ISA x86-64-v2 ").unwrap_or_default();
+    assert!(v2.contains("supported"), "ld.so --help supports x86-64-v2: {v2:?}\n{tail}");
+    assert_eq!(value("KILN-STRINGS-OK ").map(|v| format!("KILN-STRINGS-OK {v}")), Some(native));
+    assert_eq!(value("KILN-STRINGS-STATUS "), Some("0".into()), "{tail}");
+    assert!(console.contains("reboot: Power down"), "powered off: {tail}");
+    assert!(log.contains("guest powered off"), "{log}");
+    assert_eq!(out.status.code(), Some(0), "kiln-vmm's exit status; {log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
