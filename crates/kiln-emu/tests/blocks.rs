@@ -77,6 +77,97 @@ fn blocks_compute_what_single_steps_compute() {
 }
 
 #[test]
+fn vector_and_generic_instructions_in_blocks_compute_what_single_steps_compute() {
+    // Generic instructions between block operations: consumers of the lazily computed flags
+    // of the operations before them (LAHF, CMC, RCL, ADC after them), SSE/SSSE3/SSE4.2 arithmetic,
+    // a vector load and store, BSF and a shift by CL (the count PCMPISTRI leaves in ECX).
+    let code = assemble(CODE, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ebp, 100u32)?;
+        a.pxor(xmm2, xmm2)?;
+        a.set_label(&mut top)?;
+        a.add(eax, ebp)?;
+        a.lahf()?;
+        a.cmc()?;
+        a.rcl(edx, 1)?;
+        a.movd(xmm0, eax)?;
+        a.pshufd(xmm0, xmm0, 0)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi + rbp))?;
+        a.pshufb(xmm1, xmm0)?;
+        a.paddd(xmm2, xmm1)?;
+        a.pcmpeqb(xmm1, xmm2)?;
+        a.pmovmskb(ebx, xmm1)?;
+        a.pcmpistri(xmm2, xmmword_ptr(rsi), 0x0c)?;
+        a.bsf(r8d, ebx)?;
+        a.shl(r9, cl)?;
+        a.or(r9, rbx)?;
+        a.adc(r10, rbx)?;
+        a.movdqu(xmmword_ptr(rsi + rbp * 8 + 0x400), xmm2)?;
+        a.dec(ebp)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    let data: Vec<u8> = (0..=255u8).map(|b| b.wrapping_mul(73).wrapping_add(11)).collect();
+    let mut blocks = Sandbox::new().expect("sandbox");
+    let mut steps = Sandbox::new().expect("sandbox");
+    for sb in [&mut blocks, &mut steps] {
+        load(sb, CODE, &code);
+        sb.poke(DATA, &data);
+        sb.cpu.gpr[4] = 0x30_0000;
+        sb.cpu.gpr[9] = 0x5678_9abc;
+        sb.cpu.cr4 |= kiln_emu::cpu::CR4_OSFXSR | kiln_emu::cpu::CR4_OSXMMEXCPT;
+    }
+    let n = blocks.run(1_000_000).expect("runs through blocks");
+    let mut m = 0;
+    while !steps.cpu.halted {
+        steps.cpu.step(&steps.io).expect("steps");
+        m += 1;
+    }
+    assert!(blocks.cpu.halted);
+    assert_eq!(
+        blocks.cpu.rip,
+        CODE + code.len() as u64,
+        "halted at the end, not in a handler (cr2 {:#x})",
+        blocks.cpu.cr2
+    );
+    assert_eq!(n, m, "instructions retired");
+    assert!(n > 100 * 19, "the loop ran: {n} instructions");
+    assert_eq!(blocks.cpu.icount, steps.cpu.icount);
+    assert_eq!(blocks.cpu.gpr, steps.cpu.gpr);
+    assert_eq!(blocks.cpu.xmm, steps.cpu.xmm);
+    assert_eq!(blocks.cpu.rflags, steps.cpu.rflags);
+    let (mut a, mut b) = (vec![0u8; 0x1000], vec![0u8; 0x1000]);
+    blocks.peek(DATA, &mut a);
+    steps.peek(DATA, &mut b);
+    assert_eq!(a, b, "data written");
+}
+
+#[test]
+fn a_vector_store_into_the_running_block_changes_its_next_instruction() {
+    // As below, with the rewriting store a generic instruction (MOVD from XMM).
+    let code = |target: u64| {
+        assemble(CODE, |a| {
+            a.mov(rax, target)?;
+            a.mov(dword_ptr(rax), 0x1111_1111u32)?;
+            a.mov(edx, 0x2222_2222u32)?;
+            a.movd(xmm0, edx)?;
+            a.movd(dword_ptr(rax), xmm0)?;
+            a.mov(ecx, 0x1111_1111u32)?;
+            a.hlt()
+        })
+    };
+    let first = code(0);
+    let at = find(&first, &[0xb9, 0x11, 0x11, 0x11, 0x11]);
+    let mut sb = Sandbox::new().expect("sandbox");
+    sb.cpu.cr4 |= kiln_emu::cpu::CR4_OSFXSR | kiln_emu::cpu::CR4_OSXMMEXCPT;
+    load(&mut sb, CODE, &code(CODE + at + 1));
+    sb.run(100).expect("runs");
+    assert!(sb.cpu.halted);
+    assert_eq!(sb.cpu.gpr[1], 0x2222_2222, "the rewritten immediate was executed");
+}
+
+#[test]
 fn a_store_into_the_running_block_changes_its_next_instruction() {
     // The first store makes the page dirty (a store to a clean page goes to the generic path,
     // which ends the block); the block after it is [store, mov ecx, hlt], whose store rewrites

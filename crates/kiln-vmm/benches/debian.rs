@@ -8,7 +8,9 @@
 //! Both boot the same kernel, initrd and a fresh copy of the same disk with the same command
 //! line, 1 GiB of memory and one vCPU; QEMU is `-M microvm,acpi=on -cpu Nehalem` (an x86-64-v2
 //! CPU, as emu's, so glibc takes the same code paths). Times are from process start to the
-//! `KILN-SYSTEM-STATE` line and to the VMM's exit after the power-off. Each is measured
+//! `KILN-SYSTEM-STATE` line and to the VMM's exit after the power-off. QEMU's guest is given
+//! the host's TSC frequency (`tsc_early_khz=`, as kiln-vmm gives its own): calibrating the TSC
+//! against the PIT under TCG fails now and then, and that kernel then hangs. Each is measured
 //! `KILN_BENCH_ROUNDS` times (default 3), Kiln and QEMU alternating, and the best is reported:
 //! these machines' shared CPUs change speed by up to 2x from minute to minute.
 
@@ -81,7 +83,18 @@ fn kiln(system: &DebianSystem, disk: &Path, cmdline: &str) -> Boot {
         .unwrap_or_default()
 }
 
+/// The host's TSC frequency in kHz, from /proc/cpuinfo (under TCG the guest's TSC is the host's).
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz = cpuinfo.lines().find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1))?;
+    mhz.trim().parse::<f64>().ok().map(|mhz| (mhz * 1000.0) as u64)
+}
+
 fn qemu(system: &DebianSystem, disk: &Path, cmdline: &str) -> Boot {
+    let cmdline = match host_tsc_khz() {
+        Some(khz) => format!("{cmdline} tsc_early_khz={khz}"),
+        None => cmdline.to_string(),
+    };
     let start = Instant::now();
     Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,acpi=on", "-accel", "tcg", "-cpu", "Nehalem", "-m", "1024"])

@@ -7,7 +7,7 @@
 //! never raises an exception itself and cannot get one wrong.
 
 use super::lazy::{Kind, Lazy};
-use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, NO_REG, RIP_REL};
+use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, NO_REG, RIP_REL, SHIFT_BY_CL};
 use crate::cpu::Cpu;
 use crate::fault::is_canonical;
 use crate::flags::{self, mask, sext, sign_bit};
@@ -220,6 +220,16 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(put(cpu, p, size, r, code_page))
         }
         Op::Shift { m, size, dst, count } => {
+            let count = if count == SHIFT_BY_CL {
+                // A count of 0 changes no flags: the generic path does it.
+                let cl = cpu.gpr[1] as u8 & if size == 8 { 0x3f } else { 0x1f };
+                if cl == 0 {
+                    return Err(Bail);
+                }
+                cl
+            } else {
+                count
+            };
             let p = place(cpu, &dst, next, size, true)?;
             let a = get(cpu, p, size);
             lazy.materialize(&mut cpu.rflags);

@@ -96,7 +96,8 @@ pub(crate) enum Op {
     Unary { op: UnOp, size: u8, dst: Dst },
     /// INC DEC NEG NOT of a register.
     UnaryReg { op: UnOp, size: u8, dst: u8 },
-    /// SHL SHR SAR ROL ROR by an immediate count (already masked, non-zero).
+    /// SHL SHR SAR ROL ROR by an immediate count (already masked, non-zero) or, with
+    /// [`SHIFT_BY_CL`], by CL.
     Shift { m: Mnemonic, size: u8, dst: Dst, count: u8 },
     /// LEA: the effective address, truncated to the destination size.
     Lea { size: u8, dst: u8, mem: Mem },
@@ -133,6 +134,9 @@ pub(crate) enum Op {
     /// NOP, ENDBR64, PAUSE and the like.
     Nop,
 }
+
+/// [`Op::Shift`]'s count for a shift by CL (an immediate count of 0 is never translated).
+pub(crate) const SHIFT_BY_CL: u8 = 0;
 
 impl Op {
     /// Ends a block: the next instruction is not the one after this.
@@ -336,11 +340,12 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
         }
         M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => {
             let (d, size) = dst(i, 0)?;
-            if i.op1_kind() != OpKind::Immediate8 {
-                return None;
-            }
-            let count = i.immediate8() & if size == 8 { 0x3f } else { 0x1f };
-            if count == 0 {
+            let count = match i.op1_kind() {
+                OpKind::Register if i.op1_register() == Register::CL => SHIFT_BY_CL,
+                OpKind::Immediate8 => i.immediate8() & if size == 8 { 0x3f } else { 0x1f },
+                _ => return None,
+            };
+            if count == 0 && i.op1_kind() == OpKind::Immediate8 {
                 return None;
             }
             let m = if m == M::Sal { M::Shl } else { m };
@@ -462,6 +467,11 @@ mod tests {
             op(&[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]),
             Some(Op::MovImm64 { dst: 0, low: 0x5566_7788, high: 0x1122_3344 })
         );
+        // shl eax, cl
+        assert_eq!(
+            op(&[0xd3, 0xe0]),
+            Some(Op::Shift { m: Mnemonic::Shl, size: 4, dst: Dst::Reg(0), count: SHIFT_BY_CL })
+        );
         // An operation with its length takes at most half a cache line.
         assert!(std::mem::size_of::<(Op, u8)>() <= 32, "{}", std::mem::size_of::<(Op, u8)>());
         // mov rax, gs:[0x28]
@@ -485,8 +495,8 @@ mod tests {
         assert_eq!(op(&[0xf3, 0xa4]), None);
         // xchg [rax], ebx (locked implicitly)
         assert_eq!(op(&[0x87, 0x18]), None);
-        // shl eax, cl (variable count)
-        assert_eq!(op(&[0xd3, 0xe0]), None);
+        // shl eax, 0 (no flags change: left to the generic path)
+        assert_eq!(op(&[0xc1, 0xe0, 0x00]), None);
         // ret 8
         assert_eq!(op(&[0xc2, 0x08, 0x00]), None);
     }
