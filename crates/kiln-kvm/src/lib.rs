@@ -12,6 +12,7 @@ mod cpuid;
 mod host;
 mod kick;
 mod regs;
+mod routing;
 mod vcpu;
 mod vm;
 

@@ -1,9 +1,10 @@
-//! A KVM VM: memory slots, in-kernel irqchip and PIT, irqfd interrupt lines.
+//! A KVM VM: memory slots, in-kernel irqchip and PIT with the PC's GSI routing, irqfd
+//! interrupt lines.
 
-use crate::{cpuid, host_err, vcpu::KvmVcpu};
+use crate::{cpuid, host_err, routing, vcpu::KvmVcpu};
 use kiln_engine::{EngineError, IrqLine, Result, Vcpu, Vm, VmSpec};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
@@ -41,6 +42,9 @@ impl KvmVm {
         fd.create_irq_chip().map_err(host_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(host_err("KVM_CREATE_PIT2"))?;
+        let routing = KvmIrqRouting::from_entries(&routing::pc_routing_entries())
+            .map_err(|e| EngineError::Unserved(format!("the GSI routing table: {e:?}")))?;
+        fd.set_gsi_routing(&routing).map_err(host_err("KVM_SET_GSI_ROUTING"))?;
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(host_err("KVM_GET_SUPPORTED_CPUID"))?;
