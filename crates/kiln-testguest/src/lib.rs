@@ -8,6 +8,8 @@
 //! * [`initramfs`] builds a Kiln initramfs with a test's script and files through kiln-image.
 //! * [`harness`] runs a guest directly on an engine with a recording [`kiln_engine::IoHandler`], so
 //!   the same engine-conformance tests run on `kvm` and `emu`.
+//! * [`nested`] boots a nested test host (QEMU TCG with SVM, Debian's kernel, `kvm_amd`) where
+//!   `/dev/kvm` is hardware-assisted, for the `kvm` side of guest tests on a PVM host.
 //! * [`netns`] gives tests a network namespace of their own for bridges, TAPs and veth pairs.
 //! * [`privileged`] is a small kernel whose transcript of privileged behaviour (exceptions,
 //!   paging, CPL changes) is compared between `emu` and QEMU's TCG.
@@ -20,6 +22,7 @@ pub mod elf;
 pub mod guests;
 pub mod harness;
 pub mod initramfs;
+pub mod nested;
 pub mod netns;
 pub mod privileged;
 pub mod skip;

@@ -68,3 +68,27 @@ mod emu {
         cpl3_interrupt_returns_to_cpl0,
     );
 }
+
+/// On a PVM host the `kvm` checks above run on PVM, which cannot deliver CPL3 interrupts through
+/// a guest's IDT; this runs the same `kvm` checks again, all of them, inside the nested test host
+/// (QEMU TCG with SVM), where `/dev/kvm` is hardware-assisted, in one boot.
+#[test]
+fn kvm_checks_on_hardware_assisted_kvm_in_the_nested_host() {
+    let test = "conformance::kvm_checks_in_the_nested_host";
+    if kiln_kvm::HostVirtualization::detect() != kiln_kvm::HostVirtualization::Pvm {
+        skip::skip(test, "not needed: the kvm checks ran on this host's own /dev/kvm");
+        return;
+    }
+    let Some(side) = kiln_testguest::nested::KvmSide::for_test(test) else { return };
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("conformance-nested-{}", std::process::id()));
+    let script = format!("{} kvm:: --test-threads 1", exe.display());
+    let (status, out) = side.run(&debug.join("kiln-image"), &dir, &[&exe], &[], &script).unwrap();
+    assert_eq!(status, Some(0), "{out}");
+    assert!(out.contains("test result: ok. 6 passed"), "all six kvm checks: {out}");
+    assert!(out.contains("cpl3_interrupt_returns_to_cpl0 ... ok"), "{out}");
+    assert!(!out.contains("SKIPPED"), "nothing skipped in the nested host: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

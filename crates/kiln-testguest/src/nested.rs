@@ -1,0 +1,287 @@
+//! A nested test host with hardware-assisted KVM, for the `kvm` side of the guest tests on hosts
+//! whose own `/dev/kvm` cannot boot Linux (PVM).
+//!
+//! QEMU's TCG emulates AMD's SVM (`-cpu qemu64,+svm,+npt`); Debian's cloud kernel (from
+//! `kiln-image debian-kernel`) boots there with a Kiln initramfs that loads `kvm_amd`, and
+//! `/dev/kvm` inside is real KVM on emulated hardware. Host files (kiln-vmm, guest kernels, test
+//! initramfs) are copied in at their own absolute paths, so a command that works on the host
+//! works unchanged inside; dynamically linked programs bring the libraries `ldd` names. One
+//! [`NestedHost::run`] is one boot: a test that has several cases runs them in one script.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Memory of the nested host, MiB: the initramfs (binaries, kernels) plus its guests.
+const HOST_MEMORY_MIB: u32 = 2048;
+
+/// The nested host's kernel and modules, and the files to copy in.
+#[derive(Debug, Clone)]
+pub struct NestedHost {
+    kernel: PathBuf,
+    modules: PathBuf,
+    files: BTreeSet<PathBuf>,
+    timeout: Duration,
+}
+
+/// What one boot of the nested host printed and how its script ended.
+#[derive(Debug)]
+pub struct NestedRun {
+    /// The script's exit status, `None` if it never reported one (the host hung or crashed).
+    pub status: Option<i32>,
+    /// Everything on the nested host's serial console: its kernel log and the script's output.
+    pub console: String,
+    /// Wall time from QEMU's start to its end.
+    pub wall: Duration,
+}
+
+impl NestedHost {
+    /// The nested host from `KILN_DEBIAN_KERNEL` and `KILN_DEBIAN_MODULES` (set by
+    /// `scripts/test`), or why it cannot run here (for a skip message).
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| match std::env::var_os(name) {
+            Some(path) if Path::new(&path).exists() => Ok(PathBuf::from(path)),
+            _ => Err(format!("{name} is not set to Debian's cloud kernel; scripts/test sets it")),
+        };
+        let (kernel, modules) = (var("KILN_DEBIAN_KERNEL")?, var("KILN_DEBIAN_MODULES")?);
+        let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+        if !qemu.is_ok_and(|o| o.status.success()) {
+            return Err("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
+        }
+        Ok(NestedHost {
+            kernel,
+            modules,
+            files: BTreeSet::new(),
+            timeout: Duration::from_secs(600),
+        })
+    }
+
+    /// Copies `path` in at the same path.
+    pub fn file(mut self, path: impl AsRef<Path>) -> Self {
+        self.files.insert(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Copies a program in at the same path, with the shared libraries it loads.
+    pub fn program(mut self, path: impl AsRef<Path>) -> Result<Self, String> {
+        let path = path.as_ref();
+        for library in shared_libraries(path)? {
+            self.files.insert(library);
+        }
+        self.files.insert(path.to_path_buf());
+        Ok(self)
+    }
+
+    /// How long one boot may take before QEMU is killed (default 10 minutes).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Boots the nested host with `script` as its /init.user, in the scratch directory `dir`,
+    /// and returns what it printed. `kiln_image` is the `kiln-image` binary that builds the
+    /// host's initramfs. `/tmp` inside is an empty tmpfs: files to copy in must live elsewhere.
+    pub fn run(&self, kiln_image: &Path, dir: &Path, script: &str) -> Result<NestedRun, String> {
+        if let Some(file) = self.files.iter().find(|f| f.starts_with("/tmp")) {
+            return Err(format!("{} is under /tmp, which is a fresh tmpfs inside", file.display()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let init = dir.join("nested-host.sh");
+        let script = format!("#!/bin/sh\n{}\n", script);
+        std::fs::write(&init, script).map_err(|e| format!("{}: {e}", init.display()))?;
+        let initrd = dir.join("nested-host.cpio");
+        let mut build = Command::new(kiln_image);
+        build.args(["initramfs", "--out"]).arg(&initrd).arg("--init").arg(&init);
+        build.arg("--modules-from").arg(&self.modules);
+        for module in ["kvm_amd", "tun", "bridge", "veth", "virtio_blk"] {
+            build.args(["--module", module]);
+        }
+        for file in &self.files {
+            build.arg("--add").arg(format!("{}:{}", file.display(), file.display()));
+        }
+        let built = build.stdout(Stdio::null()).status();
+        if !built.is_ok_and(|s| s.success()) {
+            return Err(format!("{} initramfs failed for the nested host", kiln_image.display()));
+        }
+        let started = Instant::now();
+        let console_log = dir.join("nested-console.log");
+        let console = std::fs::File::create(&console_log)
+            .map_err(|e| format!("{}: {e}", console_log.display()))?;
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-smp", "2", "-m"])
+            .arg(HOST_MEMORY_MIB.to_string())
+            .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+        let exited = loop {
+            match qemu.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if started.elapsed() > self.timeout => break None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => return Err(format!("waiting for QEMU: {e}")),
+            }
+        };
+        if exited.is_none() {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+        }
+        let wall = started.elapsed();
+        let _ = std::fs::remove_file(&initrd);
+        let console = std::fs::read(&console_log).map_err(|e| format!("console log: {e}"))?;
+        // The serial line ends lines with CR LF.
+        let console = String::from_utf8_lossy(&console).replace("\r\n", "\n");
+        let status = console
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("KILN-GUEST-DONE status="))
+            .last()
+            .and_then(|s| s.trim().parse().ok());
+        if exited.is_none() {
+            return Err(format!(
+                "the nested host did not end within {:?}; its console:\n{console}",
+                self.timeout
+            ));
+        }
+        Ok(NestedRun { status, console, wall })
+    }
+}
+
+/// Where the `kvm` side of a test runs: this host, when its `/dev/kvm` is hardware-assisted,
+/// or the nested host, when it is PVM.
+#[derive(Debug)]
+pub enum KvmSide {
+    /// `/dev/kvm` here boots Linux guests.
+    Here,
+    /// `/dev/kvm` here is PVM; the nested host has real KVM.
+    Nested(NestedHost),
+}
+
+impl KvmSide {
+    /// Picks the side for `test`, or records why it is skipped and returns `None`.
+    pub fn for_test(test: &str) -> Option<Self> {
+        if !Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() {
+            crate::skip::skip(test, "no /dev/kvm here and no nested host without one to compare");
+            return None;
+        }
+        if !Path::new("/sys/module/kvm_pvm").exists() {
+            return crate::skip::require_kvm(test).then_some(KvmSide::Here);
+        }
+        match NestedHost::from_env() {
+            Ok(host) => Some(KvmSide::Nested(host)),
+            Err(why) => {
+                crate::skip::skip(test, &format!("this host's /dev/kvm is PVM and {why}"));
+                None
+            }
+        }
+    }
+
+    /// Runs `script` with `sh` on this side and returns its exit status and output (stdout and
+    /// stderr, with the nested host's console around it). In the nested host, `programs` (with
+    /// their libraries) and `files` are copied in first; `dir` (not under /tmp) is scratch.
+    pub fn run(
+        self,
+        kiln_image: &Path,
+        dir: &Path,
+        programs: &[&Path],
+        files: &[&Path],
+        script: &str,
+    ) -> Result<(Option<i32>, String), String> {
+        match self {
+            KvmSide::Here => {
+                let out = Command::new("sh")
+                    .args(["-c", script])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run sh: {e}"))?;
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                Ok((out.status.code(), text))
+            }
+            KvmSide::Nested(mut host) => {
+                for program in programs {
+                    host = host.program(program)?;
+                }
+                for file in files {
+                    host = host.file(file);
+                }
+                let run = host.run(kiln_image, dir, &format!("exec 2>&1\n{script}"))?;
+                eprintln!(
+                    "nested host: {:.1} s from QEMU start to its end",
+                    run.wall.as_secs_f64()
+                );
+                Ok((run.status, run.console))
+            }
+        }
+    }
+}
+
+/// The shared libraries `program` loads, from `ldd`; none for a static program.
+fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>, String> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| format!("cannot run ldd on {}: {e}", program.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return if text.contains("not a dynamic executable") || out.stdout.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(format!("ldd {} failed: {text}", program.display()))
+        };
+    }
+    Ok(parse_ldd(&text))
+}
+
+/// The absolute library paths in `ldd` output (`name => /path (addr)` and `/path (addr)`).
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let target = line.split_once("=>").map_or(line, |(_, t)| t).trim();
+            let path = target.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_every_library_and_the_loader() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f71)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f70)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f72)\n";
+        let paths: Vec<_> = parse_ldd(text).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn files_under_tmp_are_refused_before_anything_boots() {
+        let host = NestedHost {
+            kernel: PathBuf::from("/nonexistent"),
+            modules: PathBuf::from("/nonexistent"),
+            files: BTreeSet::new(),
+            timeout: Duration::from_secs(1),
+        }
+        .file("/tmp/guest.cpio");
+        let err = host.run(Path::new("/nonexistent"), Path::new("/nonexistent"), "true");
+        assert!(err.unwrap_err().contains("under /tmp"));
+    }
+}
