@@ -142,7 +142,7 @@ impl NestedHost {
         let status = console
             .lines()
             .filter_map(|l| l.trim().strip_prefix("KILN-GUEST-DONE status="))
-            .last()
+            .next_back()
             .and_then(|s| s.trim().parse().ok());
         if exited.is_none() {
             return Err(format!(
