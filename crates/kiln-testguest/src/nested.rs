@@ -49,11 +49,19 @@ impl NestedHost {
         if !qemu.is_ok_and(|o| o.status.success()) {
             return Err("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
         }
+        // KILN_NESTED_TIMEOUT (seconds) bounds a nested boot; 600 s by default.
+        let timeout = match std::env::var("KILN_NESTED_TIMEOUT") {
+            Ok(secs) => secs
+                .trim()
+                .parse()
+                .map_err(|_| format!("KILN_NESTED_TIMEOUT={secs:?} is not a number of seconds"))?,
+            Err(_) => 600,
+        };
         Ok(NestedHost {
             kernel,
             modules,
             files: BTreeSet::new(),
-            timeout: Duration::from_secs(600),
+            timeout: Duration::from_secs(timeout),
         })
     }
 
@@ -221,6 +229,67 @@ impl KvmSide {
             }
         }
     }
+}
+
+/// The engine a guest test boots with: `KILN_TEST_ENGINE` (set by [`rerun_under_kvm`] for the
+/// kvm side of a test), else `emu`.
+pub fn test_engine() -> String {
+    std::env::var("KILN_TEST_ENGINE").unwrap_or_else(|_| "emu".to_string())
+}
+
+/// Runs the test `exact` of this test binary again with `KILN_TEST_ENGINE=kvm`, where kvm boots
+/// Linux (this host, or the nested host with `programs` and their libraries copied in), and
+/// panics with its output unless it passed. `kiln_vmm` is the binary the test runs, copied in
+/// with `kiln-image` beside it, the guest kernels of `KILN_GUEST_*` and the static agent.
+/// Records a skip when neither side can run.
+pub fn rerun_under_kvm(test: &str, exact: &str, kiln_vmm: &Path, programs: &[&Path]) {
+    let Some(side) = KvmSide::for_test(test) else { return };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => panic!("the test binary's path: {e}"),
+    };
+    let tools = kiln_vmm.parent().unwrap_or(Path::new("/"));
+    let mut all: Vec<&Path> = vec![&exe, kiln_vmm];
+    all.extend_from_slice(programs);
+    let image = tools.join("kiln-image");
+    all.push(&image);
+    let mut files: Vec<PathBuf> = Vec::new();
+    for var in ["KILN_GUEST_KERNEL", "KILN_GUEST_BZIMAGE", "KILN_DEBIAN_KERNEL"] {
+        if let Some(path) = std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_file()) {
+            files.push(path);
+        }
+    }
+    let agent = tools.join("../x86_64-unknown-linux-gnu/debug/kiln-agent");
+    if agent.is_file() {
+        files.push(agent);
+    }
+    let mut env = String::new();
+    for var in ["KILN_GUEST_KERNEL", "KILN_GUEST_BZIMAGE", "KILN_DEBIAN_KERNEL"] {
+        if let Some(value) = std::env::var_os(var) {
+            env.push_str(&format!("{var}={} ", Path::new(&value).display()));
+        }
+    }
+    let script = format!(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         mkdir -p /run /var && ln -sf /run /var/run\n\
+         {env}KILN_TEST_ENGINE=kvm {} --exact {exact} --nocapture --test-threads 1",
+        exe.display()
+    );
+    let dir =
+        tools.join("nested").join(format!("{}-{}", exact.replace("::", "-"), std::process::id()));
+    let file_refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let (status, out) = match side.run(&image, &dir, &all, &file_refs, &script) {
+        Ok(result) => result,
+        Err(e) => panic!("the kvm side of {test}: {e}"),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    for line in out.lines().filter(|l| l.starts_with("SKIPPED: ")) {
+        crate::skip::skip(&format!("{test} (kvm side)"), line.trim_start_matches("SKIPPED: "));
+    }
+    assert!(
+        status == Some(0) && out.contains("test result: ok. 1 passed"),
+        "the kvm side of {test} failed (status {status:?}):\n{out}"
+    );
 }
 
 /// The shared libraries `program` loads, from `ldd`; none for a static program.

@@ -306,8 +306,9 @@ fn data_the_guest_synced_survives_sigkill_and_a_read_only_disk_stays_unchanged()
         assert!(made.success());
     }
     let ro_before = std::fs::read(&ro).unwrap();
+    let engine = kiln_testguest::nested::test_engine();
     let mut vmm = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
-        .args(["--engine", "emu", "--timeout", "900", "--kernel"])
+        .args(["--engine", &engine, "--timeout", "900", "--kernel"])
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
@@ -343,4 +344,15 @@ fn data_the_guest_synced_survives_sigkill_and_a_read_only_disk_stays_unchanged()
     assert!(out.stdout == expected.as_bytes(), "file content after SIGKILL differs");
     assert!(std::fs::read(&ro).unwrap() == ro_before, "the read-only image changed");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The disk test above under `--engine kvm` (here or in the nested test host).
+#[test]
+fn data_the_guest_synced_survives_sigkill_under_kvm() {
+    kiln_testguest::nested::rerun_under_kvm(
+        "kiln-vmm::disk_survives_sigkill_kvm",
+        "data_the_guest_synced_survives_sigkill_and_a_read_only_disk_stays_unchanged",
+        Path::new(env!("CARGO_BIN_EXE_kiln-vmm")),
+        &[Path::new("/usr/sbin/mkfs.ext4"), Path::new("/usr/sbin/debugfs")],
+    );
 }

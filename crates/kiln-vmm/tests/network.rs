@@ -1,7 +1,7 @@
-//! Issue 4's network check on real guests: two Kiln guests under emu, each on a TAP on one Linux
-//! bridge, with static addresses from the documentation range 192.0.2.0/24: a TCP transfer, a
-//! UDP round trip (the guest agent's echo), and host ping. Everything lives in
-//! a network namespace the test creates and deletes, so no packet leaves it.
+//! Issue 4's network check on real guests: two Kiln guests under emu (and under kvm), each on a
+//! TAP on one Linux bridge, with static addresses from the documentation range 192.0.2.0/24: a
+//! TCP transfer, a UDP round trip (the guest agent's echo), and host ping. Everything lives in a
+//! network namespace the test creates and deletes, so no packet leaves it.
 
 #![allow(clippy::unwrap_used)] // test set-up failures should fail the test
 
@@ -29,9 +29,10 @@ fn start_vm(
     lines: mpsc::Sender<String>,
     tag: &'static str,
 ) -> Child {
+    let engine = kiln_testguest::nested::test_engine();
     let mut vm = ns
         .command(env!("CARGO_BIN_EXE_kiln-vmm"))
-        .args(["--engine", "emu", "--timeout", "900", "--no-console-input", "--kernel"])
+        .args(["--engine", &engine, "--timeout", "900", "--no-console-input", "--kernel"])
         .arg(kernel)
         .arg("--initrd")
         .arg(initrd)
@@ -99,11 +100,29 @@ fn two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping() {
     let sender = initramfs(&dir, "sender", sender_script, &agent);
     let receiver = initramfs(&dir, "receiver", receiver_script, &agent);
     let (tx, rx) = mpsc::channel();
-    let mut vms = vec![
-        start_vm(&ns, &kernel, &receiver, "ktap1", "02:00:00:00:00:02", tx.clone(), "receiver"),
-        start_vm(&ns, &kernel, &sender, "ktap0", "02:00:00:00:00:01", tx, "sender"),
-    ];
+    let mut vms = vec![start_vm(
+        &ns,
+        &kernel,
+        &receiver,
+        "ktap1",
+        "02:00:00:00:00:02",
+        tx.clone(),
+        "receiver",
+    )];
     let mut console = String::new();
+    // In the nested test host, two L2 guests that boot at the same moment have twice had one
+    // triple-fault early in boot (QEMU TCG's SVM model or L1 KVM; started apart both run), so
+    // under kvm the sender starts once the receiver is up. Under emu they boot together.
+    if kiln_testguest::nested::test_engine() == "kvm" {
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(300)) {
+            console.push_str(&line);
+            console.push('\n');
+            if line.contains("KILN-GUEST-READY") {
+                break;
+            }
+        }
+    }
+    vms.push(start_vm(&ns, &kernel, &sender, "ktap0", "02:00:00:00:00:01", tx, "sender"));
     let (mut received, mut echoed, mut answered) = (None, false, false);
     while received.is_none() || !echoed || !answered {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(900)) else { break };
@@ -132,4 +151,18 @@ fn two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping() {
         assert!(out.status.success(), "host ping {addr}: {}", String::from_utf8_lossy(&out.stdout));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The bridge test above under `--engine kvm` (here or in the nested test host). Ignored: in
+/// the nested host it passed 1 run of 3 (one failed after 21 s, one hung until the 600 s
+/// bound), cause not yet found; `cargo test -p kiln-vmm --test network -- --ignored` runs it.
+#[test]
+#[ignore = "flaky in the nested test host (1 of 3 runs passed); issue 12"]
+fn two_guests_on_a_bridge_under_kvm() {
+    kiln_testguest::nested::rerun_under_kvm(
+        "kiln-vmm::two_guests_on_a_bridge_kvm",
+        "two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping",
+        Path::new(env!("CARGO_BIN_EXE_kiln-vmm")),
+        &[Path::new("/usr/sbin/ip")],
+    );
 }
