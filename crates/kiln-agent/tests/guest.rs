@@ -1,6 +1,6 @@
 //! `kiln-agent exec` against a real Linux guest: the Kiln kernel and an initramfs holding the
-//! static agent boot under `kiln-vmm --vsock` (emu here, kvm where hardware virtualization
-//! exists), and the host runs commands in the guest through the VMM's vsock socket.
+//! static agent boot under `kiln-vmm --vsock` (under emu, and under kvm here or in the nested
+//! test host), and the host runs commands in the guest through the VMM's vsock socket.
 //!
 //! Needs, or is skipped with the reason:
 //! - `KILN_GUEST_KERNEL`: the Kiln vmlinux (`scripts/test` builds it with `kiln-image kernel`);
@@ -54,8 +54,10 @@ fn exec_in_a_real_guest_returns_output_and_status() {
 
     let uds = dir.join("v.sock");
     let console = dir.join("console.log");
+    let engine = kiln_testguest::nested::test_engine();
     let mut vm = Command::new(&vmm)
-        .args(["--memory", "256", "--timeout", "900", "--no-console-input", "--kernel"])
+        .args(["--engine", &engine, "--memory", "256", "--timeout", "900"])
+        .args(["--no-console-input", "--kernel"])
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
@@ -111,4 +113,17 @@ fn exec_in_a_real_guest_returns_output_and_status() {
     let _ = vm.kill();
     let _ = vm.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The exec test above under `--engine kvm` (here or in the nested test host).
+#[test]
+fn exec_in_a_real_guest_under_kvm() {
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_kiln-agent"));
+    let vmm = own.parent().unwrap().join("kiln-vmm");
+    kiln_testguest::nested::rerun_under_kvm(
+        "kiln-agent::exec_in_a_real_guest_kvm",
+        "exec_in_a_real_guest_returns_output_and_status",
+        &vmm,
+        &[],
+    );
 }

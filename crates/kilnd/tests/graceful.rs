@@ -5,7 +5,8 @@
 //! The real shutdown needs a Linux guest running `kiln-agent`: the Kiln kernel
 //! (`KILN_GUEST_KERNEL`, built by scripts/test), the static agent (see
 //! `kiln_testguest::agent::static_agent`) and `kiln-image`; it boots under `--engine emu` here
-//! (about a minute), and is skipped with the reason when one is missing.
+//! (about a minute) and under kvm here or in the nested test host, and is skipped with the
+//! reason when one is missing.
 
 #![allow(clippy::unwrap_used)] // a failed set-up step should fail the test
 
@@ -114,7 +115,10 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
     .unwrap_or_else(|e| panic!("{e}"));
     let c = d.admin();
     let mut s = spec("guest", kernel.to_str().unwrap());
-    s.engine = kiln_api::Engine::Emu;
+    s.engine = match kiln_testguest::nested::test_engine().as_str() {
+        "kvm" => kiln_api::Engine::Kvm,
+        _ => kiln_api::Engine::Emu,
+    };
     s.memory_mib = 256;
     s.initrd = Some(initrd.to_str().unwrap().to_owned());
     s.vsock = true;
@@ -139,4 +143,16 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
     assert!(!said.iter().any(|m| m.ends_with(": SIGTERM")), "no signal was needed: {said:?}");
     let vmm = c.get_text("/v1/vms/guest/logs?stream=vmm").unwrap();
     assert!(vmm.contains("guest reset"), "the guest ended the VM itself: {vmm}");
+}
+
+/// The graceful stop above with the VM under `--engine kvm` (here or in the nested test host).
+#[test]
+fn a_guest_with_its_agent_shuts_down_on_stop_under_kvm() {
+    let kilnd = kilnd_bin();
+    kiln_testguest::nested::rerun_under_kvm(
+        "kilnd::a_guest_with_its_agent_shuts_down_on_stop_kvm",
+        "a_guest_with_its_agent_shuts_down_on_stop",
+        &workspace_bin("kiln-vmm", "kiln-vmm"),
+        &[&kilnd],
+    );
 }
