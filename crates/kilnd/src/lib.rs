@@ -5,6 +5,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`server`] | start-up: lock the state dir, open the database, re-adopt VMMs, serve |
+//! | [`conn`] | connection limits (in all, per peer) and header, idle and body timeouts |
 //! | [`tls`] | the API on TCP with TLS (rustls) |
 //! | [`api`] | routes, auth/audit middleware, handlers, error answers, the OpenAPI document |
 //! | [`lifecycle`] | the verbs and their state transitions |
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod db;
 pub mod lifecycle;
 pub mod logs;

@@ -227,6 +227,9 @@ impl Manager {
         if !STARTABLE.contains(&vm.state) {
             return Err(DbError::WrongState { name: name.to_owned(), state: vm.state }.into());
         }
+        // The files may have changed since create: a FIFO or a huge file in their place would
+        // leave the VMM blocked or the host short of memory.
+        validate::boot_files(&vm.kernel, vm.initrd.as_deref(), vm.memory_mib)?;
         self.check_fits_host(vm.vcpus, vm.memory_mib)?;
         let now = crate::db::now_ms();
         let mut rows = self.db.sched_rows()?;
@@ -360,8 +363,13 @@ impl Manager {
 
     /// Spawns the VMM of `vm` (in state `starting`) and hands it to a supervisor; on failure the
     /// VM becomes crashed with the reason.
+    /// The boot files are checked again first: a queued VM or an automatic restart may come
+    /// long after the last check.
     pub(crate) fn launch(self: &Arc<Self>, vm: &Vm) -> Result<Vm> {
-        match supervisor::spawn(self, vm) {
+        let spawned = validate::boot_files(&vm.kernel, vm.initrd.as_deref(), vm.memory_mib)
+            .map_err(LifecycleError::from)
+            .and_then(|()| supervisor::spawn(self, vm));
+        match spawned {
             Ok(vm) => Ok(vm),
             Err(e) => {
                 let reason = format!("could not start the VMM: {}", crate::chain(&e));

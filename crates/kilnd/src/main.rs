@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use kiln_sched::Policy;
+use kilnd::conn;
 use kilnd::server::{self, Config, SchedConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,23 @@ struct Args {
     /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1)
     #[arg(long, value_name = "PEM", requires = "listen_tls")]
     tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a request's headers, and longest idle time between
+    /// requests on a kept-alive connection
+    #[arg(long, value_name = "SECS", default_value_t = conn::DEFAULT_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body
+    #[arg(long, value_name = "SECS", default_value_t = conn::DEFAULT_BODY_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+    /// Open API connections in all, on both listeners [default: half the open-files limit,
+    /// 8 to 4096]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Open API connections of one peer (a Unix uid, or an IP address on TLS)
+    #[arg(long, value_name = "N", default_value_t = conn::DEFAULT_MAX_PER_PEER as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_peer: u64,
     /// Print the OpenAPI document and exit
     #[arg(long)]
     print_openapi: bool,
@@ -111,6 +129,15 @@ fn main() -> ExitCode {
                 Some(kilnd::tls::TlsSettings { listen, cert, key })
             }
             _ => None,
+        },
+        limits: conn::Limits {
+            header_timeout: Duration::from_secs(args.header_timeout),
+            body_timeout: Duration::from_secs(args.body_timeout),
+            max_connections: match args.max_connections {
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => conn::default_max_connections(conn::open_files_limit()),
+            },
+            max_per_peer: usize::try_from(args.max_connections_per_peer).unwrap_or(usize::MAX),
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -7,10 +7,12 @@ use crate::auth::{self, AuthError};
 use crate::db::{Db, DbError};
 use crate::lifecycle::{LifecycleError, Manager, Settings};
 use crate::scheduler::{self, Capacity, SchedError};
-use crate::{procfs, supervisor};
+use crate::{conn, procfs, supervisor};
+use axum::extract::ConnectInfo;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Audit entries kept across a restart of kilnd (older ones are deleted at start-up).
@@ -38,8 +40,6 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error("re-adopting VMMs")]
     Adopt(#[source] LifecycleError),
-    #[error("serving the API")]
-    Serve(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -55,6 +55,8 @@ pub struct Config {
     pub sched: SchedConfig,
     /// Also serve on TCP with TLS.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Bounds on connections and their timeouts (both listeners share them).
+    pub limits: conn::Limits,
 }
 
 /// The host's size (detected unless given), over-commit ratios and the queueing policy.
@@ -171,25 +173,78 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         dir.display(),
         config.vmm.display()
     );
+    let gate = conn::Gate::new(config.limits);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls_task = match tls {
         Some((settings, tls_config)) => {
             let tcp = crate::tls::bind(settings.listen).await?;
             let addr = tcp.local_addr().unwrap_or(settings.listen);
             eprintln!("kilnd: listening on https://{addr} (TLS; every request needs a token)");
             let router = api::router(mgr.clone());
-            Some(tokio::spawn(crate::tls::serve(tcp, tls_config, router)))
+            let (gate, stop) = (Arc::clone(&gate), stop_rx.clone());
+            Some(tokio::spawn(crate::tls::serve(tcp, tls_config, router, gate, stop)))
         }
         None => None,
     };
-    let app = api::router(mgr).into_make_service_with_connect_info::<Peer>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    serve_unix(listener, api::router(mgr), &gate, stop_rx).await;
+    let _ = stop_tx.send(true);
     if let Some(task) = tls_task {
         task.abort();
     }
     let _ = std::fs::remove_file(&config.socket);
-    served.map_err(ServerError::Serve)?;
+    // Requests in flight finish (each connection was told to close after its current one).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while gate.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     eprintln!("kilnd: stopped; VMs keep running and are re-adopted by the next kilnd");
     Ok(())
+}
+
+/// Longest wait at shutdown for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Accepts Unix-socket connections until SIGTERM or SIGINT, each served by its own task within
+/// the gate's limits; at the signal, tells every connection to finish its request and close.
+async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    router: axum::Router,
+    gate: &Arc<conn::Gate>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin.
+                    eprintln!("kilnd: Unix listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = Peer { uid: stream.peer_cred().ok().map(|c| c.uid()) };
+        let ticket = gate.admit(conn::PeerKey::Uid(peer.uid));
+        let router = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let (limits, stop) = (gate.limits(), stop.clone());
+        tokio::spawn(async move {
+            match ticket {
+                Ok(_ticket) => {
+                    if let Err(e) = conn::serve(stream, router, limits, stop).await {
+                        if !e.is_timeout() && !e.is_incomplete_message() {
+                            let uid = peer.uid.map_or("unknown".to_owned(), |u| u.to_string());
+                            eprintln!("kilnd: connection of uid {uid}: {e}");
+                        }
+                    }
+                }
+                Err(why) => conn::refuse(stream, &why).await,
+            }
+        });
+    }
 }
 
 async fn shutdown_signal() {

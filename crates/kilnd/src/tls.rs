@@ -4,10 +4,12 @@
 //! One task per connection: it peeks at the first byte, answers a plain-HTTP client with a
 //! plain `400` that says to use `https://` (instead of a handshake error it cannot read), runs
 //! the TLS handshake under a timeout, then serves HTTP/1.1 with upgrades (the console) through
-//! the same router as the Unix socket. There is no peer uid on TCP, so every request needs a
+//! the same router as the Unix socket, within the limits of [`crate::conn`] (a client over them
+//! is closed before its handshake). There is no peer uid on TCP, so every request needs a
 //! bearer token. A slow handshake never holds up other connections.
 
 use crate::api::Peer;
+use crate::conn::{self, Gate, Limits, PeerKey};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
@@ -94,8 +96,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TlsError> {
     TcpListener::bind(addr).await.map_err(|source| TlsError::Bind { addr, source })
 }
 
-/// Serves `router` on `listener` with TLS until the task is dropped.
-pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: Router) {
+/// Serves `router` on `listener` with TLS until the task is dropped, each connection within
+/// the gate's limits (per peer by IP address).
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    gate: Arc<Gate>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(config);
     let router = router.layer(axum::Extension(ConnectInfo(Peer { uid: None })));
     loop {
@@ -108,9 +117,13 @@ pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, rou
                 continue;
             }
         };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        // Over a limit, the connection is closed before the handshake costs anything.
+        let Ok(ticket) = gate.admit(PeerKey::Ip(peer.ip())) else { continue };
+        let (acceptor, router, stop) = (acceptor.clone(), router.clone(), stop.clone());
+        let limits = gate.limits();
         tokio::spawn(async move {
-            if let Err(why) = connection(stream, acceptor, router).await {
+            let _ticket = ticket;
+            if let Err(why) = connection(stream, acceptor, router, limits, stop).await {
                 eprintln!("kilnd: TLS connection from {peer}: {why}");
             }
         });
@@ -121,6 +134,8 @@ async fn connection(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     router: Router,
+    limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
@@ -136,12 +151,10 @@ async fn connection(
         Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
         Err(_) => return Err("the TLS handshake timed out".to_owned()),
     };
-    let service = hyper_util::service::TowerToHyperService::new(router);
-    hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-        .with_upgrades()
-        .await
-        .map_err(|e| e.to_string())
+    match conn::serve(tls, router, limits, stop).await {
+        Err(e) if !e.is_timeout() && !e.is_incomplete_message() => Err(e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 /// Answers a client that speaks plain HTTP to the TLS port, so it sees why.

@@ -8,20 +8,8 @@ mod common;
 use common::*;
 use kiln_api::{Client, CreatedUser, Event, Permission, Vm, VmState};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-
-/// A stand-in for kiln-vmm that prints like it and runs until signalled.
-fn fake_vmm(dir: &Path) -> PathBuf {
-    let path = dir.with_extension("fake-vmm.sh");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\necho 'kiln-vmm: engine fake' >&2\necho idle\nexec sleep 600\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 fn daemon(test: &str) -> Daemon {
     let base = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));

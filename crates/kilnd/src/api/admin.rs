@@ -3,10 +3,10 @@
 
 use super::error::ApiFailure;
 use super::vms::require;
-use super::{ApiQuery, AppState, JsonBody};
+use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::auth::{self, Principal, Target};
 use crate::validate;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_api::{
@@ -66,7 +66,7 @@ pub async fn create_user(
 pub async fn revoke_user(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<User>> {
     admin(&p)?;
     Ok(Json(mgr.db.revoke_principal(&name)?))
@@ -104,7 +104,7 @@ pub async fn create_grant(
 pub async fn delete_grant(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     admin(&p)?;
     if mgr.db.delete_grant(id)? {

@@ -34,6 +34,11 @@ impl ApiFailure {
         ApiFailure { status: StatusCode::BAD_REQUEST, body }
     }
 
+    /// Any status with a kind and a message (`payload_too_large`, `request_timeout`, ...).
+    pub fn status(status: StatusCode, error: &str, message: impl Into<String>) -> Self {
+        ApiFailure { status, body: body(error, message) }
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiFailure { status: StatusCode::NOT_FOUND, body: body("not_found", message) }

@@ -11,12 +11,12 @@ pub mod openapi;
 pub mod vms;
 
 use crate::auth;
+use crate::conn::BodyTimeout;
 use crate::lifecycle::Manager;
 use axum::body::Bytes;
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
-use axum::http::header;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,12 +32,6 @@ pub type AppState = Arc<Manager>;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: Option<u32>,
-}
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Peer { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
-    }
 }
 
 /// All routes, with authentication and audit.
@@ -62,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/v1/whoami", get(admin::whoami))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_and_audit))
         .with_state(state)
 }
@@ -70,12 +66,31 @@ async fn not_found() -> ApiFailure {
     ApiFailure::not_found("no such API path (see docs/openapi.json)")
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiFailure {
+    let message = format!("{} does not take {method} (see docs/openapi.json)", uri.path());
+    ApiFailure::status(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+}
+
 async fn authenticate_and_audit(
     State(mgr): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let method = request.method().to_string();
+    if request.uri().to_string().len() > MAX_URI {
+        let path: String = request.uri().path().chars().take(200).collect();
+        let response = ApiFailure::status(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request's URI is longer than {MAX_URI} bytes"),
+        )
+        .into_response();
+        let path = format!("{path}... (too long)");
+        if let Err(e) = mgr.db.audit(None, &method, &path, response.status().as_u16()) {
+            eprintln!("kilnd: audit record failed: {}", crate::chain(&e));
+        }
+        return response;
+    }
     let path = request.uri().path().to_owned();
     let authorization = request
         .headers()
@@ -97,6 +112,15 @@ async fn authenticate_and_audit(
     response
 }
 
+/// The longest request URI kilnd answers; longer ones get a JSON 414 (beyond 64 KiB, hyper
+/// answers 414 itself, without a body, before kilnd sees the request).
+pub const MAX_URI: usize = 8 * 1024;
+/// The largest request body (axum's default limit, which the body extractors enforce).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// The body timeout where no connection set one (kilnd's connections always do).
+const DEFAULT_BODY_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(crate::conn::DEFAULT_BODY_TIMEOUT_SECS);
+
 /// A JSON body whose errors are JSON answers that name the field at fault.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
@@ -105,35 +129,89 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiFailure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiFailure::bad_request(None, format!("cannot read the body: {e}")))?;
+        let limit = req.extensions().get::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
+        let bytes = match tokio::time::timeout(limit, Bytes::from_request(req, state)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiFailure::status(
+                    e.status(),
+                    "payload_too_large",
+                    format!("the body is larger than {} bytes", BODY_LIMIT),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(ApiFailure::bad_request(None, format!("cannot read the body: {e}")))
+            }
+            Err(_) => {
+                return Err(ApiFailure::status(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the body did not arrive within {} s (--body-timeout)",
+                        limit.as_secs()
+                    ),
+                ))
+            }
+        };
         parse_json(&bytes).map(JsonBody)
     }
 }
 
 /// Parses a JSON body; the error names the field (`unknown field`, `missing field`, or the path
-/// of a value of the wrong type).
+/// of a value of the wrong type). Only text that is not one JSON value (bad syntax, or data after
+/// the value) is "invalid JSON"; a valid value of the wrong shape is a field's error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiFailure::bad_request(None, format!("invalid JSON: {e}")))?;
+    serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
+        let message = e.into_inner().to_string();
         let quoted = message.split('`').nth(1).map(str::to_owned);
-        let syntax = inner.is_syntax() || inner.is_eof();
-        let field = if syntax {
-            None
-        } else if message.starts_with("unknown field") || message.starts_with("missing field") {
+        let field = if message.starts_with("unknown field") || message.starts_with("missing field")
+        {
             quoted
         } else if path != "." && !path.is_empty() {
             Some(path)
         } else {
             None
         };
-        let prefix = if syntax { "invalid JSON: " } else { "" };
-        ApiFailure::bad_request(field, format!("{prefix}{message}"))
+        ApiFailure::bad_request(field, message)
     })
+}
+
+/// A path parameter whose errors are JSON answers naming the parameter.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::{ErrorKind, Path};
+        use axum::extract::rejection::PathRejection;
+        use axum::extract::RawPathParams;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => {
+                // The parameter at fault; with one parameter, axum does not say its name.
+                let only = match RawPathParams::from_request_parts(parts, state).await {
+                    Ok(params) if params.iter().count() == 1 => {
+                        params.iter().next().map(|(key, _)| key.to_owned())
+                    }
+                    _ => None,
+                };
+                let field = match &rejection {
+                    PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                        ErrorKind::ParseErrorAtKey { key, .. }
+                        | ErrorKind::InvalidUtf8InPathParam { key } => Some(key.clone()),
+                        _ => only,
+                    },
+                    _ => only,
+                };
+                Err(ApiFailure::bad_request(field, rejection.body_text()))
+            }
+        }
+    }
 }
 
 /// A query string whose errors are JSON answers.
@@ -145,9 +223,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query).map(ApiQuery).map_err(|e| {
-            let message = e.to_string();
-            let field = message.split('`').nth(1).map(str::to_owned);
+        let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(pairs).map(ApiQuery).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let field = match message.split('`').nth(1) {
+                Some(quoted) if message.starts_with("unknown field") => Some(quoted.to_owned()),
+                _ if path != "." && !path.is_empty() => Some(path),
+                quoted => quoted.map(str::to_owned),
+            };
             ApiFailure::bad_request(field, format!("query: {message}"))
         })
     }

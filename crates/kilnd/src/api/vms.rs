@@ -1,12 +1,12 @@
 //! `/v1/vms`: definitions, life-cycle verbs, events, logs and the console.
 
 use super::error::ApiFailure;
-use super::{ApiQuery, AppState, JsonBody};
+use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::auth::{Principal, Target};
 use crate::db::VmRecord;
 use crate::logs::Stream;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -89,7 +89,7 @@ pub async fn create(
 pub async fn show(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Vm>> {
     Ok(Json(vm_for(&mgr, &p, &name, Permission::Read)?.vm))
 }
@@ -101,7 +101,7 @@ pub async fn show(
 pub async fn destroy(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     vm_for(&mgr, &p, &name, Permission::Delete)?;
     mgr.destroy(&name).map_err(|e| ApiFailure::from(e).during("destroy"))?;
@@ -118,7 +118,7 @@ pub async fn destroy(
 pub async fn start(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(options): ApiQuery<StartOptions>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Start)?;
@@ -163,7 +163,7 @@ fn timeout(options: &StopOptions) -> ApiResult<Option<Duration>> {
 pub async fn stop(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(options): ApiQuery<StopOptions>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Stop)?;
@@ -181,7 +181,7 @@ pub async fn stop(
 pub async fn kill(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Stop)?;
     let vm =
@@ -197,7 +197,7 @@ pub async fn kill(
 pub async fn restart(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(options): ApiQuery<StopOptions>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Stop)?;
@@ -216,7 +216,7 @@ pub async fn restart(
 pub async fn pause(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Stop)?;
     let vm =
@@ -231,7 +231,7 @@ pub async fn pause(
 pub async fn resume(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Vm>> {
     vm_for(&mgr, &p, &name, Permission::Start)?;
     let vm =
@@ -245,7 +245,7 @@ pub async fn resume(
 pub async fn events(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Vec<Event>>> {
     vm_for(&mgr, &p, &name, Permission::Read)?;
     Ok(Json(mgr.db.events(&name)?))
@@ -260,7 +260,7 @@ pub async fn events(
 pub async fn logs(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(options): ApiQuery<LogOptions>,
 ) -> ApiResult<impl IntoResponse> {
     let requested = options.stream.as_deref().unwrap_or("console");
@@ -326,7 +326,7 @@ fn asks_upgrade(headers: &HeaderMap, protocol: &str) -> bool {
 pub async fn console(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     mut request: Request,
 ) -> ApiResult<Response> {
     let record = vm_for(&mgr, &p, &name, Permission::Console)?;

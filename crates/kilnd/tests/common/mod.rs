@@ -10,6 +10,7 @@
 use kiln_api::{Client, ClientError, CreateVm, Vm, VmState};
 use kiln_testguest::elf::ElfImage;
 use kiln_testguest::{guests, GUEST_BASE};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +38,18 @@ pub fn kilnd_bin() -> PathBuf {
     option_env!("CARGO_BIN_EXE_kilnd")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_bin("kilnd", "kilnd"))
+}
+
+/// A stand-in for kiln-vmm that prints like it and runs until signalled.
+pub fn fake_vmm(dir: &Path) -> PathBuf {
+    let path = dir.with_extension("fake-vmm.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'kiln-vmm: engine fake' >&2\necho idle\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// The test guests, as kernel files in `dir`.
