@@ -1,4 +1,5 @@
-//! Graceful stop: a VM with `vsock` is asked to shut down through its guest agent before its VMM
+//! Graceful stop (and, with a real guest, the console and re-adoption after kilnd is SIGKILLed
+//! first): a VM with `vsock` is asked to shut down through its guest agent before its VMM
 //! is signalled; without that route (no vsock, or no agent answering) kilnd says so in the
 //! events and falls back to SIGTERM, then SIGKILL.
 //!
@@ -100,10 +101,11 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
         Ok(inputs) => inputs,
         Err(why) => return skip::skip(REAL, &why),
     };
-    let d = Daemon::start("graceful-real");
-    // The guest's program: the agent in the background, and a trap that shows the SIGTERM of
-    // the shutdown reached it.
+    let mut d = Daemon::start("graceful-real");
+    // The guest's program: the agent and a console echo in the background, and a trap that
+    // shows the SIGTERM of the shutdown reached it.
     let script = "#!/bin/sh\ntrap 'echo GUEST-GOT-SIGTERM; exit 0' TERM\n/bin/kiln-agent serve &\n\
+                  (while read -r l; do echo \"ECHO:$l\"; done < /dev/console) &\n\
                   while true; do sleep 1; done\n";
     let initrd = kiln_testguest::initramfs::build(
         &image,
@@ -128,6 +130,18 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
     wait_console(&c, "guest", "listening on vsock port 52", Duration::from_secs(600));
     eprintln!("{REAL}: the agent listens {:.1} s after start", started.elapsed().as_secs_f64());
 
+    // The console both ways, then kilnd SIGKILLed and started again: it re-adopts the running
+    // VMM, whose console and agent still answer.
+    console_round_trip(&c, "before-the-restart");
+    let pid = c.get::<kiln_api::Vm>("/v1/vms/guest").unwrap().pid;
+    d.sigkill();
+    d.spawn();
+    let vm = wait_state(&c, "guest", VmState::Running, Duration::from_secs(30));
+    assert_eq!(vm.pid, pid, "the same VMM, re-adopted: {vm:?}");
+    let said = messages(&d, "guest");
+    assert!(said.iter().any(|m| m.contains("re-adopted")), "{said:?}");
+    console_round_trip(&c, "after-the-restart");
+
     let asked = Instant::now();
     let vm = c.post::<kiln_api::Vm>("/v1/vms/guest/stop?timeout_secs=120").unwrap();
     eprintln!("{REAL}: stopped {:.1} s after the request", asked.elapsed().as_secs_f64());
@@ -145,7 +159,28 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
     assert!(vmm.contains("guest reset"), "the guest ended the VM itself: {vmm}");
 }
 
-/// The graceful stop above with the VM under `--engine kvm` (here or in the nested test host).
+/// Types `word` into the guest's console and waits for the guest's echo of it.
+fn console_round_trip(c: &kiln_api::Client, word: &str) {
+    use std::io::{Read, Write};
+    let (mut conn, early) = c.upgrade("/v1/vms/guest/console", "kiln-console").unwrap();
+    conn.write_all(format!("{word}\n").as_bytes()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let want = format!("ECHO:{word}");
+    let mut seen = String::from_utf8_lossy(&early).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(&want) {
+        assert!(Instant::now() < deadline, "no {want:?} on the console: {seen:?}");
+        match conn.read(&mut buf) {
+            Ok(0) => panic!("the console closed before {want:?}: {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The flow above (console, re-adoption, graceful stop) with the VM under `--engine kvm` (here
+/// or in the nested test host).
 #[test]
 fn a_guest_with_its_agent_shuts_down_on_stop_under_kvm() {
     let kilnd = kilnd_bin();
