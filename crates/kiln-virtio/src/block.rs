@@ -7,7 +7,7 @@
 
 use crate::{device_type, drain_queue, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,8 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens and locks `path`. The capacity is the image size rounded down to whole sectors.
+    /// Opens and locks `path`, an image file or a block device. The capacity is its size rounded
+    /// down to whole sectors.
     pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Self, BlockError> {
         if serial.len() > SERIAL_LEN {
             return Err(BlockError::Serial(serial.to_string()));
@@ -95,7 +96,8 @@ impl Block {
         if unsafe { libc::flock(file.as_raw_fd(), lock | libc::LOCK_NB) } != 0 {
             return Err(BlockError::Locked { path: path.to_path_buf() });
         }
-        let size = file.metadata().map_err(open_err)?.len();
+        // The end offset, not the metadata's length: a block device's length there is 0.
+        let size = (&file).seek(std::io::SeekFrom::End(0)).map_err(open_err)?;
         if size < SECTOR_SIZE {
             return Err(BlockError::TooSmall { path: path.to_path_buf(), size });
         }

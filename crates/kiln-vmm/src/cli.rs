@@ -50,7 +50,7 @@ pub struct Args {
     /// clients may attach; the socket is removed when the VM ends.
     #[arg(long, value_name = "PATH")]
     pub console_socket: Option<PathBuf>,
-    /// A virtio-blk disk backed by a raw image: PATH[,ro][,serial=ID]. Repeat for more disks;
+    /// A virtio-blk disk backed by a raw image or a block device: PATH[,ro][,serial=ID]. Repeat;
     /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
     pub disk: Vec<String>,

@@ -126,8 +126,13 @@ impl DiskSpec {
                 _ => return Err(bad(&format!("unknown option {part:?}; use ro or serial=ID"))),
             }
         }
-        if !disk.path.is_file() {
-            return Err(bad("the image does not exist or is not a regular file"));
+        let kind = std::fs::metadata(&disk.path).map(|m| m.file_type());
+        let usable = kind.is_ok_and(|t| {
+            use std::os::unix::fs::FileTypeExt;
+            t.is_file() || t.is_block_device()
+        });
+        if !usable {
+            return Err(bad("the image does not exist or is not a regular file or block device"));
         }
         Ok(disk)
     }
