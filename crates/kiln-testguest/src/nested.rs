@@ -1,7 +1,9 @@
 //! A nested test host with hardware-assisted KVM, for the `kvm` side of the guest tests on hosts
 //! whose own `/dev/kvm` cannot boot Linux (PVM).
 //!
-//! QEMU's TCG emulates AMD's SVM (`-cpu qemu64,+svm,+npt`); Debian's cloud kernel (from
+//! QEMU's TCG emulates AMD's SVM (`-cpu qemu64,+svm,+npt`, with x86-64-v2's SSSE3, SSE4.1,
+//! SSE4.2 and POPCNT, which kvm passes on to its guests as a real v2 host would); Debian's
+//! cloud kernel (from
 //! `kiln-image debian-kernel`) boots there with a Kiln initramfs that loads `kvm_amd`, and
 //! `/dev/kvm` inside is real KVM on emulated hardware. Host files (kiln-vmm, guest kernels, test
 //! initramfs) are copied in at their own absolute paths, so a command that works on the host
@@ -13,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The nested host's CPU: QEMU's baseline with SVM and nested paging, and x86-64-v2.
+const NESTED_CPU: &str = "qemu64,+svm,+npt,+ssse3,+sse4.1,+sse4.2,+popcnt";
+
 /// Memory of the nested host, MiB: the initramfs (binaries, kernels) plus its guests.
 const HOST_MEMORY_MIB: u32 = 2048;
 
@@ -22,6 +27,8 @@ pub struct NestedHost {
     kernel: PathBuf,
     modules: PathBuf,
     files: BTreeSet<PathBuf>,
+    disks: Vec<PathBuf>,
+    memory_mib: u32,
     timeout: Duration,
 }
 
@@ -61,6 +68,8 @@ impl NestedHost {
             kernel,
             modules,
             files: BTreeSet::new(),
+            disks: Vec::new(),
+            memory_mib: HOST_MEMORY_MIB,
             timeout: Duration::from_secs(timeout),
         })
     }
@@ -79,6 +88,19 @@ impl NestedHost {
         }
         self.files.insert(path.to_path_buf());
         Ok(self)
+    }
+
+    /// Attaches `path` as the next virtio disk (`/dev/vda`, `/dev/vdb`, ... inside), in QEMU's
+    /// snapshot mode: what the nested host writes to it never reaches the file.
+    pub fn disk(mut self, path: impl AsRef<Path>) -> Self {
+        self.disks.push(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The nested host's RAM (default 2 GiB).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
     }
 
     /// How long one boot may take before QEMU is killed (default 10 minutes).
@@ -101,7 +123,7 @@ impl NestedHost {
         let mut build = Command::new(kiln_image);
         build.args(["initramfs", "--out"]).arg(&initrd).arg("--init").arg(&init);
         build.arg("--modules-from").arg(&self.modules);
-        for module in ["kvm_amd", "tun", "bridge", "veth", "virtio_blk"] {
+        for module in ["kvm_amd", "tun", "bridge", "veth", "virtio_pci", "virtio_blk"] {
             build.args(["--module", module]);
         }
         for file in &self.files {
@@ -116,9 +138,13 @@ impl NestedHost {
         let console = std::fs::File::create(&console_log)
             .map_err(|e| format!("{}: {e}", console_log.display()))?;
         let mut qemu = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-smp", "2", "-m"])
-            .arg(HOST_MEMORY_MIB.to_string())
+            .args(["-accel", "tcg", "-cpu", NESTED_CPU, "-smp", "2", "-m"])
+            .arg(self.memory_mib.to_string())
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
+            .args(self.disks.iter().flat_map(|disk| {
+                let spec = format!("file={},if=virtio,format=raw,snapshot=on", disk.display());
+                ["-drive".to_owned(), spec]
+            }))
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")
@@ -190,21 +216,36 @@ impl KvmSide {
         }
     }
 
+    /// The nested host's RAM, where that is the side (a guest of `mib - 1024` MiB fits).
+    pub fn memory_mib(self, mib: u32) -> Self {
+        match self {
+            KvmSide::Here => KvmSide::Here,
+            KvmSide::Nested(host) => KvmSide::Nested(host.memory_mib(mib)),
+        }
+    }
+
     /// Runs `script` with `sh` on this side and returns its exit status and output (stdout and
     /// stderr, with the nested host's console around it). In the nested host, `programs` (with
-    /// their libraries) and `files` are copied in first; `dir` is scratch.
+    /// their libraries) and `files` are copied in first and `disks` are its virtio disks; the
+    /// script finds the `n`th of `disks` as `$KILN_DISKn` (the file here, `/dev/vd*` there).
+    /// `dir` is scratch.
     pub fn run(
         self,
         kiln_image: &Path,
         dir: &Path,
         programs: &[&Path],
         files: &[&Path],
+        disks: &[&Path],
         script: &str,
     ) -> Result<(Option<i32>, String), String> {
         match self {
             KvmSide::Here => {
+                let mut exports = String::new();
+                for (n, disk) in disks.iter().enumerate() {
+                    exports.push_str(&format!("export KILN_DISK{n}='{}'\n", disk.display()));
+                }
                 let out = Command::new("sh")
-                    .args(["-c", script])
+                    .args(["-c", &format!("{exports}{script}")])
                     .stdin(Stdio::null())
                     .output()
                     .map_err(|e| format!("cannot run sh: {e}"))?;
@@ -219,7 +260,14 @@ impl KvmSide {
                 for file in files {
                     host = host.file(file);
                 }
-                let run = host.run(kiln_image, dir, &format!("exec 2>&1\n{script}"))?;
+                let mut exports = String::new();
+                for (n, disk) in disks.iter().enumerate() {
+                    host = host.disk(disk);
+                    let name = char::from(b'a' + u8::try_from(n).unwrap_or(25).min(25));
+                    exports.push_str(&format!("export KILN_DISK{n}=/dev/vd{name}\n"));
+                }
+                let script = format!("exec 2>&1\n{exports}{script}");
+                let run = host.run(kiln_image, dir, &script)?;
                 eprintln!(
                     "nested host: {:.1} s from QEMU start to its end",
                     run.wall.as_secs_f64()
@@ -277,7 +325,7 @@ pub fn rerun_under_kvm(test: &str, exact: &str, kiln_vmm: &Path, programs: &[&Pa
     let dir =
         tools.join("nested").join(format!("{}-{}", exact.replace("::", "-"), std::process::id()));
     let file_refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let (status, out) = match side.run(&image, &dir, &all, &file_refs, &script) {
+    let (status, out) = match side.run(&image, &dir, &all, &file_refs, &[], &script) {
         Ok(result) => result,
         Err(e) => panic!("the kvm side of {test}: {e}"),
     };

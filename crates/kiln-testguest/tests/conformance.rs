@@ -85,7 +85,8 @@ fn kvm_checks_on_hardware_assisted_kvm_in_the_nested_host() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("conformance-nested-{}", std::process::id()));
     let script = format!("{} kvm:: --test-threads 1", exe.display());
-    let (status, out) = side.run(&debug.join("kiln-image"), &dir, &[&exe], &[], &script).unwrap();
+    let (status, out) =
+        side.run(&debug.join("kiln-image"), &dir, &[&exe], &[], &[], &script).unwrap();
     assert_eq!(status, Some(0), "{out}");
     assert!(out.contains("test result: ok. 6 passed"), "all six kvm checks: {out}");
     assert!(out.contains("cpl3_interrupt_returns_to_cpl0 ... ok"), "{out}");

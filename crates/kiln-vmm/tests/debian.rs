@@ -152,23 +152,35 @@ fn compile_strings(test: &str, out: &Path) -> bool {
     }
 }
 
-/// Boots an unmodified Debian 12 system (systemd, udev, its own cloud kernel and
-/// initramfs-tools initrd, made by `kiln-image debian-system`) under emu to
-/// `systemctl is-system-running` = running, checks the x86-64-v2 CPU the guest sees and glibc's
-/// SSE4.2 string functions in it, and powers off: kiln-vmm must exit 0.
-#[test]
-fn debian_system_boots_to_running_under_emu() {
-    let test = "kiln-vmm::debian_system_boots_to_running_under_emu";
+/// What the Debian system test boots, made from the built system: a writable copy of its root,
+/// a read-only check disk holding the check script and the string-function program, and that
+/// program's output on the host (the guest must print the same).
+struct SystemUnderTest {
+    system: DebianSystem,
+    dir: PathBuf,
+    root: PathBuf,
+    check_disk: PathBuf,
+    native: String,
+}
+
+/// The command systemd runs: the check from the check disk (/dev/vdb).
+const CHECK_COMMAND: &str = "mount -o ro,noload /dev/vdb /mnt && exec /mnt/check";
+
+fn prepare_system(test: &str, engine: &str) -> Option<SystemUnderTest> {
     let system = match DebianSystem::from_env() {
         Ok(system) => system,
-        Err(why) => return skip::skip(test, &why),
+        Err(why) => {
+            skip::skip(test, &why);
+            return None;
+        }
     };
-    let dir = std::env::temp_dir().join(format!("kiln-debian-system-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kiln-debian-system-{engine}-{}", std::process::id()));
     let check_dir = dir.join("check");
     std::fs::create_dir_all(&check_dir).unwrap();
     let strings = check_dir.join("strings");
     if !compile_strings(test, &strings) {
-        return;
+        return None;
     }
     let native = Command::new(&strings).args([STRINGS_SEED, STRINGS_ROUNDS]).output().unwrap();
     let native = String::from_utf8_lossy(&native.stdout).trim().to_string();
@@ -188,28 +200,13 @@ fn debian_system_boots_to_running_under_emu() {
     assert!(mkfs.success(), "mkfs.ext4 -d of the check disk");
     let root = dir.join("rootfs.ext4");
     system.copy_rootfs(&root).unwrap();
+    Some(SystemUnderTest { system, dir, root, check_disk, native })
+}
 
-    let command = "mount -o ro,noload /dev/vdb /mnt && exec /mnt/check";
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
-        .args(["--engine", "emu", "--memory", "1024", "--timeout", "1800"])
-        .arg("--cmdline")
-        .arg(debian::cmdline(command))
-        .arg("--kernel")
-        .arg(&system.vmlinuz)
-        .arg("--initrd")
-        .arg(&system.initrd)
-        .arg("--disk")
-        .arg(&root)
-        .arg("--disk")
-        .arg(format!("{},ro", check_disk.display()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout);
-    let log = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{log}");
-    eprintln!("boot to power-off: {:.1} s", started.elapsed().as_secs_f64());
+/// Checks what the guest printed (`console`) and kiln-vmm logged (`log`): the system reached
+/// `running`, sees an x86-64-v2 CPU, glibc's loader supports x86-64-v2, the string functions
+/// gave the host's results, and the guest powered off.
+fn check_system(console: &str, log: &str, native: &str) {
     for line in console
         .lines()
         .filter(|l| l.contains("KILN-") && !l.to_lowercase().contains("command line"))
@@ -235,10 +232,78 @@ fn debian_system_boots_to_running_under_emu() {
     }
     let v2 = value("KILN-ISA x86-64-v2 ").unwrap_or_default();
     assert!(v2.contains("supported"), "ld.so --help supports x86-64-v2: {v2:?}\n{tail}");
-    assert_eq!(value("KILN-STRINGS-OK ").map(|v| format!("KILN-STRINGS-OK {v}")), Some(native));
+    let strings = value("KILN-STRINGS-OK ").map(|v| format!("KILN-STRINGS-OK {v}"));
+    assert_eq!(strings.as_deref(), Some(native));
     assert_eq!(value("KILN-STRINGS-STATUS "), Some("0".into()), "{tail}");
     assert!(console.contains("reboot: Power down"), "powered off: {tail}");
     assert!(log.contains("guest powered off"), "{log}");
+}
+
+/// Boots an unmodified Debian 12 system (systemd, udev, its own cloud kernel and
+/// initramfs-tools initrd, made by `kiln-image debian-system`) under emu to
+/// `systemctl is-system-running` = running, checks the x86-64-v2 CPU the guest sees and glibc's
+/// SSE4.2 string functions in it, and powers off: kiln-vmm must exit 0.
+#[test]
+fn debian_system_boots_to_running_under_emu() {
+    let test = "kiln-vmm::debian_system_boots_to_running_under_emu";
+    let Some(sut) = prepare_system(test, "emu") else { return };
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"))
+        .args(["--engine", "emu", "--memory", "1024", "--timeout", "1800"])
+        .arg("--cmdline")
+        .arg(debian::cmdline(CHECK_COMMAND))
+        .arg("--kernel")
+        .arg(&sut.system.vmlinuz)
+        .arg("--initrd")
+        .arg(&sut.system.initrd)
+        .arg("--disk")
+        .arg(&sut.root)
+        .arg("--disk")
+        .arg(format!("{},ro", sut.check_disk.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{log}");
+    eprintln!("boot to power-off: {:.1} s", started.elapsed().as_secs_f64());
+    check_system(&console, &log, &sut.native);
     assert_eq!(out.status.code(), Some(0), "kiln-vmm's exit status; {log}");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&sut.dir);
+}
+
+/// The same system and checks under `--engine kvm`: here where `/dev/kvm` is hardware-assisted,
+/// else in the nested test host, which gets the root copy and the check disk as its virtio
+/// disks (a block device is a `--disk` like an image file).
+#[test]
+fn debian_system_boots_to_running_under_kvm() {
+    let test = "kiln-vmm::debian_system_boots_to_running_under_kvm";
+    let Some(sut) = prepare_system(test, "kvm") else { return };
+    let Some(side) = kiln_testguest::nested::KvmSide::for_test(test) else { return };
+    // The guest's 1 GiB and the nested host's initramfs (the programs and the system's kernel
+    // and initrd) fit in 3 GiB.
+    let side = side.memory_mib(3072);
+    let vmm = env!("CARGO_BIN_EXE_kiln-vmm");
+    let tool = kiln_testguest::initramfs::tool_next_to(vmm);
+    let cmdline = sut.dir.join("cmdline");
+    std::fs::write(&cmdline, debian::cmdline(CHECK_COMMAND)).unwrap();
+    let script = format!(
+        "{vmm} --engine kvm --memory 1024 --timeout 1200 --cmdline \"$(cat {})\" \
+         --kernel {} --initrd {} --disk \"$KILN_DISK0\" --disk \"$KILN_DISK1,ro\" </dev/null\n\
+         echo KILN-VMM-STATUS $?\n",
+        cmdline.display(),
+        sut.system.vmlinuz.display(),
+        sut.system.initrd.display(),
+    );
+    let started = Instant::now();
+    let files = [cmdline.as_path(), &sut.system.vmlinuz, &sut.system.initrd];
+    let disks = [sut.root.as_path(), &sut.check_disk];
+    let (status, out) =
+        side.run(&tool, &sut.dir, &[Path::new(vmm)], &files, &disks, &script).unwrap();
+    eprintln!("boot to power-off under kvm: {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(status, Some(0), "{out}");
+    check_system(&out, &out, &sut.native);
+    let vmm_status = out.lines().find_map(|l| l.trim().strip_prefix("KILN-VMM-STATUS "));
+    assert_eq!(vmm_status, Some("0"), "kiln-vmm's exit status; {out}");
+    let _ = std::fs::remove_dir_all(&sut.dir);
 }

@@ -149,6 +149,7 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
             &dir,
             &[Path::new(vmm)],
             &[&kernel, &reset, &smp, &debian, &power_off, &disk],
+            &[],
             &script,
         )
         .unwrap();
