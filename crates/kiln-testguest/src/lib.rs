@@ -23,6 +23,7 @@ pub mod guests;
 pub mod harness;
 pub mod initramfs;
 pub mod nested;
+pub mod nested_bench;
 pub mod netns;
 pub mod privileged;
 pub mod skip;

@@ -16,9 +16,11 @@
 //! Sizes: `KILN_IO_SEQ` (bytes, K/M/G suffixes; default 16M), `KILN_IO_RAND_OPS` (4 KiB
 //! operations; default 2000, offsets within the first `KILN_IO_SEQ` bytes), `KILN_IO_TCP`
 //! (default 8M), `KILN_IO_SEED` (default 1). `KILN_BENCH_ENGINE` picks the engine (default
-//! `auto`: kvm where hardware virtualization exists, emu elsewhere).
+//! `auto`: kvm where hardware virtualization exists, emu elsewhere). `KILN_BENCH_NESTED=1` runs
+//! it in the nested test host (kvm there, on an emulated CPU), labelled so.
 
 use kiln_agent::bench::{parse_size, REPORT_PREFIX, START_MARKER};
+use kiln_testguest::nested_bench;
 use kiln_testguest::netns::Namespace;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -200,7 +202,7 @@ fn native_disk(agent: &Path, sizes: &Sizes, file: &Path) -> Result<Vec<Report>, 
 
 /// Builds an initramfs whose /init.user is `script`, with the agent as /bin/kiln-agent.
 fn initramfs(dir: &Path, name: &str, script: &str, agent: &Path) -> Result<PathBuf, String> {
-    let tool = kiln_testguest::initramfs::tool_next_to(env!("CARGO_BIN_EXE_kiln-vmm"));
+    let tool = nested_bench::kiln_image_near(Path::new(env!("CARGO_BIN_EXE_kiln-vmm")));
     kiln_testguest::initramfs::build(&tool, dir, name, script, &[(agent, "/bin/kiln-agent")])
 }
 
@@ -382,6 +384,20 @@ fn row(metric: &str, native: Option<&Report>, virt: Option<&Report>, iops: bool)
 }
 
 fn main() {
+    let vmm = Path::new(env!("CARGO_BIN_EXE_kiln-vmm"));
+    // KILN_BENCH_NESTED=1: the same benchmark, on kvm, inside the nested test host.
+    if nested_bench::rerun_in_nested_host(
+        "io",
+        &nested_bench::kiln_image_near(vmm),
+        &[vmm, Path::new("/usr/sbin/ip")],
+        &[],
+        &["KILN_IO_SEQ", "KILN_IO_RAND_OPS", "KILN_IO_TCP", "KILN_IO_SEED", "KILN_BENCH_ENGINE"],
+    ) {
+        return;
+    }
+    if let Some(label) = nested_bench::label() {
+        println!("{label}");
+    }
     let Some(kernel) =
         std::env::var_os("KILN_GUEST_KERNEL").map(PathBuf::from).filter(|p| p.is_file())
     else {
