@@ -79,6 +79,11 @@ ALTER TABLE vms ADD COLUMN started_ms INTEGER;
     r#"
 ALTER TABLE vms ADD COLUMN vsock INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Whose rights open the boot files (NULL: kilnd's, for VMs an admin defined).
+    r#"
+ALTER TABLE vms ADD COLUMN boot_uid INTEGER;
+ALTER TABLE vms ADD COLUMN boot_gid INTEGER;
+"#,
 ];
 
 /// Errors of the state store.
@@ -238,15 +243,22 @@ impl Db {
     // ---- VMs ----
 
     /// Inserts a validated definition in state `defined`, with its creation event.
-    pub fn create_vm(&self, spec: &CreateVm, principal: Option<&str>) -> Result<Vm> {
+    /// `boot_ids` are the uid and gid whose rights open its boot files (none: kilnd's).
+    pub fn create_vm(
+        &self,
+        spec: &CreateVm,
+        principal: Option<&str>,
+        boot_ids: Option<(u32, u32)>,
+    ) -> Result<Vm> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let now = now_ms();
         let inserted = tx.execute(
             "INSERT INTO vms (name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
                  restart_policy, restart_limit, state, created_ms, updated_ms, priority,
-                 expected_runtime_secs, vsock)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)
+                 expected_runtime_secs, vsock, boot_uid, boot_gid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16,
+                     ?17)
              ON CONFLICT(name) DO NOTHING",
             params![
                 spec.name,
@@ -263,7 +275,9 @@ impl Db {
                 now,
                 spec.priority,
                 spec.expected_runtime_secs.map(|s| s as i64),
-                spec.vsock
+                spec.vsock,
+                boot_ids.map(|(uid, _)| uid),
+                boot_ids.map(|(_, gid)| gid)
             ],
         )?;
         if inserted == 0 {
@@ -602,6 +616,23 @@ const VM_SELECT: &str = "SELECT name, project, vcpus, memory_mib, engine, kernel
     restart_policy, restart_limit, state, reason, pid, pid_start_time, restarts, created_ms,
     updated_ms, priority, expected_runtime_secs, vsock FROM vms";
 
+impl Db {
+    /// The uid and gid whose rights open the boot files of `name` (none: kilnd's).
+    pub fn boot_ids(&self, name: &str) -> Result<Option<(u32, u32)>> {
+        let ids: Option<(Option<u32>, Option<u32>)> = self
+            .lock()
+            .query_row("SELECT boot_uid, boot_gid FROM vms WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match ids {
+            None => Err(DbError::NoVm(name.to_owned())),
+            Some((Some(uid), Some(gid))) => Ok(Some((uid, gid))),
+            Some(_) => Ok(None),
+        }
+    }
+}
+
 fn get_vm(conn: &Connection, name: &str) -> Result<VmRecord> {
     conn.query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_from_row)
         .optional()?
@@ -766,15 +797,15 @@ mod tests {
     #[test]
     fn duplicate_vm_names_are_refused_and_the_first_is_kept() {
         let db = Db::in_memory().expect("opens");
-        db.create_vm(&spec("a"), None).expect("first create");
-        assert!(matches!(db.create_vm(&spec("a"), None), Err(DbError::VmExists(_))));
+        db.create_vm(&spec("a"), None, None).expect("first create");
+        assert!(matches!(db.create_vm(&spec("a"), None, None), Err(DbError::VmExists(_))));
         assert_eq!(db.vms().expect("lists").len(), 1);
     }
 
     #[test]
     fn transition_from_a_state_not_allowed_names_the_current_state() {
         let db = Db::in_memory().expect("opens");
-        db.create_vm(&spec("a"), None).expect("create");
+        db.create_vm(&spec("a"), None, None).expect("create");
         let err = db
             .transition("a", &[VmState::Running], VmState::Paused, Change::default())
             .expect_err("defined cannot pause");

@@ -14,11 +14,13 @@
 //! | [`db`] | the SQLite schema and every query |
 //! | [`auth`] | tokens, principals, roles and grants |
 //! | [`validate`] | checks of a VM definition |
+//! | [`bootfiles`] | whose rights open a VM's kernel and initrd; never kilnd's own files |
 //! | [`logs`] | per-VM console and VMM logs, bounded by rotation |
 //! | [`procfs`] | `/proc` reads and signals, guarded against pid reuse |
 
 pub mod api;
 pub mod auth;
+pub mod bootfiles;
 pub mod conn;
 pub mod db;
 pub mod lifecycle;

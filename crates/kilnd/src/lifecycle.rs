@@ -23,6 +23,7 @@
 //! SIGTERM"), then SIGKILL after the timeout. Each step is an event. The Kiln guest has no ACPI
 //! (no power button), so the agent is the only in-guest route.
 
+use crate::bootfiles::{self, BootFiles, Reader};
 use crate::db::{Change, Db, DbError};
 use crate::logs::{LogError, Stream, VmLogs};
 use crate::procfs::{self, ProcError};
@@ -152,12 +153,30 @@ impl Manager {
         }
     }
 
-    /// Defines a VM after validating every field; nothing is stored if a check fails.
-    pub fn create(&self, spec: &CreateVm, principal: Option<&str>) -> Result<Vm> {
+    /// Defines a VM after validating every field and opening its boot files with `reader`'s
+    /// rights (kept with the VM for every later start); nothing is stored if a check fails.
+    pub fn create(&self, spec: &CreateVm, principal: Option<&str>, reader: Reader) -> Result<Vm> {
         validate::create_vm(spec, self.settings.host_memory_mib)?;
         self.check_socket_paths(spec)?;
         self.check_fits_host(spec.vcpus, spec.memory_mib)?;
-        Ok(self.db.create_vm(spec, principal)?)
+        self.open_boot_files(reader, &spec.kernel, spec.initrd.as_deref(), spec.memory_mib)?;
+        Ok(self.db.create_vm(spec, principal, reader.ids())?)
+    }
+
+    fn open_boot_files(
+        &self,
+        reader: Reader,
+        kernel: &str,
+        initrd: Option<&str>,
+        memory_mib: u64,
+    ) -> Result<BootFiles> {
+        Ok(bootfiles::open(reader, kernel, initrd, memory_mib, &self.settings.state_dir)?)
+    }
+
+    /// Opens the boot files of a defined VM with the rights recorded at its create.
+    fn vm_boot_files(&self, vm: &Vm) -> Result<BootFiles> {
+        let reader = Reader::from_ids(self.db.boot_ids(&vm.name)?);
+        self.open_boot_files(reader, &vm.kernel, vm.initrd.as_deref(), vm.memory_mib)
     }
 
     /// The VMM's sockets live under the state directory and must fit a Unix socket address.
@@ -228,8 +247,8 @@ impl Manager {
             return Err(DbError::WrongState { name: name.to_owned(), state: vm.state }.into());
         }
         // The files may have changed since create: a FIFO or a huge file in their place would
-        // leave the VMM blocked or the host short of memory.
-        validate::boot_files(&vm.kernel, vm.initrd.as_deref(), vm.memory_mib)?;
+        // leave the VMM blocked or the host short of memory, a link could point elsewhere.
+        self.vm_boot_files(&vm)?;
         self.check_fits_host(vm.vcpus, vm.memory_mib)?;
         let now = crate::db::now_ms();
         let mut rows = self.db.sched_rows()?;
@@ -366,9 +385,7 @@ impl Manager {
     /// The boot files are checked again first: a queued VM or an automatic restart may come
     /// long after the last check.
     pub(crate) fn launch(self: &Arc<Self>, vm: &Vm) -> Result<Vm> {
-        let spawned = validate::boot_files(&vm.kernel, vm.initrd.as_deref(), vm.memory_mib)
-            .map_err(LifecycleError::from)
-            .and_then(|()| supervisor::spawn(self, vm));
+        let spawned = self.vm_boot_files(vm).and_then(|files| supervisor::spawn(self, vm, files));
         match spawned {
             Ok(vm) => Ok(vm),
             Err(e) => {

@@ -227,7 +227,8 @@ async fn serve_unix(
                 }
             },
         };
-        let peer = Peer { uid: stream.peer_cred().ok().map(|c| c.uid()) };
+        let cred = stream.peer_cred().ok();
+        let peer = Peer { uid: cred.map(|c| c.uid()), gid: cred.map(|c| c.gid()) };
         let ticket = gate.admit(conn::PeerKey::Uid(peer.uid));
         let router = router.clone().layer(axum::Extension(ConnectInfo(peer)));
         let (limits, stop) = (gate.limits(), stop.clone());

@@ -14,11 +14,13 @@
 //! becomes orphaned, and the kernel sends SIGHUP and SIGCONT to orphaned groups with a stopped
 //! member, which would resume (or end) a paused VM.
 
+use crate::bootfiles::BootFiles;
 use crate::db::Change;
 use crate::lifecycle::{LifecycleError, Manager, Monitor, ACTIVE};
 use crate::logs::{Stream, MAX_LOG_BYTES};
 use crate::procfs;
 use kiln_api::{rfc3339_ms, RestartPolicy, Vm, VmState};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -42,22 +44,28 @@ enum Exit {
 }
 
 /// Spawns the VMM of `vm` (state `starting`), records it as running and supervises it.
-pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm) -> Result<Vm, LifecycleError> {
+/// The descriptor numbers the VMM gets its opened kernel and initrd as (`/proc/self/fd/N`).
+const KERNEL_FD: i32 = 3;
+const INITRD_FD: i32 = 4;
+
+pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm, LifecycleError> {
     let logs = mgr.logs(&vm.name);
     let mark = format!("--- kilnd: starting kiln-vmm at {}", rfc3339_ms(crate::db::now_ms()));
     let stdout = logs.open_append(Stream::Console, &mark)?;
     let stderr = logs.open_append(Stream::Vmm, &mark)?;
     let mut cmd = tokio::process::Command::new(&mgr.settings.vmm);
+    // The files kilnd opened (with the rights of whoever defined the VM), not their paths: what
+    // was checked is what boots.
     cmd.arg("--kernel")
-        .arg(&vm.kernel)
+        .arg(format!("/proc/self/fd/{KERNEL_FD}"))
         .args(["--vcpus", &vm.vcpus.to_string()])
         .args(["--memory", &vm.memory_mib.to_string()])
         .args(["--engine", vm.engine.as_str()])
         .arg("--no-console-input")
         .arg("--console-socket")
         .arg(logs.console_socket());
-    if let Some(initrd) = &vm.initrd {
-        cmd.arg("--initrd").arg(initrd);
+    if files.initrd.is_some() {
+        cmd.arg("--initrd").arg(format!("/proc/self/fd/{INITRD_FD}"));
     }
     if vm.vsock {
         let mut spec = std::ffi::OsString::from(format!("cid={VSOCK_GUEST_CID},uds="));
@@ -71,18 +79,38 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm) -> Result<Vm, LifecycleError> {
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .kill_on_drop(false);
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
-    // is async-signal-safe and touches no memory of the parent.
+    let kernel_fd = files.kernel.as_raw_fd();
+    let initrd_fd = files.initrd.as_ref().map(AsRawFd::as_raw_fd);
+    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2),
+    // fcntl(2) and dup2(2), which are async-signal-safe, on descriptors `files` keeps open
+    // until the spawn has returned; it touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Out of the way of 3 and 4 first (either may be one of them), then into place;
+            // dup2 clears close-on-exec on the new descriptor.
+            let high = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            let kernel = high(kernel_fd);
+            let initrd = initrd_fd.map(high);
+            if kernel < 0 || initrd.is_some_and(|fd| fd < 0) {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(kernel, KERNEL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(initrd) = initrd {
+                if libc::dup2(initrd, INITRD_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
     let spawn_err = |source| LifecycleError::Spawn { vmm: mgr.settings.vmm.clone(), source };
     let child = cmd.spawn().map_err(spawn_err)?;
+    drop(files);
     let pid = child
         .id()
         .ok_or_else(|| spawn_err(std::io::Error::other("the VMM exited before it had a pid")))?;

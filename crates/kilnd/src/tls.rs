@@ -106,7 +106,7 @@ pub async fn serve(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let router = router.layer(axum::Extension(ConnectInfo(Peer { uid: None })));
+    let router = router.layer(axum::Extension(ConnectInfo(Peer { uid: None, gid: None })));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -1,8 +1,7 @@
-//! Checks of a VM definition before anything is created: each failure names the field.
+//! Checks of a VM definition before anything is created: each failure names the field. The
+//! boot files are checked (and opened) by [`crate::bootfiles`].
 
-use crate::procfs;
 use kiln_api::CreateVm;
-use std::path::Path;
 
 /// Most vCPUs a VM may have (the x86 APIC ID limit kiln-vmm uses).
 pub const MAX_VCPUS: u32 = 254;
@@ -51,48 +50,6 @@ pub fn name(field: &'static str, value: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Largest kernel image kilnd passes to a VMM.
-pub const MAX_KERNEL_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Checks a file a VM boots from, at create and again at every start (it may have changed in
-/// between): an absolute path to a regular file that kilnd can open and read, of at most
-/// `max_bytes`. The open does not block (a FIFO put in its place is refused, not waited on).
-fn file(field: &'static str, value: &str, max_bytes: u64) -> Result<(), Invalid> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = Path::new(value);
-    if !path.is_absolute() {
-        return Err(invalid(field, format!("{value:?} must be an absolute path")));
-    }
-    if !procfs::is_file(path) {
-        return Err(invalid(field, format!("{value} does not exist or is not a regular file")));
-    }
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .and_then(|f| f.metadata());
-    match opened {
-        Err(e) => Err(invalid(field, format!("{value} cannot be read: {e}"))),
-        Ok(meta) if !meta.is_file() => {
-            Err(invalid(field, format!("{value} does not exist or is not a regular file")))
-        }
-        Ok(meta) if meta.len() > max_bytes => Err(invalid(
-            field,
-            format!("{value} is {} bytes, more than the limit of {max_bytes}", meta.len()),
-        )),
-        Ok(_) => Ok(()),
-    }
-}
-
-/// Checks the kernel and initrd of a VM with `memory_mib` of RAM (an initrd must fit in it).
-pub fn boot_files(kernel: &str, initrd: Option<&str>, memory_mib: u64) -> Result<(), Invalid> {
-    file("kernel", kernel, MAX_KERNEL_BYTES)?;
-    if let Some(initrd) = initrd {
-        file("initrd", initrd, memory_mib.saturating_mul(1024 * 1024))?;
-    }
-    Ok(())
-}
-
 /// Checks a whole definition against this host (`host_memory_mib` of RAM).
 pub fn create_vm(spec: &CreateVm, host_memory_mib: u64) -> Result<(), Invalid> {
     name("name", &spec.name)?;
@@ -109,7 +66,6 @@ pub fn create_vm(spec: &CreateVm, host_memory_mib: u64) -> Result<(), Invalid> {
             ),
         ));
     }
-    boot_files(&spec.kernel, spec.initrd.as_deref(), spec.memory_mib)?;
     if let Some(cmdline) = &spec.cmdline {
         if cmdline.len() > MAX_CMDLINE {
             return Err(invalid("cmdline", format!("longer than {MAX_CMDLINE} bytes")));
@@ -170,9 +126,6 @@ mod tests {
             (format!(r#"{{"name":"a","vcpus":255,"kernel":"{k}"}}"#), "vcpus"),
             (format!(r#"{{"name":"a","memory_mib":4,"kernel":"{k}"}}"#), "memory_mib"),
             (format!(r#"{{"name":"a","memory_mib":99999999,"kernel":"{k}"}}"#), "memory_mib"),
-            (r#"{"name":"a","kernel":"/nonexistent/vmlinux"}"#.to_owned(), "kernel"),
-            (r#"{"name":"a","kernel":"relative"}"#.to_owned(), "kernel"),
-            (format!(r#"{{"name":"a","kernel":"{k}","initrd":"/nope"}}"#), "initrd"),
             (format!(r#"{{"name":"a","kernel":"{k}","restart_limit":1000}}"#), "restart_limit"),
             (format!(r#"{{"name":"a","kernel":"{k}","priority":1001}}"#), "priority"),
             (

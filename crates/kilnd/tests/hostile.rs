@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use kiln_api::{ApiError, Vm, VmState};
+use kiln_testguest::skip;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -88,7 +89,7 @@ fn every_error_is_a_json_answer_with_the_right_status_and_field() {
     let cases: [Case; 6] = [
         ("DELETE", "/v1/grants/abc", None, 400, Some("id")),
         ("GET", "/v1/vms/%FF", None, 400, Some("name")),
-        ("PUT", "/v1/vms", Some(b"{}"), 405, None),
+        ("PUT", "/v1/vms", None, 405, None),
         ("PATCH", "/v1/vms/a", None, 405, None),
         ("POST", "/v1/vms/a/stop?timeout_secs=x", None, 400, Some("timeout_secs")),
         (
@@ -221,4 +222,68 @@ fn boot_files_are_checked_again_at_start() {
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
     assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Defect 2: kilnd (root) loaded any host file a requester named, `/etc/shadow` as an initrd
+/// included, and said whether root-only paths exist. Now an admin may name host files but never
+/// kilnd's own; anyone else names files its Unix uid can read, at create and at every start.
+#[test]
+fn boot_files_are_opened_with_the_rights_of_who_asks_and_never_kilnds_own() {
+    use std::os::unix::process::CommandExt;
+    let d = daemon("disclosure", &[]);
+    let c = d.admin();
+    let db = d.dir.join("state/kilnd.db");
+    let (code, err) =
+        status(c.call::<_, Vm>("POST", "/v1/vms", Some(&spec("own", db.to_str().unwrap()))));
+    assert_eq!((code, err.field.as_deref()), (400, Some("kernel")), "{err:?}");
+    assert!(err.message.contains("kilnd's own files"), "{err:?}");
+
+    if kiln_api::paths::current_uid() != Some(0) {
+        return skip::skip(
+            "kilnd::boot_files_of_a_unix_peer",
+            "needs root, to run the kiln CLI as another uid",
+        );
+    }
+    let body = serde_json::json!({"name": "op", "role": "operator", "uid": 65534});
+    c.call::<_, kiln_api::CreatedUser>("POST", "/v1/users", Some(&body)).unwrap();
+    let kiln_as_nobody = |args: &[&str]| {
+        std::process::Command::new(workspace_bin("kiln", "kiln-cli"))
+            .args(args)
+            .arg("--socket")
+            .arg(&d.socket)
+            .env_remove("KILN_TOKEN")
+            .uid(65534)
+            .gid(65534)
+            .output()
+    };
+    if let Err(e) = kiln_as_nobody(&["whoami"]) {
+        // The build tree may sit under a directory other uids cannot enter (e.g. /root).
+        return skip::skip(
+            "kilnd::boot_files_of_a_unix_peer",
+            &format!("uid 65534 cannot run kiln: {e}"),
+        );
+    }
+    let k = kernel(&d);
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let shadow =
+        kiln_as_nobody(&["create", "steal", "--kernel", &k, "--initrd", "/etc/shadow"]).unwrap();
+    let said = String::from_utf8_lossy(&shadow.stderr);
+    assert!(!shadow.status.success(), "/etc/shadow was accepted as an initrd");
+    assert!(said.contains("cannot be read by uid 65534"), "{said}");
+    let root_only = kiln_as_nobody(&["create", "probe", "--kernel", "/root/.ssh/id_rsa"]).unwrap();
+    let said_root = String::from_utf8_lossy(&root_only.stderr);
+    assert!(!said_root.contains("does not exist"), "no existence oracle: {said_root}");
+
+    let ok = kiln_as_nobody(&["create", "mine", "--kernel", &k]).unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The file becomes a link to a root-only file after create: the start opens it as uid
+    // 65534 again and refuses.
+    std::fs::remove_file(&k).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &k).unwrap();
+    let start = kiln_as_nobody(&["start", "mine"]).unwrap();
+    let said = String::from_utf8_lossy(&start.stderr);
+    assert!(!start.status.success(), "the start read /etc/shadow as uid 65534");
+    assert!(said.contains("cannot be read by uid 65534"), "{said}");
+    let vm: Vm = c.get("/v1/vms/mine").unwrap();
+    assert_eq!(vm.state, VmState::Defined, "{vm:?}");
 }

@@ -82,6 +82,16 @@ fn requests_over_tls_need_a_token_and_plain_http_is_told_to_use_https() {
     let me: WhoAmI = client.get("/v1/whoami").unwrap();
     assert_eq!(me.principal, "remote");
 
+    // A VM's kernel is a host file: over TCP, with no Unix uid to open it as, only an admin may
+    // name one (issue 17: an operator once loaded /etc/shadow as an initrd this way).
+    let kernel = d.dir.join("kernel.elf");
+    std::fs::write(&kernel, b"\x7fELF").unwrap();
+    let spec = serde_json::json!({"name": "remote-vm", "kernel": kernel, "initrd": "/etc/shadow"});
+    let (code, body) = status(client.call::<_, kiln_api::Vm>("POST", "/v1/vms", Some(&spec)));
+    assert_eq!((code, body.permission), (403, Some(kiln_api::Permission::Admin)), "{body:?}");
+    let admin: Vec<kiln_api::Vm> = d.admin().get("/v1/vms").unwrap();
+    assert!(admin.is_empty(), "nothing was created");
+
     // No uid mapping on TCP: without a token the answer is 401, even for kilnd's own uid.
     let anonymous = Client::tls(&url, Some(&cert.cert), None).unwrap();
     let (code, body) = status(anonymous.get::<WhoAmI>("/v1/whoami"));

@@ -32,6 +32,7 @@ pub type AppState = Arc<Manager>;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// All routes, with authentication and audit.

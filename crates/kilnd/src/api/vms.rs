@@ -1,12 +1,13 @@
 //! `/v1/vms`: definitions, life-cycle verbs, events, logs and the console.
 
 use super::error::ApiFailure;
-use super::{ApiPath, ApiQuery, AppState, JsonBody};
+use super::{ApiPath, ApiQuery, AppState, JsonBody, Peer};
 use crate::auth::{Principal, Target};
+use crate::bootfiles::Reader;
 use crate::db::VmRecord;
 use crate::logs::Stream;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -76,11 +77,29 @@ pub async fn list(
 pub async fn create(
     State(mgr): State<AppState>,
     Extension(p): Extension<Principal>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     JsonBody(spec): JsonBody<CreateVm>,
 ) -> ApiResult<(StatusCode, Json<Vm>)> {
     require(&p, Permission::Create, Target::Project(&spec.project))?;
-    let vm = mgr.create(&spec, Some(&p.name))?;
+    let vm = mgr.create(&spec, Some(&p.name), boot_reader(&p, peer)?)?;
     Ok((StatusCode::CREATED, Json(vm)))
+}
+
+/// Whose rights open the host files a new VM boots from: kilnd's for an admin, else the Unix
+/// peer's (over TCP there is none, so only an admin may name host files there).
+fn boot_reader(p: &Principal, peer: Peer) -> ApiResult<Reader> {
+    if p.may(Permission::Admin, Target::Global) {
+        return Ok(Reader::Kilnd);
+    }
+    match (peer.uid, peer.gid) {
+        (Some(uid), Some(gid)) => Ok(Reader::Peer { uid, gid }),
+        _ => Err(ApiFailure::forbidden(
+            Permission::Admin,
+            "a VM's kernel and initrd are host files, opened with the rights of the Unix user \
+             who asks; over TCP there is none, so only an admin may name them: use the Unix \
+             socket, or ask an admin",
+        )),
+    }
 }
 
 /// One VM.
