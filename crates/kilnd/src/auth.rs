@@ -22,6 +22,10 @@ pub enum AuthError {
     NoCredentials,
     #[error("the token is unknown or revoked")]
     BadToken,
+    /// A revoked principal's token: the client hears only [`AuthError::BadToken`]'s message,
+    /// the audit log names who tried.
+    #[error("the token is unknown or revoked")]
+    RevokedToken(String),
     #[error("principal {0:?} is revoked")]
     Revoked(String),
     #[error("malformed Authorization header (expected `Bearer TOKEN`)")]
@@ -30,6 +34,18 @@ pub enum AuthError {
     Random(#[source] std::io::Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl AuthError {
+    /// The principal that tried, where the credentials named one (for the audit log).
+    pub fn attempted(&self) -> Option<String> {
+        match self {
+            AuthError::RevokedToken(name) | AuthError::Revoked(name) => {
+                Some(format!("{name} (revoked)"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// An authenticated caller.
@@ -101,9 +117,11 @@ pub fn authenticate(
 ) -> Result<Principal, AuthError> {
     let record = match authorization {
         Some(header) => {
+            // The scheme is case-insensitive (RFC 9110, section 11.1).
             let token = header
-                .strip_prefix("Bearer ")
-                .map(str::trim)
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
                 .filter(|t| !t.is_empty())
                 .ok_or(AuthError::MalformedHeader)?;
             db.principal_by_token(&hash_token(token))?.ok_or(AuthError::BadToken)?
@@ -116,7 +134,7 @@ pub fn authenticate(
     let PrincipalRecord { name, revoked, grants } = record;
     if revoked {
         return Err(if authorization.is_some() {
-            AuthError::BadToken
+            AuthError::RevokedToken(name)
         } else {
             AuthError::Revoked(name)
         });
@@ -180,8 +198,22 @@ mod tests {
             Err(AuthError::BadToken)
         ));
         assert!(matches!(authenticate(&db, None, None), Err(AuthError::NoCredentials)));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let header = format!("{scheme} {token}");
+            assert_eq!(authenticate(&db, Some(&header), None).expect("any case").name, "alice");
+        }
+        assert!(matches!(
+            authenticate(&db, Some(&format!("Basic {token}")), None),
+            Err(AuthError::MalformedHeader)
+        ));
         db.revoke_principal("alice").expect("revoke");
-        assert!(matches!(authenticate(&db, Some(&header), None), Err(AuthError::BadToken)));
+        let revoked = authenticate(&db, Some(&header), None).unwrap_err();
+        assert_eq!(
+            revoked.to_string(),
+            AuthError::BadToken.to_string(),
+            "the client hears no more"
+        );
+        assert_eq!(revoked.attempted().as_deref(), Some("alice (revoked)"));
     }
 
     #[test]

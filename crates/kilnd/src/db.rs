@@ -86,6 +86,11 @@ ALTER TABLE vms ADD COLUMN boot_gid INTEGER;
 "#,
 ];
 
+/// `, or uid N belongs to another` where a uid was asked for.
+fn uid_clause(uid: Option<u32>) -> String {
+    uid.map(|uid| format!(", or uid {uid} belongs to another")).unwrap_or_default()
+}
+
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -115,7 +120,7 @@ pub enum DbError {
     WrongState { name: String, state: VmState },
     #[error("no principal named {0:?}")]
     NoPrincipal(String),
-    #[error("a principal named {0:?} exists already, or uid {1:?} belongs to another")]
+    #[error("a principal named {0:?} exists already{uid}", uid = uid_clause(*.1))]
     PrincipalExists(String, Option<u32>),
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
@@ -792,6 +797,17 @@ mod tests {
     fn fresh_database_is_at_the_latest_schema_version() {
         let db = Db::in_memory().expect("opens");
         assert_eq!(db.schema_version().expect("reads"), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_principal_conflict_names_the_uid_plainly() {
+        let with_uid = DbError::PrincipalExists("bob".into(), Some(0)).to_string();
+        assert_eq!(
+            with_uid,
+            "a principal named \"bob\" exists already, or uid 0 belongs to another"
+        );
+        let without = DbError::PrincipalExists("bob".into(), None).to_string();
+        assert_eq!(without, "a principal named \"bob\" exists already");
     }
 
     #[test]

@@ -152,6 +152,13 @@ fn access_control_by_role_project_and_token() {
         && e.path == "/v1/vms/b1/start"
         && e.status == 403));
     assert!(audit.iter().any(|e| e.principal.is_none() && e.status == 401));
+    // A revoked principal's attempt names it; its answer did not.
+    assert!(audit
+        .iter()
+        .any(|e| e.principal.as_deref() == Some("vera (revoked)") && e.status == 401));
+    assert!(audit
+        .iter()
+        .any(|e| e.principal.as_deref() == Some("root (revoked)") && e.status == 401));
     let events: Vec<Event> = admin.get("/v1/vms/a1/events").unwrap();
     assert!(events.iter().any(|e| e.principal.as_deref() == Some("otto")));
 }

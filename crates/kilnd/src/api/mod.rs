@@ -105,7 +105,7 @@ async fn authenticate_and_audit(
             request.extensions_mut().insert(principal);
             (Some(name), next.run(request).await)
         }
-        Err(e) => (None, ApiFailure::from(e).into_response()),
+        Err(e) => (e.attempted(), ApiFailure::from(e).into_response()),
     };
     if let Err(e) = mgr.db.audit(principal.as_deref(), &method, &path, response.status().as_u16()) {
         eprintln!("kilnd: audit record failed: {}", crate::chain(&e));
