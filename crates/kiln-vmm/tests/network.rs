@@ -154,13 +154,13 @@ fn two_guests_on_a_bridge_exchange_tcp_and_udp_and_answer_host_ping() {
 }
 
 /// The bridge test above under `--engine kvm` (here or in the nested test host). Ignored: in
-/// the nested host it passed 7 of 11 runs. Of the failures, one ended after 21 s, three hung:
+/// the nested host it passed 8 of 11 runs. Of the failures, one ended after 21 s, two hung:
 /// the nested host printed nothing more once the second guest had started (no soft-lockup or
 /// RCU-stall report in 290 s), which points below the guests (QEMU TCG's SVM model or the
 /// nested host's KVM); cause not yet found. `cargo test -p kiln-vmm --test network --
 /// --ignored` runs it.
 #[test]
-#[ignore = "flaky in the nested test host (7 of 11 runs passed); issue 12"]
+#[ignore = "flaky in the nested test host (8 of 11 runs passed); issue 12"]
 fn two_guests_on_a_bridge_under_kvm() {
     kiln_testguest::nested::rerun_under_kvm(
         "kiln-vmm::two_guests_on_a_bridge_kvm",
