@@ -4,7 +4,7 @@ use super::error::ApiFailure;
 use super::{ApiPath, ApiQuery, AppState, JsonBody, Peer};
 use crate::auth::{Principal, Target};
 use crate::bootfiles::Reader;
-use crate::db::VmRecord;
+use crate::db::{DbError, VmRecord};
 use crate::logs::Stream;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -47,6 +47,11 @@ fn vm_for(
 ) -> ApiResult<VmRecord> {
     let record = mgr.db.vm(name)?;
     let target = Target::Vm { name: &record.vm.name, project: &record.vm.project };
+    // A VM the caller may not even read is answered as if it did not exist: a 403 would tell
+    // another project's members that the name is in use.
+    if !principal.may(Permission::Read, target) {
+        return Err(DbError::NoVm(name.to_owned()).into());
+    }
     require(principal, permission, target)?;
     Ok(record)
 }
