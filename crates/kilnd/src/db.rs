@@ -84,6 +84,10 @@ ALTER TABLE vms ADD COLUMN vsock INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vms ADD COLUMN boot_uid INTEGER;
 ALTER TABLE vms ADD COLUMN boot_gid INTEGER;
 "#,
+    // Grants on VMs last as long as their VM: drop those a destroy left behind.
+    r#"
+DELETE FROM grants WHERE scope_kind = 'vm' AND scope_name NOT IN (SELECT name FROM vms);
+"#,
 ];
 
 /// `, or uid N belongs to another` where a uid was asked for.
@@ -426,6 +430,8 @@ impl Db {
         }
         tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
         tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
+        // Grants on the VM go with it: a later VM of the same name is another VM.
+        tx.execute("DELETE FROM grants WHERE scope_kind = 'vm' AND scope_name = ?1", [name])?;
         tx.commit()?;
         Ok(())
     }
@@ -735,7 +741,11 @@ fn scope_name(scope: &Scope) -> &str {
     }
 }
 
+/// Inserts a grant; one on a VM needs the VM to exist (it lasts as long as that VM does).
 fn insert_grant(conn: &Connection, principal: &str, role: Role, scope: &Scope) -> Result<()> {
+    if let Scope::Vm(name) = scope {
+        get_vm(conn, name)?;
+    }
     conn.execute(
         "INSERT INTO grants (principal, role, scope_kind, scope_name) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT DO NOTHING",

@@ -287,3 +287,41 @@ fn boot_files_are_opened_with_the_rights_of_who_asks_and_never_kilnds_own() {
     let vm: Vm = c.get("/v1/vms/mine").unwrap();
     assert_eq!(vm.state, VmState::Defined, "{vm:?}");
 }
+
+/// Defect 5: a grant on VM `shared` outlived it, and a new `shared` of another project came
+/// under the old grant. A grant on a VM now needs the VM and goes with it.
+#[test]
+fn a_grant_on_a_vm_goes_with_the_vm_and_does_not_pass_to_its_namesake() {
+    let d = daemon("grant-identity", &[]);
+    let c = d.admin();
+    let k = kernel(&d);
+    let mut shared = spec("shared", &k);
+    shared.project = "proj-a".into();
+    create(&c, &shared);
+    let body = serde_json::json!({"name": "ola", "role": "operator", "scope": {"vm": "shared"}});
+    let ola = c.call::<_, kiln_api::CreatedUser>("POST", "/v1/users", Some(&body)).unwrap();
+    let ola = d.with_token(&ola.token);
+    assert_eq!(verb(&ola, "shared", "start").unwrap().state, VmState::Running);
+    verb(&ola, "shared", "kill").unwrap();
+    ola.delete("/v1/vms/shared").unwrap();
+    let grants: Vec<kiln_api::Grant> = c.get("/v1/grants").unwrap();
+    assert!(grants.iter().all(|g| g.principal != "ola"), "the grant went with the VM: {grants:?}");
+
+    // Someone in project b makes a VM of the same name: ola has no say over it.
+    let mut namesake = spec("shared", &k);
+    namesake.project = "proj-b".into();
+    create(&c, &namesake);
+    assert_eq!(status(verb(&ola, "shared", "start")).0, 404);
+    assert_eq!(status(ola.delete("/v1/vms/shared")).0, 404);
+
+    // A grant on a VM that does not exist is refused, so none waits for a future namesake.
+    let grant =
+        serde_json::json!({"principal": "ola", "role": "operator", "scope": {"vm": "later"}});
+    let (code, err) = status(c.call::<_, kiln_api::Grant>("POST", "/v1/grants", Some(&grant)));
+    assert_eq!(code, 404, "{err:?}");
+    let user = serde_json::json!({"name": "pre", "role": "viewer", "scope": {"vm": "later"}});
+    let (code, _) = status(c.call::<_, kiln_api::CreatedUser>("POST", "/v1/users", Some(&user)));
+    assert_eq!(code, 404);
+    let users: Vec<kiln_api::User> = c.get("/v1/users").unwrap();
+    assert!(users.iter().all(|u| u.name != "pre"), "no half-made principal: {users:?}");
+}
