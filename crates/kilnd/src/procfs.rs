@@ -109,9 +109,58 @@ pub fn is_file(path: &Path) -> bool {
     path.metadata().map(|m| m.is_file()).unwrap_or(false)
 }
 
+/// A process whose command line names a VM's console socket under `vms_dir`
+/// (`<vms_dir>/<name>/console.sock` after `--console-socket`): a VMM kilnd started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmProcess {
+    pub pid: u32,
+    pub start_time: u64,
+    pub vm: String,
+}
+
+/// Every live process that is a VMM of a VM under `vms_dir`, found by its command line.
+pub fn vmm_processes(vms_dir: &Path) -> Vec<VmmProcess> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Some(vm) = vm_of_cmdline(&cmdline, vms_dir) else { continue };
+        match stat(pid) {
+            Some(s) if s.state != 'Z' && s.state != 'X' => {
+                found.push(VmmProcess { pid, start_time: s.start_time, vm })
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The VM name in a NUL-separated command line with `--console-socket <vms_dir>/<name>/...`.
+fn vm_of_cmdline(cmdline: &[u8], vms_dir: &Path) -> Option<String> {
+    let mut args = cmdline.split(|&b| b == 0);
+    args.by_ref().find(|a| *a == b"--console-socket")?;
+    let socket = Path::new(std::str::from_utf8(args.next()?).ok()?);
+    let dir = socket.parent()?;
+    (dir.parent()? == vms_dir).then(|| dir.file_name()?.to_str().map(str::to_owned))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmm_is_known_by_the_console_socket_on_its_command_line() {
+        let vms = Path::new("/var/lib/kiln/vms");
+        let line = b"/usr/bin/kiln-vmm\0--kernel\0/proc/self/fd/3\0--console-socket\0\
+                     /var/lib/kiln/vms/web-1/console.sock\0--no-console-input\0";
+        assert_eq!(vm_of_cmdline(line, vms).as_deref(), Some("web-1"));
+        let other = b"kiln-vmm\0--console-socket\0/elsewhere/vms/web-1/console.sock\0";
+        assert_eq!(vm_of_cmdline(other, vms), None, "another state directory's VMM");
+        assert_eq!(vm_of_cmdline(b"sleep\0ten\0", vms), None);
+    }
 
     #[test]
     fn stat_with_spaces_and_parens_in_the_name_parses() {

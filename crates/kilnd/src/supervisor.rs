@@ -234,19 +234,31 @@ fn judge(exit: Exit, last: Option<String>) -> (VmState, String) {
     }
 }
 
-/// At start-up: re-adopts each VMM recorded as active whose pid still names the same process;
-/// the others' VMs become crashed (or stopped, if they were being stopped). Nothing is started.
+/// At start-up: re-adopts each VMM recorded as active whose pid still names the same process,
+/// and the VMM of an active VM whose pid was never recorded (kilnd was killed between spawning
+/// it and writing it down), found by its command line; the other active VMs become crashed (or
+/// stopped, if they were being stopped). Then every other VMM of this state directory (of a VM
+/// that is gone, inactive, or has another VMM) is killed: none runs on unseen and uncounted.
+/// Nothing is started.
 pub fn adopt_all(mgr: &Arc<Manager>) -> Result<(usize, usize), LifecycleError> {
     let (mut adopted, mut lost) = (0, 0);
+    let vms_dir = mgr.settings.state_dir.join("vms");
+    let mut strays = procfs::vmm_processes(&vms_dir);
     for record in mgr.db.vms()? {
         let vm = record.vm;
         if !vm.state.is_active() {
             continue;
         }
-        let alive = match (vm.pid, record.pid_start_time) {
+        let recorded = match (vm.pid, record.pid_start_time) {
             (Some(pid), Some(st)) if procfs::is_alive(pid, st) => Some((pid, st)),
             _ => None,
         };
+        let found = || strays.iter().find(|p| p.vm == vm.name).map(|p| (p.pid, p.start_time));
+        let alive = recorded.or_else(found);
+        if let Some((pid, _)) = alive {
+            strays.retain(|p| p.pid != pid);
+        }
+        let unrecorded = alive.is_some() && recorded.is_none();
         let Some((pid, start_time)) = alive else {
             let (to, why) = if vm.state == VmState::Stopping {
                 (VmState::Stopped, "VMM ended while kilnd was down")
@@ -269,8 +281,18 @@ pub fn adopt_all(mgr: &Arc<Manager>) -> Result<(usize, usize), LifecycleError> {
             _ if stopped => VmState::Paused,
             _ => VmState::Running,
         };
-        let change =
-            Change { message: format!("VMM (pid {pid}) re-adopted by kilnd"), ..Change::default() };
+        let change = if unrecorded {
+            Change {
+                message: format!(
+                    "VMM (pid {pid}) found running by its command line and re-adopted: kilnd \
+                     had not recorded it before it was stopped"
+                ),
+                pid: Some(Some((pid, start_time))),
+                ..Change::default()
+            }
+        } else {
+            Change { message: format!("VMM (pid {pid}) re-adopted by kilnd"), ..Change::default() }
+        };
         mgr.db.transition(&vm.name, &ACTIVE, to, change)?;
         let (tx, rx) = watch::channel(false);
         let monitor = Monitor { pid, start_time, exited: rx, ending: Arc::new(Mutex::new(None)) };
@@ -299,7 +321,29 @@ pub fn adopt_all(mgr: &Arc<Manager>) -> Result<(usize, usize), LifecycleError> {
         });
         adopted += 1;
     }
+    end_strays(&strays);
     Ok((adopted, lost))
+}
+
+/// Kills VMMs no VM owns and waits (up to a second each) until they are gone, so their
+/// sockets are free for the next start.
+fn end_strays(strays: &[procfs::VmmProcess]) {
+    for stray in strays {
+        eprintln!(
+            "kilnd: ending a VMM (pid {}) of VM {:?} that no VM's state owns (a VMM kilnd had \
+             lost track of)",
+            stray.pid, stray.vm
+        );
+        let _ = procfs::signal(stray.pid, stray.start_time, libc::SIGKILL);
+    }
+    for stray in strays {
+        for _ in 0..100 {
+            if !procfs::is_alive(stray.pid, stray.start_time) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 #[cfg(test)]
