@@ -141,12 +141,15 @@ pub const DEFAULT_EXPECTED_RUNTIME_SECS: u64 = 3600;
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// 1-63 characters: lower-case letters, digits, `-`, `_`, `.`; starts with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", min_length = 1, max_length = 63)]
     pub name: String,
     /// Virtual CPUs, 1-254.
     #[serde(default = "default_vcpus")]
+    #[schema(minimum = 1, maximum = 254)]
     pub vcpus: u32,
     /// Guest RAM in MiB, from 8 to the host's RAM.
     #[serde(default = "default_memory")]
+    #[schema(minimum = 8)]
     pub memory_mib: u64,
     #[serde(default)]
     pub engine: Engine,
@@ -160,19 +163,23 @@ pub struct CreateVm {
     pub cmdline: Option<String>,
     /// The project the VM belongs to (grants can cover a whole project). Same format as `name`.
     #[serde(default = "default_project")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", min_length = 1, max_length = 63)]
     pub project: String,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     /// How many automatic restarts `on_crash` allows before the VM stays crashed (0-100).
     #[serde(default = "default_restart_limit")]
+    #[schema(minimum = 0, maximum = 100)]
     pub restart_limit: u32,
     /// Scheduling priority (larger starts first under `--policy priority`), -1000..1000;
     /// default 0.
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: i32,
     /// Declared run time in seconds, an estimate for SJF and backfilling (1..=31536000); absent:
     /// the scheduler assumes 3600. A VM is not stopped when it runs longer.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub expected_runtime_secs: Option<u64>,
     /// A virtio-vsock device (guest CID 3) whose host side is kilnd's `vms/<name>/vsock.sock`.
     /// It is the route of a graceful stop: kilnd asks the guest agent (`kiln-agent`, vsock port
@@ -307,6 +314,14 @@ pub struct QueueView {
     pub entries: Vec<QueueEntry>,
 }
 
+/// The streams of `GET /v1/vms/{name}/logs`, as the OpenAPI document names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Console,
+    Vmm,
+}
+
 /// Query of `GET /v1/vms/{name}/logs`.
 #[derive(
     Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
@@ -315,6 +330,8 @@ pub struct QueueView {
 #[into_params(parameter_in = Query)]
 pub struct LogOptions {
     /// `console` (the guest's serial output, default) or `vmm` (the monitor's diagnostics).
+    #[param(value_type = Option<LogStream>)]
+    #[schema(value_type = Option<LogStream>)]
     pub stream: Option<String>,
     /// At most this many bytes (default 65536): the end of the log, or from `from` on.
     pub tail_bytes: Option<u64>,
@@ -425,6 +442,7 @@ impl fmt::Display for Scope {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Same format as a VM name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", min_length = 1, max_length = 63)]
     pub name: String,
     /// The role of the first grant; none if absent.
     #[serde(default)]

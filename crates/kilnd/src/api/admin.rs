@@ -120,6 +120,7 @@ pub async fn delete_grant(
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// How many of the latest entries (default 100).
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
 }
 

@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami,
     ),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &CommonErrors),
     security(("bearer" = [])),
     tags((name = "vms"), (name = "lifecycle"), (name = "access")),
 )]
@@ -32,6 +32,50 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The answers every operation can give, added to each so the document says what the server
+/// does: 401 (the authentication middleware runs on every route), 503 (a connection limit),
+/// 400 where an operation takes parameters or a body, and 408 and 413 where it takes a body.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", Content::new(Some(Ref::from_schema_name("ApiError"))))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations =
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let has_params = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut add = |status: &str, description: &str| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                add("401", "no credentials, or a bad or revoked token");
+                add(
+                    "503",
+                    "over a connection limit (--max-connections, --max-connections-per-peer)",
+                );
+                if has_body || has_params {
+                    add("400", "a bad parameter or body; `field` names it");
+                }
+                if has_body {
+                    add("408", "the body did not arrive within --body-timeout");
+                    add("413", "the body is larger than 2 MiB");
+                }
+            }
+        }
     }
 }
 
