@@ -89,6 +89,9 @@ pub struct Settings {
     pub vmm: PathBuf,
     /// Default time between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// How long a new VMM has to say it is up (its `kiln-vmm: engine` line) before it is
+    /// killed and its VM crashed.
+    pub vmm_ready_timeout: Duration,
     /// The host's RAM, the upper bound of a VM's memory.
     pub host_memory_mib: u64,
     /// The host's size, over-commit ratios and queueing policy.

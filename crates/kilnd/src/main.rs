@@ -27,6 +27,11 @@ struct Args {
     /// Seconds between SIGTERM and SIGKILL when stopping a VM
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout: u64,
+    /// Seconds a new VMM has to come up (print its engine line) before it is killed and its
+    /// VM marked crashed
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    vmm_ready_timeout: u64,
     /// Queueing policy for VMs that do not fit: fcfs, sjf (by declared run time), priority, or
     /// easy (FCFS with EASY backfilling)
     #[arg(long, value_enum, default_value = "fcfs")]
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         state_dir: args.state_dir.unwrap_or_else(kiln_api::paths::default_state_dir),
         vmm: args.vmm.unwrap_or_else(default_vmm),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        vmm_ready_timeout: Duration::from_secs(args.vmm_ready_timeout),
         sched: SchedConfig {
             host_vcpus: args.host_vcpus,
             host_memory_mib: args.host_memory_mib,

@@ -51,6 +51,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub vmm: PathBuf,
     pub stop_timeout: Duration,
+    /// How long a new VMM has to come up.
+    pub vmm_ready_timeout: Duration,
     /// The scheduler's settings.
     pub sched: SchedConfig,
     /// Also serve on TCP with TLS.
@@ -88,6 +90,9 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     move |source| ServerError::Io { what, path: path.to_owned(), source }
 }
 
+/// Tries, 100 ms apart, after the first to take the state directory's lock.
+const LOCK_RETRIES: u32 = 30;
+
 /// Holds `flock(LOCK_EX)` on the state directory's lock file for the daemon's lifetime.
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
     let path = dir.join("kilnd.lock");
@@ -97,12 +102,20 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
         .write(true)
         .open(&path)
         .map_err(io("opening the lock file", &path))?;
-    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(ServerError::Locked(dir.to_owned()));
+    // A kilnd killed while it was spawning a VMM leaves a forked child that holds the lock
+    // (and every other descriptor) until it execs, which on a loaded host can take a while:
+    // wait a little before calling the directory taken.
+    for attempt in 0..=LOCK_RETRIES {
+        // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        if attempt < LOCK_RETRIES {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    Ok(file)
+    Err(ServerError::Locked(dir.to_owned()))
 }
 
 fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
@@ -141,6 +154,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         state_dir: dir.clone(),
         vmm: config.vmm.clone(),
         stop_timeout: config.stop_timeout,
+        vmm_ready_timeout: config.vmm_ready_timeout,
         host_memory_mib: capacity.memory_mib,
         capacity,
     };

@@ -127,11 +127,43 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
     mgr.insert_monitor(&vm.name, monitor.clone());
     let task_mgr = Arc::clone(mgr);
     let name = vm.name.clone();
+    tokio::spawn(watch_ready(Arc::clone(mgr), vm.name.clone(), monitor.clone(), mark));
     tokio::spawn(async move {
         let exit = wait_child(&task_mgr, &name, child).await;
         finish(&task_mgr, &name, &monitor, exit, tx);
     });
     Ok(recorded?)
+}
+
+/// The line a VMM prints once its VM is built and about to run.
+const READY_LINE: &str = "kiln-vmm: engine ";
+
+/// Kills a VMM that has not printed [`READY_LINE`] after `mark` in its log within the ready
+/// timeout (blocked opening something, or stuck before its VM runs): its VM becomes crashed
+/// with the reason, instead of `running` forever.
+async fn watch_ready(mgr: Arc<Manager>, name: String, monitor: Monitor, mark: String) {
+    let deadline = tokio::time::Instant::now() + mgr.settings.vmm_ready_timeout;
+    let logs = mgr.logs(&name);
+    while tokio::time::Instant::now() < deadline {
+        if *monitor.exited.borrow() {
+            return;
+        }
+        let tail = logs.tail(Stream::Vmm, 64 * 1024).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&tail);
+        match tail.rfind(&mark) {
+            // The mark rotated out of reach: nothing to judge by, so no verdict.
+            None => return,
+            Some(at) if tail[at..].contains(READY_LINE) => return,
+            Some(_) => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let secs = mgr.settings.vmm_ready_timeout.as_secs();
+    *monitor.ending.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+        "the VMM did not come up within {secs} s (--vmm-ready-timeout): no `kiln-vmm: engine` \
+         line; it was killed"
+    ));
+    let _ = procfs::signal(monitor.pid, monitor.start_time, libc::SIGKILL);
 }
 
 async fn wait_child(mgr: &Manager, name: &str, mut child: tokio::process::Child) -> Exit {
@@ -176,6 +208,8 @@ fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: wat
     let current = mgr.db.vm(name).ok().map(|r| r.vm);
     let (to, reason) = match (&current, ending) {
         (Some(vm), Some(why)) if vm.state == VmState::Stopping => (VmState::Stopped, why),
+        // kilnd ended it without a stop: it never came up.
+        (Some(_), Some(why)) => (VmState::Crashed, why),
         _ => judge(exit, last),
     };
     let change = Change {

@@ -84,7 +84,11 @@ fn the_console_needs_the_console_permission_and_an_upgrade() {
     // The operator's console sees output the guest writes after attaching: none from the idle
     // guest, so the attach is checked by the answer alone, then the VM is stopped under it.
     let (conn, early) = c.upgrade("/v1/vms/idle/console", "kiln-console").unwrap();
-    assert!(early.is_empty());
+    assert!(
+        early.is_empty(),
+        "bytes before any guest output: {:?}",
+        String::from_utf8_lossy(&early)
+    );
     verb(&c, "idle", "stop").unwrap();
     let mut rest = Vec::new();
     let mut conn = conn;

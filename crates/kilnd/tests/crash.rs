@@ -12,13 +12,15 @@ use kilnd::db::{Change, Db};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A stand-in VMM that stays a shell with kiln-vmm's arguments (no `exec`), until killed.
+/// A stand-in VMM that keeps kiln-vmm's arguments on its command line until killed, and never
+/// forks (a forked child carries the same command line until it execs): perl (Debian's
+/// essential perl-base) sleeping forever with the arguments after `--`.
 fn vmm_keeping_its_arguments(test: &str) -> PathBuf {
     let path =
         std::env::temp_dir().join(format!("kilnd-{test}-{}.fake-vmm.sh", std::process::id()));
     std::fs::write(
         &path,
-        "#!/bin/sh\necho 'kiln-vmm: engine fake' >&2\necho idle\nwhile :; do sleep 1; done\n",
+        "#!/bin/sh\necho 'kiln-vmm: engine fake' >&2\necho idle\nexec perl -e sleep -- \"$@\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

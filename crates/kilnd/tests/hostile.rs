@@ -325,3 +325,21 @@ fn a_grant_on_a_vm_goes_with_the_vm_and_does_not_pass_to_its_namesake() {
     let users: Vec<kiln_api::User> = c.get("/v1/users").unwrap();
     assert!(users.iter().all(|u| u.name != "pre"), "no half-made principal: {users:?}");
 }
+
+/// Defect 4, its second half: a VMM that never comes up (here one that blocks before its VM
+/// runs and never prints its engine line) is killed after `--vmm-ready-timeout` and its VM
+/// crashed with the reason, instead of showing `running` forever.
+#[test]
+fn a_vmm_that_never_comes_up_is_killed_and_its_vm_crashed() {
+    let vmm = std::env::temp_dir().join(format!("kilnd-stuck-{}.fake-vmm.sh", std::process::id()));
+    std::fs::write(&vmm, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with("stuck", vmm, &["--vmm-ready-timeout", "1"]);
+    let c = d.admin();
+    create(&c, &spec("stuck", &kernel(&d)));
+    let pid = verb(&c, "stuck", "start").unwrap().pid.unwrap();
+    let vm = wait_state(&c, "stuck", VmState::Crashed, Duration::from_secs(15));
+    let reason = vm.reason.unwrap_or_default();
+    assert!(reason.contains("did not come up within 1 s"), "{reason}");
+    assert!(proc_state(pid).is_none_or(|s| s == 'Z'), "the stuck VMM is gone");
+}
