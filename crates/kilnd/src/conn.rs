@@ -172,21 +172,32 @@ where
 }
 
 /// Answers a refused client with a JSON 503 and closes the connection.
-pub async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, why: &Refusal) {
+pub async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(io: I, why: &Refusal) {
     let body = serde_json::json!({ "error": "unavailable", "message": why.to_string() });
-    let body = body.to_string();
+    let head = "503 Service Unavailable\r\nretry-after: 1";
+    answer_and_close(io, head, &body.to_string(), Duration::from_millis(500)).await;
+}
+
+/// Writes one JSON answer outside HTTP serving (`status` is the status line's code and text,
+/// with any more header lines after it), closes the connection, and reads what the client
+/// sent for up to `drain`: closing with unread data resets the connection, and the client
+/// could lose the answer.
+pub async fn answer_and_close<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    status: &str,
+    body: &str,
+    drain: Duration,
+) {
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = io.write_all(answer.as_bytes()).await;
     let _ = io.shutdown().await;
-    // Read what the client sent, briefly: closing with unread data resets the connection and
-    // the client could lose the answer.
     let mut sink = [0u8; 4096];
-    let drain = async { while matches!(io.read(&mut sink).await, Ok(1..)) {} };
-    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    let reading = async { while matches!(io.read(&mut sink).await, Ok(1..)) {} };
+    let _ = tokio::time::timeout(drain, reading).await;
 }
 
 #[cfg(test)]

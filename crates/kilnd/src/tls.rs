@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -158,19 +157,8 @@ async fn connection(
 }
 
 /// Answers a client that speaks plain HTTP to the TLS port, so it sees why.
-async fn refuse_plain_http(mut stream: TcpStream) -> Result<(), String> {
+async fn refuse_plain_http(stream: TcpStream) -> Result<(), String> {
     let body = "{\"error\":\"bad_request\",\"message\":\"this port speaks HTTPS: use https:// (kiln --url https://HOST:PORT --ca-cert PEM)\"}";
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(answer.as_bytes()).await;
-    let _ = stream.shutdown().await;
-    // Read what the client sent until it closes: closing with unread data would reset the
-    // connection, and the client might lose the answer.
-    let mut sink = [0u8; 4096];
-    let drain = async { while matches!(stream.read(&mut sink).await, Ok(1..)) {} };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    conn::answer_and_close(stream, "400 Bad Request", body, Duration::from_secs(1)).await;
     Ok(())
 }
