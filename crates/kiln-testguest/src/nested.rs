@@ -138,10 +138,18 @@ impl NestedHost {
         // The nested host sometimes stops dead (see `Ending::Silent`): boot it once more then.
         let mut ending = self.boot_once(&initrd, &console_log)?;
         if ending == Ending::Silent {
-            eprintln!(
-                "nested host: no output for {} s, QEMU killed; booting it again (once)",
+            let line = format!(
+                "nested host in {}: no output for {} s, QEMU killed; booting it again (once)",
+                dir.display(),
                 SILENCE.as_secs()
             );
+            eprintln!("{line}");
+            // scripts/test lists these in its summary (a passing test's output is not shown).
+            if let Some(log) = std::env::var_os("KILN_NESTED_LOG") {
+                use std::io::Write;
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+                let _ = file.and_then(|mut f| writeln!(f, "{line}"));
+            }
             ending = self.boot_once(&initrd, &console_log)?;
         }
         let exited = (ending == Ending::Exited).then_some(());
