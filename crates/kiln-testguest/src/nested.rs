@@ -201,7 +201,10 @@ impl NestedHost {
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            // loglevel=3: the host kernel's info and warnings (kvm_amd's notes when a guest starts)
+            // would land in the middle of the guests' console lines; panics, oopses and
+            // soft-lockup reports still show.
+            .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
             .stdin(Stdio::null())
             .stdout(console)
             .stderr(Stdio::piped())
