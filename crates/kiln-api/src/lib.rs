@@ -5,11 +5,14 @@
 //! * [`client`]: a blocking HTTP/1.1 client over the daemon's Unix socket or TCP with TLS (one
 //!   request per connection, plus connection upgrades for the console), enough for a CLI and
 //!   for tests; no async runtime needed.
+//! * [`storage`]: volumes, and the disks and NICs of a VM definition.
 //! * [`paths`]: where the daemon listens and keeps its state by default.
 
 pub mod client;
 pub mod paths;
+pub mod storage;
 pub mod types;
 
 pub use client::{Client, ClientError, Connection, Response};
+pub use storage::*;
 pub use types::*;

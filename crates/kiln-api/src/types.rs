@@ -186,6 +186,12 @@ pub struct CreateVm {
     /// 52) to shut the guest down before it signals the VMM.
     #[serde(default)]
     pub vsock: bool,
+    /// Volumes as virtio disks, in order: `/dev/vda`, `/dev/vdb`, ... (at most 16).
+    #[serde(default)]
+    pub disks: Vec<crate::DiskSpec>,
+    /// Network interfaces, in order (at most 8).
+    #[serde(default)]
+    pub nics: Vec<crate::NicSpec>,
 }
 
 /// A VM: its definition and its current state.
@@ -214,6 +220,12 @@ pub struct Vm {
     pub expected_runtime_secs: Option<u64>,
     /// Has a vsock device for the guest agent (graceful stop).
     pub vsock: bool,
+    /// Its disks, in order (`/dev/vda` first).
+    #[serde(default)]
+    pub disks: Vec<crate::DiskSpec>,
+    /// Its network interfaces, in order.
+    #[serde(default)]
+    pub nics: Vec<crate::NicSpec>,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC, the last state change.
@@ -421,10 +433,12 @@ impl Permission {
 pub enum Scope {
     /// Everything, including VMs not created yet.
     Global,
-    /// Every VM of a project.
+    /// Every VM and volume of a project.
     Project(String),
     /// One VM.
     Vm(String),
+    /// One volume.
+    Volume(String),
 }
 
 impl fmt::Display for Scope {
@@ -433,6 +447,7 @@ impl fmt::Display for Scope {
             Scope::Global => f.write_str("global"),
             Scope::Project(p) => write!(f, "project:{p}"),
             Scope::Vm(v) => write!(f, "vm:{v}"),
+            Scope::Volume(v) => write!(f, "volume:{v}"),
         }
     }
 }

@@ -52,23 +52,27 @@ impl From<RoleArg> for Role {
     }
 }
 
-/// Where a grant applies: everywhere unless --project or --vm.
+/// Where a grant applies: everywhere unless --project, --vm or --volume.
 #[derive(Debug, Args)]
 pub struct ScopeArgs {
-    /// Only the VMs of this project.
-    #[arg(long, conflicts_with = "vm")]
+    /// Only the VMs and volumes of this project.
+    #[arg(long, conflicts_with_all = ["vm", "volume"])]
     pub project: Option<String>,
     /// Only this VM.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "volume")]
     pub vm: Option<String>,
+    /// Only this volume.
+    #[arg(long)]
+    pub volume: Option<String>,
 }
 
 impl ScopeArgs {
     fn scope(&self) -> Scope {
-        match (&self.project, &self.vm) {
-            (Some(p), _) => Scope::Project(p.clone()),
-            (None, Some(v)) => Scope::Vm(v.clone()),
-            (None, None) => Scope::Global,
+        match (&self.project, &self.vm, &self.volume) {
+            (Some(p), _, _) => Scope::Project(p.clone()),
+            (None, Some(v), _) => Scope::Vm(v.clone()),
+            (None, None, Some(v)) => Scope::Volume(v.clone()),
+            (None, None, None) => Scope::Global,
         }
     }
 }

@@ -18,6 +18,7 @@ mod console;
 mod sched;
 mod table;
 mod vm;
+mod volume;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status of the VM and access commands (clients of kilnd's API, over its Unix socket or
@@ -45,6 +46,8 @@ enum Command {
     Sched(sched::SchedArgs),
     #[command(flatten)]
     Vm(vm::VmCommand),
+    /// Volumes: disks kilnd keeps, attached to VMs with `kiln create --disk`.
+    Volume(volume::VolumeArgs),
     /// Principals and their API tokens (admin).
     User(access::UserArgs),
     /// Roles given to principals, globally or per project or VM (admin).
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Vm(command) => vm::run(command, &api),
+        Command::Volume(args) => volume::run(args, &api),
         Command::User(args) => access::user(args, &api),
         Command::Grant(args) => access::grant(args, &api),
         Command::Whoami => access::whoami(&api),

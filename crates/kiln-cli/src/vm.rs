@@ -7,7 +7,7 @@
 use crate::api_client::{ApiArgs, CliError, Output};
 use crate::table::Table;
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_api::{CreateVm, Engine, Event, QueueView, RestartPolicy, Vm};
+use kiln_api::{CreateVm, DiskSpec, Engine, Event, NicSpec, QueueView, RestartPolicy, Vm};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -117,6 +117,44 @@ pub struct CreateArgs {
     /// A vsock device for the guest agent: `kiln stop` then asks the guest to shut down first.
     #[arg(long)]
     pub vsock: bool,
+    /// A volume of the VM's project as its next disk (`/dev/vda`, `/dev/vdb`, ...), read-only
+    /// with `,ro`. Repeatable.
+    #[arg(long, value_name = "VOLUME[,ro]", value_parser = parse_disk)]
+    pub disk: Vec<DiskSpec>,
+    /// A network interface on NETWORK, with a static address and a MAC if given. Repeatable.
+    #[arg(long, value_name = "NETWORK[,ip=ADDR][,mac=MAC]", value_parser = parse_nic)]
+    pub nic: Vec<NicSpec>,
+}
+
+/// `VOLUME` or `VOLUME,ro`.
+fn parse_disk(text: &str) -> Result<DiskSpec, String> {
+    let (volume, options) = text.split_once(',').unwrap_or((text, ""));
+    if volume.is_empty() {
+        return Err(format!("{text:?}: give the volume's name first (VOLUME[,ro])"));
+    }
+    match options {
+        "" => Ok(DiskSpec { volume: volume.to_owned(), read_only: false }),
+        "ro" => Ok(DiskSpec { volume: volume.to_owned(), read_only: true }),
+        other => Err(format!("{text:?}: unknown disk option {other:?}; the only one is ro")),
+    }
+}
+
+/// `NETWORK[,ip=ADDR][,mac=MAC]`.
+fn parse_nic(text: &str) -> Result<NicSpec, String> {
+    let mut parts = text.split(',');
+    let network = parts.next().filter(|n| !n.is_empty() && !n.contains('='));
+    let network = network.ok_or_else(|| {
+        format!("{text:?}: give the network's name first (NETWORK[,ip=ADDR][,mac=MAC])")
+    })?;
+    let mut nic = NicSpec { network: network.to_owned(), ip: None, mac: None };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("ip", ip)) if nic.ip.is_none() => nic.ip = Some(ip.to_owned()),
+            Some(("mac", mac)) if nic.mac.is_none() => nic.mac = Some(mac.to_owned()),
+            _ => return Err(format!("{text:?}: {part:?} is not ip=ADDR or mac=MAC (each once)")),
+        }
+    }
+    Ok(nic)
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +229,8 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
                 priority: a.priority,
                 expected_runtime_secs: a.expected_runtime,
                 vsock: a.vsock,
+                disks: a.disk,
+                nics: a.nic,
             };
             one(client.call("POST", "/v1/vms", Some(&spec))?)
         }
@@ -244,11 +284,21 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
         VmCommand::Pause(a) => one(client.post(&vm_path(&a.name, "pause"))?),
         VmCommand::Resume(a) => one(client.post(&vm_path(&a.name, "resume"))?),
         VmCommand::Destroy(a) => {
+            // A VM's volumes outlive it: say which stay.
+            let vm: Vm = client.get(&vm_path(&a.name, ""))?;
             client.delete(&vm_path(&a.name, ""))?;
+            let kept: Vec<&str> = vm.disks.iter().map(|d| d.volume.as_str()).collect();
             if out == Output::Json {
-                crate::api_client::print_json(&serde_json::json!({ "destroyed": a.name }))
+                let done = serde_json::json!({ "destroyed": a.name, "volumes_kept": kept });
+                crate::api_client::print_json(&done)
             } else {
                 println!("destroyed {}", a.name);
+                if !kept.is_empty() {
+                    println!(
+                        "its volumes are kept: {} (kiln volume delete NAME removes one)",
+                        kept.join(", ")
+                    );
+                }
                 Ok(())
             }
         }
@@ -353,6 +403,36 @@ fn with_timeout(path: String, timeout: Option<u64>) -> String {
     }
 }
 
+/// `vda=root, vdb=data (ro)`.
+fn disks(vm: &Vm) -> String {
+    if vm.disks.is_empty() {
+        return "-".to_owned();
+    }
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    let disk = |(i, d): (usize, &DiskSpec)| {
+        format!("vd{}={}{}", letter(i), d.volume, if d.read_only { " (ro)" } else { "" })
+    };
+    vm.disks.iter().enumerate().map(disk).collect::<Vec<_>>().join(", ")
+}
+
+/// `lan ip=10.0.0.5 mac=02:..., wan`.
+fn nics(vm: &Vm) -> String {
+    if vm.nics.is_empty() {
+        return "-".to_owned();
+    }
+    let nic = |n: &NicSpec| {
+        let mut text = n.network.clone();
+        if let Some(ip) = &n.ip {
+            text.push_str(&format!(" ip={ip}"));
+        }
+        if let Some(mac) = &n.mac {
+            text.push_str(&format!(" mac={mac}"));
+        }
+        text
+    };
+    vm.nics.iter().map(nic).collect::<Vec<_>>().join(", ")
+}
+
 fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
     if out == Output::Json {
         return crate::api_client::print_json(vm);
@@ -378,6 +458,8 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
             "vsock",
             if vm.vsock { "yes (graceful stop through the guest agent)" } else { "no" }.to_owned(),
         ),
+        ("disks", disks(vm)),
+        ("nics", nics(vm)),
         ("kernel", vm.kernel.clone()),
         ("initrd", vm.initrd.clone().unwrap_or_else(none)),
         ("cmdline", vm.cmdline.clone().unwrap_or_else(none)),
@@ -405,5 +487,23 @@ mod tests {
     fn long_reasons_are_shortened_for_the_table() {
         assert_eq!(shorten("short", 10), "short");
         assert_eq!(shorten("0123456789abc", 10), "0123456...");
+    }
+
+    #[test]
+    fn disk_and_nic_options_parse_strictly() {
+        assert_eq!(parse_disk("data"), Ok(DiskSpec { volume: "data".into(), read_only: false }));
+        assert_eq!(parse_disk("data,ro"), Ok(DiskSpec { volume: "data".into(), read_only: true }));
+        for bad in ["", ",ro", "data,rw", "data,ro,ro"] {
+            assert!(parse_disk(bad).is_err(), "{bad:?}");
+        }
+        let nic = parse_nic("lan,ip=10.0.0.5,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(
+            (nic.ip.as_deref(), nic.mac.as_deref()),
+            (Some("10.0.0.5"), Some("02:00:00:00:00:01"))
+        );
+        assert_eq!(parse_nic("lan").unwrap().network, "lan");
+        for bad in ["", "ip=1.2.3.4", "lan,ip=1.2.3.4,ip=1.2.3.5", "lan,speed=10"] {
+            assert!(parse_nic(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -136,16 +136,26 @@ impl NestedHost {
         let started = Instant::now();
         let console_log = dir.join("nested-console.log");
         // The nested host sometimes stops dead (see `SILENCE`): boot it again then, up to
-        // `SILENT_RETRIES` times, keeping each silent boot's console beside the scratch files.
+        // `SILENT_RETRIES` times, keeping each silent boot's console (beside `KILN_NESTED_LOG`
+        // when it is set, as the scratch directory goes when the test passes).
+        let log = std::env::var_os("KILN_NESTED_LOG").map(PathBuf::from);
         let mut ending = self.boot_once(&initrd, &console_log, Tcg::MultiThreaded)?;
         for retry in 1..=SILENT_RETRIES {
             if ending != Ending::Silent {
                 break;
             }
-            let kept = dir.join(format!("nested-console-silent-{retry}.log"));
-            let _ = std::fs::rename(&console_log, &kept);
-            let last = std::fs::read_to_string(&kept).unwrap_or_default();
-            let last = last.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            let kept = match &log {
+                Some(log) => log.with_file_name(format!(
+                    "nested-silent-{}-{retry}.log",
+                    name.unwrap_or_default()
+                )),
+                None => dir.join(format!("nested-console-silent-{retry}.log")),
+            };
+            let _ = std::fs::copy(&console_log, &kept);
+            let text = std::fs::read_to_string(&kept).unwrap_or_default();
+            let console = text.split(SILENT_REPORT).next().unwrap_or_default();
+            let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             // From the second retry on, TCG runs both vCPUs on one thread: if the silence is a
             // race of multi-threaded TCG, those boots do not have it (and say so).
             let tcg = if retry >= 2 { Tcg::SingleThreaded } else { Tcg::MultiThreaded };
@@ -158,7 +168,7 @@ impl NestedHost {
             );
             eprintln!("{line}");
             // scripts/test lists these in its summary (a passing test's output is not shown).
-            if let Some(log) = std::env::var_os("KILN_NESTED_LOG") {
+            if let Some(log) = &log {
                 use std::io::Write;
                 let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
                 let _ = file.and_then(|mut f| writeln!(f, "{line}"));
@@ -248,7 +258,7 @@ impl NestedHost {
             let mut log = std::fs::OpenOptions::new().append(true).open(console_log);
             if let Ok(log) = log.as_mut() {
                 use std::io::Write;
-                let _ = write!(log, "\n-- the silent nested host, seen from QEMU:\n{report}");
+                let _ = write!(log, "{SILENT_REPORT}{report}");
             }
         }
         let _ = std::fs::remove_file(&monitor);
@@ -311,6 +321,9 @@ fn silent_state(pid: u32, monitor: &Path) -> String {
     }
     report
 }
+
+/// Where QEMU's view of a silent boot starts in its kept console.
+const SILENT_REPORT: &str = "\n-- the silent nested host, seen from QEMU:\n";
 
 /// How long the nested host may print nothing before it counts as stopped dead. Its scripts
 /// print all the time (guest consoles, test output); in some runs, more often when the machine

@@ -64,6 +64,8 @@ pub enum Target<'a> {
     Project(&'a str),
     /// A VM of a project.
     Vm { name: &'a str, project: &'a str },
+    /// A volume of a project.
+    Volume { name: &'a str, project: &'a str },
 }
 
 impl std::fmt::Display for Target<'_> {
@@ -72,6 +74,9 @@ impl std::fmt::Display for Target<'_> {
             Target::Global => f.write_str("kilnd"),
             Target::Project(p) => write!(f, "project {p:?}"),
             Target::Vm { name, project } => write!(f, "VM {name:?} (project {project:?})"),
+            Target::Volume { name, project } => {
+                write!(f, "volume {name:?} (project {project:?})")
+            }
         }
     }
 }
@@ -80,8 +85,11 @@ fn covers(scope: &Scope, target: Target<'_>) -> bool {
     match (scope, target) {
         (Scope::Global, _) => true,
         (Scope::Project(p), Target::Project(t)) => p == t,
-        (Scope::Project(p), Target::Vm { project, .. }) => p == project,
+        (Scope::Project(p), Target::Vm { project, .. } | Target::Volume { project, .. }) => {
+            p == project
+        }
         (Scope::Vm(v), Target::Vm { name, .. }) => v == name,
+        (Scope::Volume(v), Target::Volume { name, .. }) => v == name,
         _ => false,
     }
 }

@@ -13,6 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+pub mod volumes;
+
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -88,7 +90,37 @@ ALTER TABLE vms ADD COLUMN boot_gid INTEGER;
     r#"
 DELETE FROM grants WHERE scope_kind = 'vm' AND scope_name NOT IN (SELECT name FROM vms);
 "#,
+    // Volumes, and the disks and NICs of VM definitions (see `volumes`).
+    r#"
+CREATE TABLE volumes (
+    name TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE vm_disks (
+    vm TEXT NOT NULL REFERENCES vms(name),
+    position INTEGER NOT NULL,
+    volume TEXT NOT NULL REFERENCES volumes(name),
+    read_only INTEGER NOT NULL,
+    PRIMARY KEY (vm, position)
+);
+CREATE INDEX vm_disks_by_volume ON vm_disks(volume);
+CREATE TABLE vm_nics (
+    vm TEXT NOT NULL REFERENCES vms(name),
+    position INTEGER NOT NULL,
+    network TEXT NOT NULL,
+    ip TEXT,
+    mac TEXT,
+    PRIMARY KEY (vm, position)
+);
+"#,
 ];
+
+/// `VM "a", VM "b"`.
+fn names(vms: &[String]) -> String {
+    vms.iter().map(|v| format!("VM {v:?}")).collect::<Vec<_>>().join(", ")
+}
 
 /// `, or uid N belongs to another` where a uid was asked for.
 fn uid_clause(uid: Option<u32>) -> String {
@@ -126,6 +158,22 @@ pub enum DbError {
     NoPrincipal(String),
     #[error("a principal named {0:?} exists already{uid}", uid = uid_clause(*.1))]
     PrincipalExists(String, Option<u32>),
+    #[error("no volume named {0:?}")]
+    NoVolume(String),
+    #[error("a volume named {0:?} exists already")]
+    VolumeExists(String),
+    #[error(
+        "volume {volume:?} is attached to {}: destroy {} first, or keep the volume",
+        names(vms), if vms.len() == 1 { "that VM" } else { "those VMs" }
+    )]
+    VolumeAttached { volume: String, vms: Vec<String> },
+    #[error("volume {volume:?} belongs to VM {vm:?}, which is {state}: stop it first")]
+    VolumeInUse { volume: String, vm: String, state: VmState },
+    #[error(
+        "volume {volume:?} belongs to project {project:?}, not the VM's project \
+         {vm_project:?}: a VM's disks must be volumes of its project"
+    )]
+    VolumeProject { volume: String, project: String, vm_project: String },
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
 }
@@ -292,6 +340,11 @@ impl Db {
         if inserted == 0 {
             return Err(DbError::VmExists(spec.name.clone()));
         }
+        volumes::insert_devices(&tx, &spec.name, &spec.project, &spec.disks, &spec.nics)?;
+        if let Some((volume, vm)) = volumes::held_elsewhere(&tx, &spec.name)? {
+            let state = get_vm(&tx, &vm)?.vm.state;
+            return Err(DbError::VolumeInUse { volume, vm, state });
+        }
         insert_event(&tx, &spec.name, now, None, VmState::Defined, "defined", principal)?;
         let record = get_vm(&tx, &spec.name)?;
         tx.commit()?;
@@ -308,7 +361,12 @@ impl Db {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!("{VM_SELECT} ORDER BY name"))?;
         let rows = stmt.query_map([], vm_from_row)?;
-        rows.map(|r| r.map_err(DbError::from).and_then(|r| r)).collect()
+        let mut records =
+            rows.map(|r| r.map_err(DbError::from).and_then(|r| r)).collect::<Result<Vec<_>>>()?;
+        for record in &mut records {
+            volumes::load_devices(&conn, &mut record.vm)?;
+        }
+        Ok(records)
     }
 
     /// Moves `name` from one of `from` to `to`, atomically, and records the event. Fails with
@@ -428,6 +486,7 @@ impl Db {
         if !from.contains(&state) {
             return Err(DbError::WrongState { name: name.to_owned(), state });
         }
+        volumes::delete_devices(&tx, name)?;
         tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
         tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
         // Grants on the VM go with it: a later VM of the same name is another VM.
@@ -645,9 +704,12 @@ impl Db {
 }
 
 fn get_vm(conn: &Connection, name: &str) -> Result<VmRecord> {
-    conn.query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_from_row)
+    let mut record = conn
+        .query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_from_row)
         .optional()?
-        .ok_or_else(|| DbError::NoVm(name.to_owned()))?
+        .ok_or_else(|| DbError::NoVm(name.to_owned()))??;
+    volumes::load_devices(conn, &mut record.vm)?;
+    Ok(record)
 }
 
 fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
@@ -677,6 +739,8 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
                 priority: r.get(17)?,
                 expected_runtime_secs: r.get::<_, Option<i64>>(18)?.map(|s| s as u64),
                 vsock: r.get(19)?,
+                disks: Vec::new(),
+                nics: Vec::new(),
                 created_at: rfc3339_ms(r.get(15)?),
                 updated_at: rfc3339_ms(r.get(16)?),
             },
@@ -731,20 +795,23 @@ fn scope_kind(scope: &Scope) -> &'static str {
         Scope::Global => "global",
         Scope::Project(_) => "project",
         Scope::Vm(_) => "vm",
+        Scope::Volume(_) => "volume",
     }
 }
 
 fn scope_name(scope: &Scope) -> &str {
     match scope {
         Scope::Global => "",
-        Scope::Project(p) | Scope::Vm(p) => p,
+        Scope::Project(p) | Scope::Vm(p) | Scope::Volume(p) => p,
     }
 }
 
-/// Inserts a grant; one on a VM needs the VM to exist (it lasts as long as that VM does).
+/// Inserts a grant; one on a VM or volume needs it to exist (it lasts as long as it does).
 fn insert_grant(conn: &Connection, principal: &str, role: Role, scope: &Scope) -> Result<()> {
-    if let Scope::Vm(name) = scope {
-        get_vm(conn, name)?;
+    match scope {
+        Scope::Vm(name) => drop(get_vm(conn, name)?),
+        Scope::Volume(name) => drop(volumes::get_volume(conn, name)?),
+        Scope::Global | Scope::Project(_) => {}
     }
     conn.execute(
         "INSERT INTO grants (principal, role, scope_kind, scope_name) VALUES (?1, ?2, ?3, ?4)
@@ -776,6 +843,7 @@ fn grants_of(conn: &Connection, principal: Option<&str>) -> Result<Vec<Grant>> {
             "global" => Scope::Global,
             "project" => Scope::Project(name),
             "vm" => Scope::Vm(name),
+            "volume" => Scope::Volume(name),
             other => return Err(DbError::Corrupt(format!("grant scope {other:?}"))),
         };
         out.push(Grant { id, principal, role, scope });

@@ -31,6 +31,7 @@ pub mod server;
 pub mod supervisor;
 pub mod tls;
 pub mod validate;
+pub mod volumes;
 
 /// `error: cause: root cause` on one line.
 pub fn chain(e: &dyn std::error::Error) -> String {

@@ -76,6 +76,8 @@ pub enum LifecycleError {
     Proc(#[from] ProcError),
     #[error("scheduling")]
     Sched(#[from] SchedError),
+    #[error("{0}")]
+    Devices(String),
 }
 
 type Result<T> = std::result::Result<T, LifecycleError>;
@@ -163,7 +165,43 @@ impl Manager {
         self.check_socket_paths(spec)?;
         self.check_fits_host(spec.vcpus, spec.memory_mib)?;
         self.open_boot_files(reader, &spec.kernel, spec.initrd.as_deref(), spec.memory_mib)?;
-        Ok(self.db.create_vm(spec, principal, reader.ids())?)
+        match self.db.create_vm(spec, principal, reader.ids()) {
+            Err(DbError::NoVolume(volume)) => Err(Invalid {
+                field: "disks",
+                message: format!(
+                    "no volume named {volume:?}: create it first (kiln volume create)"
+                ),
+            }
+            .into()),
+            created => Ok(created?),
+        }
+    }
+
+    /// What a VM's disks and NICs need before its VMM starts: every volume's file, no other
+    /// active VM on a volume this one would share with a writer, a network for every NIC.
+    fn check_devices(&self, vm: &Vm) -> Result<()> {
+        for disk in &vm.disks {
+            let file = crate::volumes::path(&self.settings.state_dir, &disk.volume);
+            if !file.is_file() {
+                return Err(LifecycleError::Devices(format!(
+                    "the file {} of volume {:?} is missing",
+                    file.display(),
+                    disk.volume
+                )));
+            }
+        }
+        if let Some((volume, holder)) = self.db.disk_held_elsewhere(&vm.name)? {
+            let state = self.db.vm(&holder)?.vm.state;
+            return Err(DbError::VolumeInUse { volume, vm: holder, state }.into());
+        }
+        if let Some(nic) = vm.nics.first() {
+            return Err(LifecycleError::Devices(format!(
+                "NIC on network {:?}: no such network (kilnd manages no networks yet); define \
+                 the VM without --nic",
+                nic.network
+            )));
+        }
+        Ok(())
     }
 
     fn open_boot_files(
@@ -252,6 +290,7 @@ impl Manager {
         // The files may have changed since create: a FIFO or a huge file in their place would
         // leave the VMM blocked or the host short of memory, a link could point elsewhere.
         self.vm_boot_files(&vm)?;
+        self.check_devices(&vm)?;
         self.check_fits_host(vm.vcpus, vm.memory_mib)?;
         let now = crate::db::now_ms();
         let mut rows = self.db.sched_rows()?;
@@ -388,7 +427,10 @@ impl Manager {
     /// The boot files are checked again first: a queued VM or an automatic restart may come
     /// long after the last check.
     pub(crate) fn launch(self: &Arc<Self>, vm: &Vm) -> Result<Vm> {
-        let spawned = self.vm_boot_files(vm).and_then(|files| supervisor::spawn(self, vm, files));
+        let spawned = self.vm_boot_files(vm).and_then(|files| {
+            self.check_devices(vm)?;
+            supervisor::spawn(self, vm, files)
+        });
         match spawned {
             Ok(vm) => Ok(vm),
             Err(e) => {

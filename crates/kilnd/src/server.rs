@@ -40,6 +40,8 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error("re-adopting VMMs")]
     Adopt(#[source] LifecycleError),
+    #[error("recovering volumes")]
+    Volumes(#[from] crate::volumes::VolumeError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -158,6 +160,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         host_memory_mib: capacity.memory_mib,
         capacity,
     };
+    for line in crate::volumes::recover(&db, &settings.state_dir)? {
+        eprintln!("kilnd: {line}");
+    }
     let mgr = Manager::new(db, settings);
     let (adopted, lost) = supervisor::adopt_all(&mgr).map_err(ServerError::Adopt)?;
     if adopted + lost > 0 {

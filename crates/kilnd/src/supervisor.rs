@@ -48,6 +48,25 @@ enum Exit {
 const KERNEL_FD: i32 = 3;
 const INITRD_FD: i32 = 4;
 
+/// `kiln-vmm --disk PATH[,ro],serial=NAME` for a volume (the guest finds it as
+/// `/dev/disk/by-id/virtio-NAME`, the first 20 bytes of the name).
+fn disk_arg(
+    state_dir: &std::path::Path,
+    disk: &kiln_api::DiskSpec,
+) -> Result<String, LifecycleError> {
+    let path = crate::volumes::path(state_dir, &disk.volume);
+    let path = path.to_str().filter(|p| !p.contains(',')).ok_or_else(|| {
+        LifecycleError::Devices(format!(
+            "the volume path {} has a comma or is not UTF-8, which kiln-vmm's --disk cannot \
+             take: use another --state-dir",
+            path.display()
+        ))
+    })?;
+    let serial: String = disk.volume.chars().take(20).collect();
+    let ro = if disk.read_only { ",ro" } else { "" };
+    Ok(format!("{path}{ro},serial={serial}"))
+}
+
 pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm, LifecycleError> {
     let logs = mgr.logs(&vm.name);
     let mark = format!("--- kilnd: starting kiln-vmm at {}", rfc3339_ms(crate::db::now_ms()));
@@ -74,6 +93,9 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
     }
     if let Some(cmdline) = &vm.cmdline {
         cmd.arg("--cmdline").arg(cmdline);
+    }
+    for disk in &vm.disks {
+        cmd.arg("--disk").arg(disk_arg(&mgr.settings.state_dir, disk)?);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(stdout))

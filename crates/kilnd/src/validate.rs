@@ -1,7 +1,7 @@
 //! Checks of a VM definition before anything is created: each failure names the field. The
 //! boot files are checked (and opened) by [`crate::bootfiles`].
 
-use kiln_api::CreateVm;
+use kiln_api::{CreateVm, DiskSpec, NicSpec};
 
 /// Most vCPUs a VM may have (the x86 APIC ID limit kiln-vmm uses).
 pub const MAX_VCPUS: u32 = 254;
@@ -80,7 +80,76 @@ pub fn create_vm(spec: &CreateVm, host_memory_mib: u64) -> Result<(), Invalid> {
             format!("{} is more than {MAX_RESTART_LIMIT}", spec.restart_limit),
         ));
     }
-    scheduling(Some(spec.priority), spec.expected_runtime_secs)
+    scheduling(Some(spec.priority), spec.expected_runtime_secs)?;
+    disks(&spec.disks)?;
+    nics(&spec.nics)
+}
+
+/// Most disks of a VM (`/dev/vda` to `/dev/vdp`).
+pub const MAX_DISKS: usize = 16;
+/// Most network interfaces of a VM.
+pub const MAX_NICS: usize = 8;
+
+/// Checks the disks of a definition: volume names, no volume twice. That the volumes exist and
+/// are in the VM's project is checked when the definition is stored.
+pub fn disks(disks: &[DiskSpec]) -> Result<(), Invalid> {
+    if disks.len() > MAX_DISKS {
+        return Err(invalid(
+            "disks",
+            format!("{} disks; a VM has at most {MAX_DISKS}", disks.len()),
+        ));
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        name("disks", &disk.volume)?;
+        if disks[..i].iter().any(|d| d.volume == disk.volume) {
+            return Err(invalid("disks", format!("volume {:?} is listed twice", disk.volume)));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the network interfaces of a definition: network names, addresses and MACs.
+pub fn nics(nics: &[NicSpec]) -> Result<(), Invalid> {
+    if nics.len() > MAX_NICS {
+        return Err(invalid("nics", format!("{} NICs; a VM has at most {MAX_NICS}", nics.len())));
+    }
+    for (i, nic) in nics.iter().enumerate() {
+        name("nics", &nic.network)?;
+        if let Some(ip) = &nic.ip {
+            let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                invalid("nics", format!("ip {ip:?} is not an IPv4 address like 10.0.0.5"))
+            })?;
+            if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+                return Err(invalid("nics", format!("ip {ip} cannot be a host's address")));
+            }
+            if nics[..i].iter().any(|n| n.ip.as_deref() == Some(ip)) {
+                return Err(invalid("nics", format!("ip {ip} is given to two NICs")));
+            }
+        }
+        if let Some(mac) = &nic.mac {
+            let bytes = parse_mac(mac).ok_or_else(|| {
+                invalid("nics", format!("mac {mac:?} is not a MAC address like 02:00:00:00:00:01"))
+            })?;
+            if bytes[0] & 1 == 1 || bytes == [0; 6] {
+                return Err(invalid("nics", format!("mac {mac} is not a unicast address")));
+            }
+            let same = |n: &NicSpec| n.mac.as_deref().and_then(parse_mac) == Some(bytes);
+            if nics[..i].iter().any(same) {
+                return Err(invalid("nics", format!("mac {mac} is given to two NICs")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `aa:bb:cc:dd:ee:ff`, six bytes of two hex digits each.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next().filter(|p| p.len() == 2)?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Checks a priority and a declared run time (of `create` or `start`).
@@ -132,6 +201,43 @@ mod tests {
                 format!(r#"{{"name":"a","kernel":"{k}","expected_runtime_secs":0}}"#),
                 "expected_runtime_secs",
             ),
+            (format!(r#"{{"name":"a","kernel":"{k}","disks":[{{"volume":"A"}}]}}"#), "disks"),
+            (
+                format!(
+                    r#"{{"name":"a","kernel":"{k}","disks":[{{"volume":"v"}},{{"volume":"v"}}]}}"#
+                ),
+                "disks",
+            ),
+            (
+                format!(
+                    r#"{{"name":"a","kernel":"{k}","nics":[{{"network":"n","ip":"10.0.0"}}]}}"#
+                ),
+                "nics",
+            ),
+            (
+                format!(
+                    r#"{{"name":"a","kernel":"{k}","nics":[{{"network":"n","ip":"0.0.0.0"}}]}}"#
+                ),
+                "nics",
+            ),
+            (
+                format!(
+                    r#"{{"name":"a","kernel":"{k}","nics":[{{"network":"n","mac":"01:00:00:00:00:01"}}]}}"#
+                ),
+                "nics",
+            ),
+            (
+                format!(
+                    r#"{{"name":"a","kernel":"{k}","nics":[{{"network":"n","mac":"02:00:00:00:00"}}]}}"#
+                ),
+                "nics",
+            ),
+            (
+                format!(
+                    r#"{{"name":"a","kernel":"{k}","nics":[{{"network":"n","mac":"02:00:00:00:00:01"}},{{"network":"m","mac":"02:00:00:00:00:01"}}]}}"#
+                ),
+                "nics",
+            ),
         ];
         for (json, field) in cases {
             let err = create_vm(&spec(&json), 1024).expect_err(&json);
@@ -139,5 +245,10 @@ mod tests {
         }
         create_vm(&spec(&format!(r#"{{"name":"ok-1.a_b","kernel":"{k}"}}"#)), 1024)
             .expect("valid spec passes");
+        let devices = format!(
+            r#"{{"name":"a","kernel":"{k}","disks":[{{"volume":"root"}},{{"volume":"data","read_only":true}}],
+               "nics":[{{"network":"lan","ip":"10.0.0.5","mac":"02:00:00:00:00:01"}},{{"network":"wan"}}]}}"#
+        );
+        create_vm(&spec(&devices), 1024).expect("valid devices pass");
     }
 }

@@ -24,7 +24,7 @@ fn admin(p: &Principal) -> ApiResult<()> {
 fn check_scope(scope: &Scope) -> ApiResult<()> {
     match scope {
         Scope::Global => Ok(()),
-        Scope::Project(n) | Scope::Vm(n) => validate::name("scope", n)
+        Scope::Project(n) | Scope::Vm(n) | Scope::Volume(n) => validate::name("scope", n)
             .map_err(|e| ApiFailure::bad_request(Some("scope".to_owned()), e.to_string())),
     }
 }

@@ -3,6 +3,7 @@
 use crate::auth::AuthError;
 use crate::db::DbError;
 use crate::lifecycle::LifecycleError;
+use crate::volumes::VolumeError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -83,8 +84,16 @@ impl IntoResponse for ApiFailure {
 impl From<DbError> for ApiFailure {
     fn from(e: DbError) -> Self {
         match &e {
-            DbError::NoVm(_) | DbError::NoPrincipal(_) => ApiFailure::not_found(e.to_string()),
-            DbError::VmExists(_) | DbError::PrincipalExists(..) => {
+            DbError::NoVm(_) | DbError::NoPrincipal(_) | DbError::NoVolume(_) => {
+                ApiFailure::not_found(e.to_string())
+            }
+            DbError::VolumeAttached { .. } | DbError::VolumeInUse { .. } => {
+                ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            DbError::VolumeProject { .. } => {
+                ApiFailure::bad_request(Some("disks".to_owned()), e.to_string())
+            }
+            DbError::VmExists(_) | DbError::PrincipalExists(..) | DbError::VolumeExists(_) => {
                 let mut body = body("conflict", e.to_string());
                 body.field = Some("name".to_owned());
                 ApiFailure { status: StatusCode::CONFLICT, body }
@@ -102,6 +111,21 @@ impl From<LifecycleError> for ApiFailure {
                 ApiFailure::bad_request(Some(invalid.field.to_owned()), invalid.to_string())
             }
             LifecycleError::Db(db) => db.into(),
+            LifecycleError::Devices(message) => {
+                ApiFailure::status(StatusCode::CONFLICT, "conflict", message)
+            }
+            other => ApiFailure::internal(&other),
+        }
+    }
+}
+
+impl From<VolumeError> for ApiFailure {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::Invalid(invalid) => {
+                ApiFailure::bad_request(Some(invalid.field.to_owned()), invalid.to_string())
+            }
+            VolumeError::Db(db) => db.into(),
             other => ApiFailure::internal(&other),
         }
     }

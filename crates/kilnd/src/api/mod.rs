@@ -9,6 +9,7 @@ pub mod admin;
 pub mod error;
 pub mod openapi;
 pub mod vms;
+pub mod volumes;
 
 use crate::auth;
 use crate::conn::BodyTimeout;
@@ -50,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/logs", get(vms::logs))
         .route("/v1/vms/{name}/console", post(vms::console))
         .route("/v1/queue", get(vms::queue))
+        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route("/v1/volumes/{name}", get(volumes::show).delete(volumes::delete))
+        .route("/v1/volumes/{name}/resize", post(volumes::resize))
         .route("/v1/users", get(admin::list_users).post(admin::create_user))
         .route("/v1/users/{name}/revoke", post(admin::revoke_user))
         .route("/v1/grants", get(admin::list_grants).post(admin::create_grant))

@@ -239,6 +239,8 @@ pub fn spec(name: &str, kernel: &str) -> CreateVm {
         priority: 0,
         expected_runtime_secs: None,
         vsock: false,
+        disks: Vec::new(),
+        nics: Vec::new(),
     }
 }
 
