@@ -2,7 +2,8 @@
 //!
 //! Requests are served synchronously: reads and writes with `pread`/`pwrite` at the request's
 //! sector, FLUSH with `fsync` (so data the guest synced survives a kill of the VMM), GET_ID with
-//! the disk's serial. The image is locked with `flock`: exclusively when writable, shared when
+//! the disk's serial. The device advertises its request limits (`size_max`, `seg_max`) and
+//! answers IOERR for a request larger than it serves: a request is done whole or not at all. The image is locked with `flock`: exclusively when writable, shared when
 //! read-only, so an image in use by one VM cannot be opened writable by a second.
 
 use crate::{device_type, drain_queue, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -16,6 +17,8 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
+const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const VIRTIO_BLK_T_IN: u32 = 0;
@@ -27,8 +30,14 @@ const VIRTIO_BLK_S_IOERR: u8 = 1;
 const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 /// Length of the serial returned by GET_ID.
 pub const SERIAL_LEN: usize = 20;
-/// The largest transfer served per request.
-const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// The largest data segment of a request the driver may send (`size_max`).
+pub const SIZE_MAX: u32 = 16 << 10;
+/// The most data segments of a request (`seg_max`): the queue's 256 descriptors less the header
+/// and the status.
+pub const SEG_MAX: u32 = 254;
+/// The largest transfer served per request, at least `SEG_MAX * SIZE_MAX`; a larger request
+/// fails whole with IOERR, never served in part.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Errors of opening a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +88,8 @@ pub struct Block {
     read_only: bool,
     capacity_bytes: u64,
     serial: [u8; SERIAL_LEN],
-    config: [u8; 8],
+    /// capacity (sectors, le64), size_max (le32), seg_max (le32).
+    config: [u8; 16],
 }
 
 impl Block {
@@ -104,7 +114,10 @@ impl Block {
         let capacity_bytes = size - size % SECTOR_SIZE;
         let mut id = [0u8; SERIAL_LEN];
         id[..serial.len()].copy_from_slice(serial.as_bytes());
-        let config = (capacity_bytes / SECTOR_SIZE).to_le_bytes();
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&(capacity_bytes / SECTOR_SIZE).to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
         Ok(Block { file, read_only, capacity_bytes, serial: id, config })
     }
 
@@ -125,8 +138,8 @@ impl Block {
         };
         match header.kind {
             VIRTIO_BLK_T_IN => {
-                let len = out_len.min(MAX_REQUEST_BYTES);
-                if !in_bounds(len) {
+                let len = out_len;
+                if len > MAX_REQUEST_BYTES || !in_bounds(len) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let mut buf = vec![0u8; len];
@@ -139,8 +152,8 @@ impl Block {
                 }
             }
             VIRTIO_BLK_T_OUT => {
-                let len = in_len.min(MAX_REQUEST_BYTES);
-                if self.read_only || !in_bounds(len) {
+                let len = in_len;
+                if self.read_only || len > MAX_REQUEST_BYTES || !in_bounds(len) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let mut buf = vec![0u8; len];
@@ -201,7 +214,9 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | if self.read_only { VIRTIO_BLK_F_RO } else { 0 }
+        let limits = VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_SEG_MAX;
+        let read_only = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | limits | read_only
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -160,6 +160,36 @@ fn block_writes_flushes_reads_back_and_reports_its_serial() {
     assert_eq!(block_request(&mut t, &mem, 99, 0, 512, true, 6), 2, "unknown type unsupported");
 }
 
+/// A request larger than the device serves fails whole: IOERR, nothing written, nothing read
+/// back (issue 15: it used to do the first 4 MiB and answer OK). Its limits are advertised.
+#[test]
+fn a_request_larger_than_the_device_serves_fails_whole() {
+    use kiln_virtio::block::{MAX_REQUEST_BYTES, SEG_MAX, SIZE_MAX};
+    assert!(SEG_MAX as usize * SIZE_MAX as usize <= MAX_REQUEST_BYTES);
+    let image = Image::new("big", &vec![0u8; 8 << 20]);
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+    let disk = Block::open(&image.0, false, "").unwrap();
+    assert_eq!(disk.features() & 0b110, 0b110, "offers SIZE_MAX and SEG_MAX");
+    let (mut t, _) = transport(Box::new(disk), &mem);
+    initialise(&mut t);
+    let mut config = [0u8; 16];
+    t_read_config(&mut t, &mut config);
+    assert_eq!(u32::from_le_bytes(config[8..12].try_into().unwrap()), SIZE_MAX);
+    assert_eq!(u32::from_le_bytes(config[12..].try_into().unwrap()), SEG_MAX);
+
+    let too_big = MAX_REQUEST_BYTES as u32 + 512;
+    mem.write_slice(&vec![0xa5u8; too_big as usize], GuestAddress(BUF)).unwrap();
+    assert_eq!(block_request(&mut t, &mem, 1, 0, too_big, false, 0), 1, "write: IOERR");
+    assert!(std::fs::read(&image.0).unwrap().iter().all(|b| *b == 0), "nothing written");
+    assert_eq!(block_request(&mut t, &mem, 0, 0, too_big, true, 1), 1, "read: IOERR");
+    assert_eq!(used(&mem, 1).2, 1, "only the status byte is reported");
+    let whole = MAX_REQUEST_BYTES as u32;
+    assert_eq!(block_request(&mut t, &mem, 1, 0, whole, false, 2), 0, "the largest is served");
+    let written = std::fs::read(&image.0).unwrap();
+    assert!(written[..whole as usize].iter().all(|b| *b == 0xa5));
+    assert!(written[whole as usize..].iter().all(|b| *b == 0));
+}
+
 fn t_read_config(t: &mut MmioTransport, out: &mut [u8]) {
     use kiln_devices::bus::BusDevice;
     t.read(0x100, out);
