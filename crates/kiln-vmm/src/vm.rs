@@ -284,13 +284,29 @@ fn spawn_vcpu(
                     }
                     Err(e) => {
                         let regs = vcpu.dump().map(|d| d.to_string()).unwrap_or_default();
-                        exit.raise(ExitReason::GuestCrash(format!("vCPU {index}: {e}: {regs}")));
+                        exit.raise(vcpu_failure(index, &e, &regs));
                         break;
                     }
                 }
             }
         })
         .map_err(|source| VmError::Thread { name, source })
+}
+
+/// How a vCPU's failed run ends the VM: a guest crash only when the guest caused it (an exit
+/// the VMM cannot serve); a failed host call or a request the engine does not support is the
+/// VMM's error (kiln-vmm exits 1, not 3), with the cause chain and the registers.
+fn vcpu_failure(index: u32, error: &EngineError, regs: &str) -> ExitReason {
+    let mut message = format!("vCPU {index}: {error}");
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        message.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    match error {
+        EngineError::Unserved(_) => ExitReason::GuestCrash(format!("{message}: {regs}")),
+        _ => ExitReason::VmmError(format!("{message} (a host error, not the guest's): {regs}")),
+    }
 }
 
 /// Serves a device's host-side backend (a TAP's incoming frames) when its descriptor is
@@ -365,5 +381,27 @@ mod tests {
             cmdline,
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
+    }
+
+    #[test]
+    fn a_host_error_on_a_vcpu_is_the_vmms_and_only_an_unserved_exit_the_guests() {
+        let host = EngineError::Host {
+            operation: "KVM_RUN",
+            source: std::io::Error::from_raw_os_error(libc::EFAULT),
+        };
+        match vcpu_failure(1, &host, "RIP=0") {
+            ExitReason::VmmError(why) => {
+                assert!(why.starts_with("vCPU 1: KVM_RUN failed: "), "{why}");
+                assert!(why.contains("not the guest's") && why.ends_with("RIP=0"), "{why}");
+            }
+            other => panic!("a host error became {other:?}"),
+        }
+        let unsupported = EngineError::Unsupported { engine: "emu", what: "x".into() };
+        assert!(matches!(vcpu_failure(0, &unsupported, ""), ExitReason::VmmError(_)));
+        let guest = EngineError::Unserved("port 0x1234".into());
+        match vcpu_failure(0, &guest, "RIP=1") {
+            ExitReason::GuestCrash(why) => assert!(why.contains("port 0x1234"), "{why}"),
+            other => panic!("an unserved exit became {other:?}"),
+        }
     }
 }
