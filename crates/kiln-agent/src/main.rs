@@ -184,9 +184,15 @@ fn serve(port: u32) -> ExitCode {
             Ok(conn) => {
                 std::thread::spawn(move || {
                     let Ok(input) = conn.try_clone() else { return };
-                    match protocol::serve(&mut BufReader::new(input), &mut &conn) {
+                    let mut input = BufReader::new(input);
+                    match protocol::serve(&mut input, &mut &conn) {
                         Ok(protocol::Served::Shutdown) => shut_down(),
                         Ok(protocol::Served::Closed) => {}
+                        Ok(protocol::Served::Stream(argv)) => {
+                            if let Err(e) = kiln_agent::stream::exec(&argv, input, conn) {
+                                eprintln!("kiln-agent: streamed command: {e}");
+                            }
+                        }
                         Err(e) => report(&e),
                     }
                 });

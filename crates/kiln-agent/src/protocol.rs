@@ -8,6 +8,9 @@
 //!   bytes that are not UTF-8 become U+FFFD, and each stream keeps at most [`MAX_OUTPUT`] bytes
 //!   (`"truncated":true` says some were dropped). Binary output should be encoded by the
 //!   command itself (for example `base64`).
+//! - `{"exec":[...],"stream":true}` runs the command with its stdin, stdout and stderr as
+//!   frames on the rest of the connection ([`crate::stream`]); [`serve`] returns
+//!   [`Served::Stream`] for the caller to run it.
 //! - A line that is not a request gets `{"error":"..."}`; the connection stays usable.
 //! - The client sends `{"shutdown":true}` to shut the guest down (kilnd's graceful stop): the
 //!   agent answers `{"shutting_down":true}` and [`serve`] returns [`Served::Shutdown`]; the
@@ -46,6 +49,10 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 pub struct Request {
     /// The command and its arguments.
     pub exec: Vec<String>,
+    /// Stream its stdin, stdout and stderr as frames ([`crate::stream`]) instead of answering
+    /// with its collected output; the connection carries only that command from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// A request to shut the guest down.
@@ -57,12 +64,15 @@ pub struct ShutdownRequest {
 }
 
 /// How a connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Served {
     /// The client closed it.
     Closed,
     /// The client asked for a shutdown, which the caller now performs.
     Shutdown,
+    /// The client asked for a streamed command, which the caller now runs with
+    /// [`crate::stream::exec`] on the rest of the connection.
+    Stream(Vec<String>),
 }
 
 /// The result of one command.
@@ -139,6 +149,7 @@ pub fn serve(input: &mut impl BufRead, out: &mut impl Write) -> Result<Served, P
             Ok(request) if request.exec.is_empty() => {
                 Reply::Error { error: "exec needs a command".into() }
             }
+            Ok(request) if request.stream => return Ok(Served::Stream(request.exec)),
             Ok(request) => Reply::Exec(run(&request.exec)),
             Err(e) => Reply::Error {
                 error: format!(

@@ -383,8 +383,8 @@ impl Role {
         use Permission::*;
         match self {
             Role::Viewer => &[Read],
-            Role::Operator => &[Read, Create, Start, Stop, Console, Modify, Delete],
-            Role::Admin => &[Read, Create, Start, Stop, Console, Modify, Delete, Admin],
+            Role::Operator => &[Read, Create, Start, Stop, Console, Exec, Modify, Delete],
+            Role::Admin => &[Read, Create, Start, Stop, Console, Exec, Modify, Delete, Admin],
         }
     }
 }
@@ -403,6 +403,8 @@ pub enum Permission {
     Stop,
     /// Attach to the console.
     Console,
+    /// Run commands in the guest and copy files in and out (`kiln exec`, `kiln cp`).
+    Exec,
     /// Change a definition.
     Modify,
     /// destroy.
@@ -420,6 +422,7 @@ impl Permission {
             Permission::Start => "start",
             Permission::Stop => "stop",
             Permission::Console => "console",
+            Permission::Exec => "exec",
             Permission::Modify => "modify",
             Permission::Delete => "delete",
             Permission::Admin => "admin",

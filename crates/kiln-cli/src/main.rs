@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod access;
 mod api_client;
 mod console;
+mod exec;
 mod sched;
 mod table;
 mod vm;
@@ -46,6 +47,12 @@ enum Command {
     Sched(sched::SchedArgs),
     #[command(flatten)]
     Vm(vm::VmCommand),
+    /// Run a command in a VM through its guest agent (stdout and stderr apart, stdin sent);
+    /// kiln exits with the command's status.
+    Exec(exec::ExecArgs),
+    /// Copy a file into a VM or out of one (`kiln cp FILE VM:PATH`, `kiln cp VM:PATH FILE`),
+    /// streamed, its mode kept.
+    Cp(exec::CpArgs),
     /// Volumes: disks kilnd keeps, attached to VMs with `kiln create --disk`.
     Volume(volume::VolumeArgs),
     /// Principals and their API tokens (admin).
@@ -96,6 +103,8 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Command::Exec(args) => return exec::exec(args, &api),
+        Command::Cp(args) => return exec::cp(args, &api),
         Command::Vm(command) => vm::run(command, &api),
         Command::Volume(args) => volume::run(args, &api),
         Command::User(args) => access::user(args, &api),

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod exec;
 pub mod openapi;
 pub mod vms;
 pub mod volumes;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/events", get(vms::events))
         .route("/v1/vms/{name}/logs", get(vms::logs))
         .route("/v1/vms/{name}/console", post(vms::console))
+        .route("/v1/vms/{name}/exec", post(exec::exec))
         .route("/v1/queue", get(vms::queue))
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route("/v1/volumes/{name}", get(volumes::show).delete(volumes::delete))

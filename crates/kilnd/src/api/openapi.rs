@@ -2,7 +2,7 @@
 //! `docs/openapi.json` is this document; a test fails when they differ
 //! (`UPDATE_OPENAPI=1 cargo test -p kilnd openapi` rewrites it, as does `kilnd --print-openapi`).
 
-use super::{admin, vms, volumes};
+use super::{admin, exec, vms, volumes};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         vms::list, vms::create, vms::show, vms::destroy, vms::start, vms::stop, vms::kill,
         vms::restart, vms::pause, vms::resume, vms::events, vms::logs, vms::console, vms::queue,
+        exec::exec,
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami,
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,

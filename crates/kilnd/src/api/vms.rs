@@ -39,7 +39,7 @@ pub(crate) fn require(
 }
 
 /// Loads a VM and checks `permission` on it.
-fn vm_for(
+pub(crate) fn vm_for(
     mgr: &AppState,
     principal: &Principal,
     name: &str,
@@ -324,7 +324,7 @@ async fn connect_console(socket: &std::path::Path) -> std::io::Result<tokio::net
 pub const CONSOLE_PROTOCOL: &str = "kiln-console";
 
 /// True if `headers` ask to upgrade the connection to `protocol`.
-fn asks_upgrade(headers: &HeaderMap, protocol: &str) -> bool {
+pub(crate) fn asks_upgrade(headers: &HeaderMap, protocol: &str) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
         headers
             .get_all(name)

@@ -179,10 +179,11 @@ impl Daemon {
 
     /// Runs the `kiln` CLI against this daemon with `input` piped to its stdin.
     pub fn kiln_with_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        // The socket first: after `--` (kiln exec) it would be the command's.
         let mut child = Command::new(workspace_bin("kiln", "kiln-cli"))
-            .args(args)
             .arg("--socket")
             .arg(&self.socket)
+            .args(args)
             .env_remove("KILN_TOKEN")
             .env_remove("KILN_URL")
             .stdin(Stdio::piped())

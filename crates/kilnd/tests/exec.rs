@@ -1,0 +1,164 @@
+//! `kiln exec` and `kiln cp` with a real Kiln guest running `kiln-agent`: stdout and stderr
+//! apart, the exit status, stdin forwarded, a 10 MiB random file copied in and out with the same
+//! SHA-256 and its mode, and the `exec` permission. Boots under `--engine emu` here, and under
+//! kvm here or in the nested test host; skipped with the reason when an input is missing.
+
+#![allow(clippy::unwrap_used)] // a failed set-up step should fail the test
+
+mod common;
+
+use common::*;
+use kiln_testguest::skip;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const TEST: &str = "kilnd::exec_and_cp_through_the_guest_agent";
+
+fn inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
+    let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
+    let image = bin_dir().join("kiln-image");
+    if !image.is_file() {
+        return Err(format!("kiln-image is not built in {}", bin_dir().display()));
+    }
+    Ok((kernel, agent, image))
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn exec_and_cp_through_the_guest_agent() {
+    let (kernel, agent, image) = match inputs() {
+        Ok(inputs) => inputs,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let d = Daemon::start("exec");
+    let script =
+        "#!/bin/sh\nmkdir -p /data\n/bin/kiln-agent serve &\nwhile true; do sleep 1; done\n";
+    let initrd = kiln_testguest::initramfs::build(
+        &image,
+        &d.dir,
+        "initramfs",
+        script,
+        &[(&agent, "/bin/kiln-agent")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = d.admin();
+    let mut s = spec("guest", kernel.to_str().unwrap());
+    s.engine = match kiln_testguest::nested::test_engine().as_str() {
+        "kvm" => kiln_api::Engine::Kvm,
+        _ => kiln_api::Engine::Emu,
+    };
+    s.memory_mib = 256;
+    s.initrd = Some(initrd.to_str().unwrap().to_owned());
+    s.vsock = true;
+    create(&c, &s);
+    // Without vsock there is no agent to ask: 409, nothing run.
+    let mut plain = spec("plain", kernel.to_str().unwrap());
+    plain.engine = s.engine;
+    plain.initrd = s.initrd.clone();
+    plain.memory_mib = 64;
+    create(&c, &plain);
+    let out = d.kiln(&["exec", "plain", "--", "true"]);
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+
+    let started = Instant::now();
+    verb(&c, "guest", "start").unwrap();
+    wait_console(&c, "guest", "listening on vsock port 52", Duration::from_secs(600));
+    eprintln!("{TEST}: the agent listens {:.1} s after start", started.elapsed().as_secs_f64());
+
+    let out = d.kiln(&["exec", "guest", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the command's status is kiln's: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = d.kiln_with_input(&["exec", "guest", "--", "tr", "a-z", "A-Z"], b"forwarded stdin\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FORWARDED STDIN\n");
+    let out = d.kiln(&["exec", "guest", "--", "/no/such/program"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
+
+    // 10 MiB of random bytes in and back out, mode 0640 kept both ways.
+    let local = d.dir.join("random.bin");
+    let mut bytes = vec![0u8; 10 << 20];
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut urandom, &mut bytes).unwrap();
+    std::fs::write(&local, &bytes).unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let copied = Instant::now();
+    let out = d.kiln(&["cp", local.to_str().unwrap(), "guest:/data/random.bin"]);
+    assert!(out.status.success(), "cp in: {}", String::from_utf8_lossy(&out.stderr));
+    let inside = d.kiln(&[
+        "exec",
+        "guest",
+        "--",
+        "sh",
+        "-c",
+        "stat -c %a /data/random.bin; sha256sum /data/random.bin",
+    ]);
+    let inside = String::from_utf8_lossy(&inside.stdout).into_owned();
+    assert!(inside.starts_with("640\n"), "{inside}");
+    assert!(inside.contains(&sha256(&local)), "the guest's copy differs: {inside}");
+    let back = d.dir.join("back.bin");
+    let out = d.kiln(&["cp", "guest:/data/random.bin", back.to_str().unwrap()]);
+    assert!(out.status.success(), "cp out: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{TEST}: 10 MiB in and out in {:.1} s", copied.elapsed().as_secs_f64());
+    assert_eq!(sha256(&back), sha256(&local));
+    assert_eq!(std::fs::metadata(&back).unwrap().permissions().mode() & 0o7777, 0o640);
+    // A copy of a missing file fails and leaves nothing.
+    let missing = d.dir.join("missing.bin");
+    let out = d.kiln(&["cp", "guest:/no/such/file", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!missing.exists());
+    assert!(!d.dir.join(".missing.bin.kiln-cp").exists(), "no temporary file left");
+
+    // The exec permission, and one audit entry per call.
+    let viewer: kiln_api::CreatedUser = c
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&kiln_api::CreateUser {
+                name: "viewer".into(),
+                role: Some(kiln_api::Role::Viewer),
+                scope: None,
+                uid: None,
+            }),
+        )
+        .unwrap();
+    let (status, body) = status(
+        d.with_token(&viewer.token)
+            .upgrade("/v1/vms/guest/exec?cmd=%5B%22true%22%5D", "kiln-exec")
+            .map(|_| ()),
+    );
+    assert_eq!((status, body.permission), (403, Some(kiln_api::Permission::Exec)));
+    let audit: Vec<kiln_api::AuditEntry> = c.get("/v1/audit?limit=200").unwrap();
+    let execs = audit.iter().filter(|a| a.path == "/v1/vms/guest/exec").count();
+    assert!(execs >= 8, "every exec and cp call is audited: {execs}");
+    verb(&c, "guest", "kill").unwrap();
+}
+
+/// The test above under the kvm engine (here, or in the nested test host).
+#[test]
+fn exec_and_cp_through_the_guest_agent_under_kvm() {
+    let kilnd = kilnd_bin();
+    let kiln = workspace_bin("kiln", "kiln-cli");
+    kiln_testguest::nested::rerun_under_kvm(
+        "kilnd::exec_and_cp_through_the_guest_agent_kvm",
+        "exec_and_cp_through_the_guest_agent",
+        &workspace_bin("kiln-vmm", "kiln-vmm"),
+        &[&kilnd, &kiln],
+    );
+}
