@@ -25,6 +25,7 @@ pub mod conn;
 pub mod db;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod procfs;
 pub mod scheduler;
 pub mod server;

@@ -121,6 +121,8 @@ impl Monitor {
 pub struct Manager {
     pub db: Db,
     pub settings: Settings,
+    /// API requests answered, for `GET /metrics`.
+    pub requests: crate::metrics::Requests,
     monitors: Mutex<HashMap<String, Monitor>>,
     /// Held for a whole scheduling round (plan, then start), so rounds never overlap.
     rounds: Mutex<()>,
@@ -132,6 +134,7 @@ impl Manager {
         Arc::new(Manager {
             db,
             settings,
+            requests: crate::metrics::Requests::default(),
             monitors: Mutex::new(HashMap::new()),
             rounds: Mutex::new(()),
         })

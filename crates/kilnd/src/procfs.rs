@@ -183,3 +183,57 @@ mod tests {
         assert_eq!(meminfo_total_mib("nothing"), None);
     }
 }
+
+/// What a VMM process has used, from `/proc/<pid>/{task/*/stat,status,io}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time of its vCPU threads (named `kiln-vcpu-N`), seconds.
+    pub vcpu_seconds: f64,
+    /// CPU time of all its threads, seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory (`VmRSS`), bytes.
+    pub rss_bytes: u64,
+    /// Bytes it caused to be read from and written to storage (`read_bytes`, `write_bytes`).
+    pub storage_read_bytes: u64,
+    pub storage_write_bytes: u64,
+    /// Read and write system calls (`syscr`, `syscw`).
+    pub read_calls: u64,
+    pub write_calls: u64,
+}
+
+/// The usage of `pid`, or `None` if it is gone.
+pub fn usage(pid: u32) -> Option<Usage> {
+    // SAFETY: sysconf has no memory effects; it returns -1 for an unknown name.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut usage = Usage::default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            continue;
+        };
+        // `rest` starts at field 3; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let time = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let seconds = (time(11) + time(12)) as f64 / ticks;
+        usage.cpu_seconds += seconds;
+        if name.starts_with("kiln-vcpu-") {
+            usage.vcpu_seconds += seconds;
+        }
+    }
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    usage.rss_bytes = field(&status, "VmRSS:") * 1024;
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    usage.storage_read_bytes = field(&io, "read_bytes:");
+    usage.storage_write_bytes = field(&io, "write_bytes:");
+    usage.read_calls = field(&io, "syscr:");
+    usage.write_calls = field(&io, "syscw:");
+    Some(usage)
+}

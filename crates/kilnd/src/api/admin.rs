@@ -142,3 +142,23 @@ pub async fn audit(
 pub async fn whoami(Extension(p): Extension<Principal>) -> Json<WhoAmI> {
     Json(WhoAmI { principal: p.name, grants: p.grants })
 }
+
+/// kilnd's metrics in the Prometheus text format: VMs by state, API requests by route and
+/// status, and per VM (those the caller may read) its size and its VMM's CPU time, memory and
+/// storage traffic.
+#[utoipa::path(get, path = "/metrics", tag = "access",
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 401, body = ApiError)))]
+pub async fn metrics(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<impl axum::response::IntoResponse> {
+    let all: Vec<kiln_api::Vm> = mgr.db.vms()?.into_iter().map(|r| r.vm).collect();
+    let visible: Vec<kiln_api::Vm> = all
+        .iter()
+        .filter(|vm| p.may(Permission::Read, Target::Vm { name: &vm.name, project: &vm.project }))
+        .cloned()
+        .collect();
+    let text = crate::metrics::render(&all, &visible, &mgr.requests);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}

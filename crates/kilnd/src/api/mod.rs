@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/grants/{id}", axum::routing::delete(admin::delete_grant))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/whoami", get(admin::whoami))
+        .route("/metrics", get(admin::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -99,6 +100,10 @@ async fn authenticate_and_audit(
         return response;
     }
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -116,6 +121,7 @@ async fn authenticate_and_audit(
     if let Err(e) = mgr.db.audit(principal.as_deref(), &method, &path, response.status().as_u16()) {
         eprintln!("kilnd: audit record failed: {}", crate::chain(&e));
     }
+    mgr.requests.count(&route, &method, response.status().as_u16());
     response
 }
 

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
         vms::restart, vms::pause, vms::resume, vms::events, vms::logs, vms::console, vms::queue,
         exec::exec,
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
-        admin::create_grant, admin::delete_grant, admin::audit, admin::whoami,
+        admin::create_grant, admin::delete_grant, admin::audit, admin::whoami, admin::metrics,
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,
     ),
     modifiers(&Bearer, &CommonErrors),

@@ -1,0 +1,127 @@
+//! `GET /metrics`: kilnd's state in the Prometheus text format (version 0.0.4).
+//!
+//! VMs by state, API requests by route, method and status (counted since kilnd started), and
+//! per VM its definition's size and, while its VMM runs, what that process uses as `/proc`
+//! reports it: the CPU time of its vCPU threads and of all its threads, its resident memory,
+//! the bytes it caused to be read from and written to the host's storage (its disks' traffic
+//! that reached the host's disks; page-cache hits are not counted) and its read and write
+//! system calls. Network bytes come with managed networks.
+
+use crate::procfs::Usage;
+use kiln_api::{Vm, VmState};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// API requests answered, by route template, method and status.
+#[derive(Debug, Default)]
+pub struct Requests {
+    counts: Mutex<BTreeMap<(String, String, u16), u64>>,
+}
+
+impl Requests {
+    /// Counts one answered request.
+    pub fn count(&self, route: &str, method: &str, status: u16) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry((route.to_owned(), method.to_owned(), status)).or_insert(0) += 1;
+    }
+
+    fn snapshot(&self) -> Vec<((String, String, u16), u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// A per-VM series: name, type, help, and its value from the VM and its VMM's usage.
+type Series = (&'static str, &'static str, &'static str, fn(&Vm, &Usage) -> f64);
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The metrics page: `all` VMs count in the totals by state; `visible` are those whose own
+/// series the caller may read.
+pub fn render(all: &[Vm], visible: &[Vm], requests: &Requests) -> String {
+    let mut out = String::new();
+    family(&mut out, "kiln_vms", "gauge", "VMs by state.");
+    for state in VmState::ALL {
+        let n = all.iter().filter(|vm| vm.state == state).count();
+        let _ = writeln!(out, "kiln_vms{{state=\"{}\"}} {n}", state.as_str());
+    }
+    family(
+        &mut out,
+        "kiln_api_requests_total",
+        "counter",
+        "API requests answered since kilnd started.",
+    );
+    for ((route, method, status), n) in requests.snapshot() {
+        let _ = writeln!(
+            out,
+            "kiln_api_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+            label(&route),
+            label(&method)
+        );
+    }
+    let per_vm: [Series; 9] = [
+        ("kiln_vm_vcpus", "gauge", "vCPUs of the VM's definition.", |vm, _| f64::from(vm.vcpus)),
+        ("kiln_vm_memory_bytes", "gauge", "Guest RAM of the VM's definition.", |vm, _| {
+            (vm.memory_mib << 20) as f64
+        }),
+        ("kiln_vm_vcpu_seconds_total", "counter", "CPU time of the VMM's vCPU threads.", |_, u| {
+            u.vcpu_seconds
+        }),
+        (
+            "kiln_vm_vmm_cpu_seconds_total",
+            "counter",
+            "CPU time of all the VMM's threads.",
+            |_, u| u.cpu_seconds,
+        ),
+        ("kiln_vm_vmm_resident_bytes", "gauge", "Resident memory of the VMM process.", |_, u| {
+            u.rss_bytes as f64
+        }),
+        (
+            "kiln_vm_storage_read_bytes_total",
+            "counter",
+            "Bytes the VMM caused to be read from the host's storage (its disks).",
+            |_, u| u.storage_read_bytes as f64,
+        ),
+        (
+            "kiln_vm_storage_written_bytes_total",
+            "counter",
+            "Bytes the VMM caused to be written to the host's storage (its disks).",
+            |_, u| u.storage_write_bytes as f64,
+        ),
+        ("kiln_vm_vmm_read_calls_total", "counter", "Read system calls of the VMM.", |_, u| {
+            u.read_calls as f64
+        }),
+        ("kiln_vm_vmm_write_calls_total", "counter", "Write system calls of the VMM.", |_, u| {
+            u.write_calls as f64
+        }),
+    ];
+    let usages: Vec<(&Vm, Option<Usage>)> =
+        visible.iter().map(|vm| (vm, vm.pid.and_then(crate::procfs::usage))).collect();
+    for (i, (name, kind, help, value)) in per_vm.iter().enumerate() {
+        family(&mut out, name, kind, help);
+        for (vm, usage) in &usages {
+            // The definition's figures always; the process's only while it runs.
+            let usage = match usage {
+                Some(u) => *u,
+                None if i < 2 => Usage::default(),
+                None => continue,
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{vm=\"{}\",project=\"{}\"}} {}",
+                label(&vm.name),
+                label(&vm.project),
+                value(vm, &usage)
+            );
+        }
+    }
+    out
+}
