@@ -78,7 +78,7 @@ impl AgentConnection {
 
     /// Runs `argv` in the guest.
     pub fn exec(&mut self, argv: &[String]) -> Result<ExecResult, ClientError> {
-        let request = Request { exec: argv.to_vec(), stream: false };
+        let request = Request { exec: argv.to_vec(), stream: false, tty: None };
         let mut line = serde_json::to_vec(&request).map_err(io::Error::other)?;
         line.push(b'\n');
         self.writer.write_all(&line)?;

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod client;
 pub mod protocol;
+pub mod pty;
 pub mod stream;
 pub mod udp;
 pub mod vsock;

@@ -188,8 +188,8 @@ fn serve(port: u32) -> ExitCode {
                     match protocol::serve(&mut input, &mut &conn) {
                         Ok(protocol::Served::Shutdown) => shut_down(),
                         Ok(protocol::Served::Closed) => {}
-                        Ok(protocol::Served::Stream(argv)) => {
-                            if let Err(e) = kiln_agent::stream::exec(&argv, input, conn) {
+                        Ok(protocol::Served::Stream { argv, tty }) => {
+                            if let Err(e) = kiln_agent::stream::exec(&argv, tty, input, conn) {
                                 eprintln!("kiln-agent: streamed command: {e}");
                             }
                         }

@@ -53,6 +53,10 @@ pub struct Request {
     /// with its collected output; the connection carries only that command from then on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// With `stream`: run it on a pseudo-terminal of this size (`[rows, cols]`), its output
+    /// all on stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<[u16; 2]>,
 }
 
 /// A request to shut the guest down.
@@ -72,7 +76,12 @@ pub enum Served {
     Shutdown,
     /// The client asked for a streamed command, which the caller now runs with
     /// [`crate::stream::exec`] on the rest of the connection.
-    Stream(Vec<String>),
+    Stream {
+        /// The command.
+        argv: Vec<String>,
+        /// Its pseudo-terminal's rows and columns, if it wants one.
+        tty: Option<[u16; 2]>,
+    },
 }
 
 /// The result of one command.
@@ -149,7 +158,9 @@ pub fn serve(input: &mut impl BufRead, out: &mut impl Write) -> Result<Served, P
             Ok(request) if request.exec.is_empty() => {
                 Reply::Error { error: "exec needs a command".into() }
             }
-            Ok(request) if request.stream => return Ok(Served::Stream(request.exec)),
+            Ok(request) if request.stream => {
+                return Ok(Served::Stream { argv: request.exec, tty: request.tty })
+            }
             Ok(request) => Reply::Exec(run(&request.exec)),
             Err(e) => Reply::Error {
                 error: format!(

@@ -78,7 +78,10 @@ pub fn take_frames(buffer: &mut Vec<u8>) -> io::Result<Vec<(u8, Vec<u8>)>> {
 /// thread of its own, which ends with the client's EOF or its end of connection), output to
 /// `out`. Returns once the command has ended and its exit frame is sent; that never waits for
 /// the client's stdin to end.
-pub fn exec<R, W>(argv: &[String], mut input: R, out: W) -> io::Result<()>
+///
+/// With `tty` (`[rows, cols]`) the command runs on a pseudo-terminal ([`crate::pty`]): its
+/// output, stdout and stderr alike, comes as [`STDOUT`], and the client's EOF is a Ctrl-D.
+pub fn exec<R, W>(argv: &[String], tty: Option<[u16; 2]>, mut input: R, out: W) -> io::Result<()>
 where
     R: BufRead + Send + 'static,
     W: Write + Send + 'static,
@@ -92,12 +95,26 @@ where
         send(&out, STDERR, b"kiln-agent: empty command\n")?;
         return send(&out, EXIT, &127i32.to_be_bytes());
     };
-    let spawned = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let mut command = Command::new(program);
+    command.args(args);
+    let terminal = match tty.map(|[rows, cols]| crate::pty::open(rows, cols)).transpose() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            let why = format!("kiln-agent: no pseudo-terminal (is devpts on /dev/pts?): {e}\n");
+            send(&out, STDERR, why.as_bytes())?;
+            return send(&out, EXIT, &127i32.to_be_bytes());
+        }
+    };
+    match &terminal {
+        Some((_, slave)) => crate::pty::attach(&mut command, slave)?,
+        None => {
+            command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+    let spawned = command.spawn();
+    // The slave's descriptors are the child's alone now: the master reads EIO once it ends.
+    drop(command);
+    let master = terminal.map(|(master, _slave)| master);
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -117,14 +134,33 @@ where
             }
         })
     };
-    let stdout = pump(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), STDOUT);
-    let stderr = pump(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), STDERR);
-    let mut stdin = child.stdin.take();
+    let (stdout, stderr, mut stdin): (_, _, Option<Box<dyn Write + Send>>) = match &master {
+        Some(master) => (
+            master.try_clone().ok().map(|m| Box::new(m) as Box<dyn Read + Send>),
+            None,
+            master.try_clone().ok().map(|m| Box::new(m) as Box<dyn Write + Send>),
+        ),
+        None => (
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stdin.take().map(|s| Box::new(s) as Box<dyn Write + Send>),
+        ),
+    };
+    drop(master);
+    let stdout = pump(stdout, STDOUT);
+    let stderr = pump(stderr, STDERR);
+    let on_a_tty = tty.is_some();
     std::thread::spawn(move || loop {
         match read_frame(&mut input) {
             Ok(Some((STDIN, bytes))) => {
                 // A command that closed its stdin gets nothing more.
                 if stdin.as_mut().is_some_and(|pipe| pipe.write_all(&bytes).is_err()) {
+                    stdin = None;
+                }
+            }
+            Ok(Some((STDIN_EOF, _))) if on_a_tty => {
+                // A terminal's end of input is its EOF character.
+                if stdin.as_mut().is_some_and(|pty| pty.write_all(&[0x04]).is_err()) {
                     stdin = None;
                 }
             }
@@ -152,10 +188,19 @@ mod tests {
     /// Runs `argv` through a socket pair, sending `stdin` (then EOF if `eof`); returns stdout,
     /// stderr and the status.
     fn run(argv: &[&str], stdin: &[u8], eof: bool) -> (Vec<u8>, Vec<u8>, i32) {
+        run_on(None, argv, stdin, eof)
+    }
+
+    fn run_on(
+        tty: Option<[u16; 2]>,
+        argv: &[&str],
+        stdin: &[u8],
+        eof: bool,
+    ) -> (Vec<u8>, Vec<u8>, i32) {
         let (agent, mut client) = UnixStream::pair().expect("socket pair");
         let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
         let input = BufReader::new(agent.try_clone().expect("clone"));
-        let server = std::thread::spawn(move || exec(&argv, input, agent));
+        let server = std::thread::spawn(move || exec(&argv, tty, input, agent));
         for chunk in stdin.chunks(1000) {
             write_frame(&mut client, STDIN, chunk).expect("stdin frame");
         }
@@ -194,6 +239,25 @@ mod tests {
         assert!(String::from_utf8_lossy(&err).contains("/no/such/program"));
         let (_, _, status) = run(&["sh", "-c", "kill -9 $$"], b"", false);
         assert_eq!(status, 128 + 9);
+    }
+
+    #[test]
+    fn a_command_on_a_tty_has_it_as_its_terminal_of_the_size_asked() {
+        if !std::path::Path::new("/dev/ptmx").exists() {
+            eprintln!("SKIPPED: kiln-agent tty test: no /dev/ptmx here");
+            return;
+        }
+        let script = "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty; echo to-stderr >&2; exit 3";
+        let (out, err, status) = run_on(Some([24, 100]), &["sh", "-c", script], b"", false);
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(status, 3, "{out}");
+        assert!(out.contains("/dev/pts/"), "{out}");
+        assert!(out.contains("24 100"), "{out}");
+        assert!(out.contains("stdin-is-a-tty") && out.contains("to-stderr"), "{out}");
+        assert!(err.is_empty(), "a tty's output is all on stdout");
+        let (out, _, status) = run_on(Some([24, 80]), &["cat"], b"typed\n", true);
+        assert_eq!(status, 0, "Ctrl-D ends cat");
+        assert!(String::from_utf8_lossy(&out).contains("typed"));
     }
 
     #[test]

@@ -28,14 +28,14 @@ enum Input {
 }
 
 /// Puts a terminal in raw mode and restores it when dropped.
-struct RawMode {
+pub(crate) struct RawMode {
     fd: i32,
     saved: libc::termios,
 }
 
 impl RawMode {
     /// Raw mode on `fd` if it is a terminal; `None` otherwise.
-    fn enable(fd: i32) -> Option<RawMode> {
+    pub(crate) fn enable(fd: i32) -> Option<RawMode> {
         // SAFETY: isatty reads no memory of ours.
         if unsafe { libc::isatty(fd) } != 1 {
             return None;

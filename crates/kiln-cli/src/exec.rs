@@ -23,6 +23,10 @@ const TICK: Duration = Duration::from_millis(10);
 pub struct ExecArgs {
     /// The VM (running, defined with --vsock, with kiln-agent in the guest).
     pub name: String,
+    /// Run the command on a pseudo-terminal in the guest (this terminal's size; its output
+    /// all on stdout; this terminal in raw mode meanwhile), as an interactive shell needs.
+    #[arg(long, short)]
+    pub tty: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -41,9 +45,25 @@ pub fn exec(args: ExecArgs, api: &ApiArgs) -> ExitCode {
     let stdin: Box<dyn Read + Send> = Box::new(std::io::stdin());
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    match run(api, &args.name, &args.command, stdin, &mut stdout, &mut stderr) {
+    let tty = args.tty.then(terminal_size);
+    let raw = tty.and_then(|_| crate::console::RawMode::enable(libc::STDIN_FILENO));
+    let ran = run(api, &args.name, &args.command, tty, stdin, &mut stdout, &mut stderr);
+    drop(raw);
+    match ran {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
         Err(e) => fail(&e),
+    }
+}
+
+/// This terminal's rows and columns (24x80 when stdout is no terminal).
+fn terminal_size() -> [u16; 2] {
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize through the pointer, which points at `size`.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_row > 0 && size.ws_col > 0 {
+        [size.ws_row, size.ws_col]
+    } else {
+        [24, 80]
     }
 }
 
@@ -58,13 +78,17 @@ pub fn run(
     api: &ApiArgs,
     name: &str,
     argv: &[String],
+    tty: Option<[u16; 2]>,
     mut stdin: Box<dyn Read + Send>,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<i32, CliError> {
     let client = api.client()?;
     let cmd = serde_json::to_string(argv)?;
-    let path = format!("/v1/vms/{}/exec?cmd={}", encode(name), encode(&cmd));
+    let mut path = format!("/v1/vms/{}/exec?cmd={}", encode(name), encode(&cmd));
+    if let Some([rows, cols]) = tty {
+        path.push_str(&format!("&tty={rows}x{cols}"));
+    }
     let (mut conn, mut buffer) = client.upgrade(&path, "kiln-exec")?;
     let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(4);
     std::thread::Builder::new()
@@ -169,7 +193,7 @@ fn run_checked(
 ) -> Result<(), CliError> {
     let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
     let mut errors = Vec::new();
-    let status = run(api, vm, &argv, stdin, stdout, &mut errors)?;
+    let status = run(api, vm, &argv, None, stdin, stdout, &mut errors)?;
     if status == 0 {
         return Ok(());
     }

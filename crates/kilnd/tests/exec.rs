@@ -1,5 +1,5 @@
 //! `kiln exec` and `kiln cp` with a real Kiln guest running `kiln-agent`: stdout and stderr
-//! apart, the exit status, stdin forwarded, a 10 MiB random file copied in and out with the same
+//! apart, the exit status, stdin forwarded, `--tty`, a 10 MiB random file copied in and out with the same
 //! SHA-256 and its mode, and the `exec` permission. Boots under `--engine emu` here, and under
 //! kvm here or in the nested test host; skipped with the reason when an input is missing.
 
@@ -40,8 +40,8 @@ fn exec_and_cp_through_the_guest_agent() {
         Err(why) => return skip::skip(TEST, &why),
     };
     let d = Daemon::start("exec");
-    let script =
-        "#!/bin/sh\nmkdir -p /data\n/bin/kiln-agent serve &\nwhile true; do sleep 1; done\n";
+    let script = "#!/bin/sh\nmkdir -p /data /dev/pts\nmount -t devpts devpts /dev/pts\n\
+         /bin/kiln-agent serve &\nwhile true; do sleep 1; done\n";
     let initrd = kiln_testguest::initramfs::build(
         &image,
         &d.dir,
@@ -87,6 +87,13 @@ fn exec_and_cp_through_the_guest_agent() {
     let out = d.kiln_with_input(&["exec", "guest", "--", "tr", "a-z", "A-Z"], b"forwarded stdin\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "FORWARDED STDIN\n");
+    // On a pseudo-terminal (24x80: the test's stdout is no terminal), output all on stdout.
+    let out =
+        d.kiln(&["exec", "--tty", "guest", "--", "sh", "-c", "tty; stty size; echo to-stderr >&2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("/dev/pts/") && text.contains("24 80"), "{text}");
+    assert!(text.contains("to-stderr") && out.stderr.is_empty(), "{text}");
     let out = d.kiln(&["exec", "guest", "--", "/no/such/program"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));

@@ -33,6 +33,17 @@ const MAX_COMMAND: usize = 32 << 10;
 pub struct ExecQuery {
     /// The command and its arguments as a JSON array of strings, e.g. `["uname","-a"]`.
     pub cmd: String,
+    /// Run it on a pseudo-terminal of `ROWSxCOLS` (e.g. `24x80`); its output all comes as
+    /// stdout.
+    #[serde(default)]
+    pub tty: Option<String>,
+}
+
+/// `ROWSxCOLS`, each 1-9999.
+fn parse_tty(text: &str) -> Option<[u16; 2]> {
+    let (rows, cols) = text.split_once('x')?;
+    let size = |n: &str| n.parse::<u16>().ok().filter(|n| (1..10_000).contains(n));
+    Some([size(rows)?, size(cols)?])
 }
 
 fn bad(message: impl Into<String>) -> ApiFailure {
@@ -68,6 +79,15 @@ pub async fn exec(
     if argv.is_empty() || argv[0].is_empty() {
         return Err(bad("cmd names no program"));
     }
+    let tty = match query.tty.as_deref() {
+        None => None,
+        Some(text) => Some(parse_tty(text).ok_or_else(|| {
+            ApiFailure::bad_request(
+                Some("tty".to_owned()),
+                format!("tty {text:?} is not ROWSxCOLS like 24x80"),
+            )
+        })?),
+    };
     if !vms::asks_upgrade(request.headers(), EXEC_PROTOCOL) {
         return Err(ApiFailure::bad_request(
             Some("upgrade".to_owned()),
@@ -94,7 +114,7 @@ pub async fn exec(
         ));
     }
     let socket = mgr.logs(&name).vsock_socket();
-    let agent = tokio::time::timeout(AGENT_ANSWER, open_stream(&socket, &argv))
+    let agent = tokio::time::timeout(AGENT_ANSWER, open_stream(&socket, &argv, tty))
         .await
         .map_err(|_| format!("no answer within {} s", AGENT_ANSWER.as_secs()))
         .and_then(|r| r)
@@ -128,6 +148,7 @@ pub async fn exec(
 async fn open_stream(
     socket: &std::path::Path,
     argv: &[String],
+    tty: Option<[u16; 2]>,
 ) -> Result<tokio::net::UnixStream, String> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
@@ -150,7 +171,7 @@ async fn open_stream(
         return Err("the agent sent more than its greeting".to_owned());
     }
     let mut stream = reader.into_inner();
-    let request = kiln_agent::protocol::Request { exec: argv.to_vec(), stream: true };
+    let request = kiln_agent::protocol::Request { exec: argv.to_vec(), stream: true, tty };
     let mut line = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
     line.push(b'\n');
     stream.write_all(&line).await.map_err(io)?;
