@@ -29,8 +29,20 @@ pub const REPORT_PREFIX: &str = "KILN-BENCH";
 /// is guest time, which is not wall time.
 pub const START_MARKER: &str = "KILN-BENCH-START";
 
+/// Whether the probes print [`START_MARKER`] (they do unless [`quiet`] was called).
+static MARKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Stops the probes of this process from printing [`START_MARKER`]: a caller that times them
+/// itself (`kiln bench` on the host) needs no marker on its stdout.
+pub fn quiet() {
+    MARKING.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn mark_start() {
     use std::io::Write as _;
+    if !MARKING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{START_MARKER}");
     let _ = out.flush();
@@ -442,7 +454,58 @@ pub fn tcp_send(to: SocketAddr, total: u64, wait: Duration) -> Result<Report, Be
     })
 }
 
-/// Parses a byte count with an optional binary suffix: `4096`, `4K`, `1M`, `16MiB`, `1G`.
+/// CPU: mixes `total` bytes of a 64 KiB buffer (which stays in cache) through a 64-bit
+/// multiply-xorshift hash, integer work only, and reports the hash so it cannot be elided.
+pub fn cpu(total: u64) -> Report {
+    let buffer: Vec<u64> = (0..8192u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+    let words = total / 8;
+    mark_start();
+    let started = Instant::now();
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for i in 0..words {
+        let word = buffer[(i % 8192) as usize];
+        hash = (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+        hash ^= hash >> 29;
+    }
+    let elapsed = started.elapsed();
+    Report {
+        kind: "cpu",
+        mode: "hash",
+        bytes: words * 8,
+        ops: words,
+        elapsed,
+        extra: vec![("hash", format!("{hash:016x}"))],
+    }
+}
+
+/// Memory: copies a 64 MiB buffer into another until `total` bytes have moved (beyond the
+/// caches, so this is the memory's bandwidth).
+pub fn memory(total: u64) -> Report {
+    const BUFFER: usize = 64 << 20;
+    let source: Vec<u8> = (0..BUFFER).map(|i| i as u8).collect();
+    let mut target = vec![0u8; BUFFER];
+    mark_start();
+    let started = Instant::now();
+    let (mut moved, mut copies) = (0u64, 0u64);
+    while moved < total {
+        let n = BUFFER.min((total - moved) as usize);
+        target[..n].copy_from_slice(&source[..n]);
+        moved += n as u64;
+        copies += 1;
+    }
+    let elapsed = started.elapsed();
+    let check = target.iter().step_by(4097).fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
+    Report {
+        kind: "memory",
+        mode: "copy",
+        bytes: moved,
+        ops: copies,
+        elapsed,
+        extra: vec![("check", check.to_string())],
+    }
+}
+
+/// Parses a byte count with an optional binary suffix: `4096`, `4K`, `1M`, `16MiB`, `1G`, `2T`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -454,7 +517,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("{text:?} has an unknown unit {suffix:?} (use K, M or G)")),
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit {suffix:?} (use K, M, G or T)")),
     };
     number.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }

@@ -96,6 +96,18 @@ enum BenchCmd {
         #[arg(long, value_name = "S")]
         seed: Option<u64>,
     },
+    /// CPU: a multiply-xorshift hash over a cached buffer, integer work only.
+    Cpu {
+        /// Bytes to hash (suffixes K, M, G).
+        #[arg(long, value_name = "BYTES", value_parser = bench::parse_size, default_value = "1G")]
+        total: u64,
+    },
+    /// Memory bandwidth: copies of a 64 MiB buffer.
+    Memory {
+        /// Bytes to copy (suffixes K, M, G).
+        #[arg(long, value_name = "BYTES", value_parser = bench::parse_size, default_value = "4G")]
+        total: u64,
+    },
     /// TCP throughput of one stream: `--listen PORT` receives one, `--connect ADDR:PORT` sends
     /// `--total` bytes to it.
     Tcp {
@@ -115,7 +127,7 @@ enum BenchCmd {
 }
 
 impl BenchCmd {
-    /// The disk probe this command describes, or `None` for TCP.
+    /// The disk probe this command describes, or `None` for the others.
     fn disk_spec(&self) -> Result<Option<bench::DiskSpec>, String> {
         let BenchCmd::Disk { path, mode, block_size, total, span, seed } = self else {
             return Ok(None);
@@ -137,6 +149,8 @@ fn run_bench(cmd: &BenchCmd) -> ExitCode {
     let result = match (cmd.disk_spec(), cmd) {
         (Err(message), _) => Err(bench::BenchError::Invalid(message)),
         (Ok(Some(spec)), _) => bench::disk(&spec),
+        (Ok(None), BenchCmd::Cpu { total }) => Ok(bench::cpu(*total)),
+        (Ok(None), BenchCmd::Memory { total }) => Ok(bench::memory(*total)),
         (Ok(None), BenchCmd::Tcp { listen: Some(port), .. }) => bench::tcp_receive(*port),
         (Ok(None), BenchCmd::Tcp { connect: Some(to), total: Some(total), wait, .. }) => {
             bench::tcp_send(*to, *total, Duration::from_secs(*wait))

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod access;
 mod api_client;
+mod bench;
 mod console;
 mod exec;
 mod sched;
@@ -53,6 +54,9 @@ enum Command {
     /// Copy a file into a VM or out of one (`kiln cp FILE VM:PATH`, `kiln cp VM:PATH FILE`),
     /// streamed, its mode kept.
     Cp(exec::CpArgs),
+    /// The overhead meter: the same CPU, memory and disk probes here and in a VM (through its
+    /// agent), both timed by this host's clock, and P = T_native / T_virtual for each.
+    Bench(bench::BenchArgs),
     /// Volumes: disks kilnd keeps, attached to VMs with `kiln create --disk`.
     Volume(volume::VolumeArgs),
     /// Principals and their API tokens (admin).
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Cp(args) => return exec::cp(args, &api),
         Command::Vm(command) => vm::run(command, &api),
         Command::Volume(args) => volume::run(args, &api),
+        Command::Bench(args) => bench::run(args, &api),
         Command::User(args) => access::user(args, &api),
         Command::Grant(args) => access::grant(args, &api),
         Command::Whoami => access::whoami(&api),

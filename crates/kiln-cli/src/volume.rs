@@ -57,19 +57,7 @@ pub struct NameArg {
 
 /// Parses `N`, `NK`, `NM`, `NG` or `NT` (powers of 1024; `KiB`, `MB` and such are taken too).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let upper = text.trim().to_ascii_uppercase();
-    let number_end = upper.find(|c: char| !c.is_ascii_digit()).unwrap_or(upper.len());
-    let (number, suffix) = upper.split_at(number_end);
-    let shift = match suffix.trim_end_matches("IB").trim_end_matches('B') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("{text:?} is not a size like 512M, 10G or 1T")),
-    };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a size like 512M or 10G"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+    kiln_agent::bench::parse_size(text)
 }
 
 /// `10 GiB`, `512 MiB`, or bytes when not a whole number of MiB.

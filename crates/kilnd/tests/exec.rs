@@ -132,6 +132,28 @@ fn exec_and_cp_through_the_guest_agent() {
     assert!(!missing.exists());
     assert!(!d.dir.join(".missing.bin.kiln-cp").exists(), "no temporary file left");
 
+    // The overhead meter: host and guest figures and P for each resource.
+    let out = d.kiln(&["bench", "guest", "--size", "16M", "--guest-path", "/data/bench"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{TEST}: kiln bench:\n{text}");
+    for resource in ["cpu", "memory", "disk"] {
+        let row =
+            text.lines().find(|l| l.starts_with(resource)).unwrap_or_else(|| panic!("{text}"));
+        let numbers: Vec<f64> =
+            row.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
+        assert_eq!(numbers.len(), 3, "{row}");
+        assert!(numbers.iter().all(|n| *n > 0.0), "{row}");
+        // P = T_native / T_virtual = guest throughput / host throughput (printed rounded).
+        let p = numbers[1] / numbers[0];
+        assert!((numbers[2] - p).abs() < 0.001 + 0.02 * p, "P is host time / guest time: {row}");
+    }
+    let leftover = d.kiln(&["exec", "guest", "--", "ls", "/data"]);
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains("bench"),
+        "the probe file is removed"
+    );
+
     // The exec permission, and one audit entry per call.
     let viewer: kiln_api::CreatedUser = c
         .call(
