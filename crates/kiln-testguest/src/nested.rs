@@ -30,6 +30,7 @@ pub struct NestedHost {
     disks: Vec<PathBuf>,
     memory_mib: u32,
     timeout: Duration,
+    tcg: Tcg,
 }
 
 /// What one boot of the nested host printed and how its script ended.
@@ -71,6 +72,7 @@ impl NestedHost {
             disks: Vec::new(),
             memory_mib: HOST_MEMORY_MIB,
             timeout: Duration::from_secs(timeout),
+            tcg: Tcg::MultiThreaded,
         })
     }
 
@@ -100,6 +102,12 @@ impl NestedHost {
     /// The nested host's RAM (default 2 GiB).
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// How QEMU runs the host's vCPUs (default: a thread each).
+    pub fn tcg(mut self, tcg: Tcg) -> Self {
+        self.tcg = tcg;
         self
     }
 
@@ -139,7 +147,7 @@ impl NestedHost {
         // `SILENT_RETRIES` times, keeping each silent boot's console (beside `KILN_NESTED_LOG`
         // when it is set, as the scratch directory goes when the test passes).
         let log = std::env::var_os("KILN_NESTED_LOG").map(PathBuf::from);
-        let mut ending = self.boot_once(&initrd, &console_log, Tcg::MultiThreaded)?;
+        let mut ending = self.boot_once(&initrd, &console_log)?;
         for retry in 1..=SILENT_RETRIES {
             if ending != Ending::Silent {
                 break;
@@ -156,9 +164,7 @@ impl NestedHost {
             let text = std::fs::read_to_string(&kept).unwrap_or_default();
             let console = text.split(SILENT_REPORT).next().unwrap_or_default();
             let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            // From the second retry on, TCG runs both vCPUs on one thread: if the silence is a
-            // race of multi-threaded TCG, those boots do not have it (and say so).
-            let tcg = if retry >= 2 { Tcg::SingleThreaded } else { Tcg::MultiThreaded };
+            let tcg = self.tcg;
             let line = format!(
                 "nested host in {}: no output for {} s, QEMU killed, booting it again ({retry} of \
                  {SILENT_RETRIES}, {tcg:?} TCG); its last line: {last:?}; QEMU's view of it in {}",
@@ -173,7 +179,7 @@ impl NestedHost {
                 let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
                 let _ = file.and_then(|mut f| writeln!(f, "{line}"));
             }
-            ending = self.boot_once(&initrd, &console_log, tcg)?;
+            ending = self.boot_once(&initrd, &console_log)?;
         }
         let exited = (ending == Ending::Exited).then_some(());
         let wall = started.elapsed();
@@ -200,7 +206,7 @@ impl NestedHost {
 
     /// One boot of QEMU with `initrd`, its console into `console_log`, until it exits, the
     /// timeout passes, or it has printed nothing for [`SILENCE`].
-    fn boot_once(&self, initrd: &Path, console_log: &Path, tcg: Tcg) -> Result<Ending, String> {
+    fn boot_once(&self, initrd: &Path, console_log: &Path) -> Result<Ending, String> {
         let started = Instant::now();
         // Short and unique: a Unix socket's path has at most 107 bytes.
         static BOOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -212,7 +218,7 @@ impl NestedHost {
             .map_err(|e| format!("{}: {e}", console_log.display()))?;
         let mut qemu = Command::new("qemu-system-x86_64")
             .arg("-accel")
-            .arg(match tcg {
+            .arg(match self.tcg {
                 Tcg::MultiThreaded => "tcg",
                 Tcg::SingleThreaded => "tcg,thread=single",
             })
@@ -336,9 +342,13 @@ const SILENCE: Duration = Duration::from_secs(120);
 /// saw three silent boots of one test in a row.
 const SILENT_RETRIES: u32 = 4;
 
-/// How QEMU runs the nested host's two vCPUs.
+/// How QEMU runs the nested host's two vCPUs. In the silent boots seen (multi-threaded, about
+/// one conformance boot in eight on a loaded machine), QEMU showed both vCPUs spinning in the
+/// nested host's kernel with interrupts off on the same lock; 16 loaded conformance boots with
+/// one thread had no silence and took as long. But one thread makes a Debian system boot under
+/// kvm 7x slower (323 s against 45 s, and systemd gives up), so it is a choice per test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tcg {
+pub enum Tcg {
     /// One host thread per vCPU (QEMU's default for x86 on x86).
     MultiThreaded,
     /// Both vCPUs on one host thread, in turn.
@@ -387,6 +397,14 @@ impl KvmSide {
         match self {
             KvmSide::Here => KvmSide::Here,
             KvmSide::Nested(host) => KvmSide::Nested(host.memory_mib(mib)),
+        }
+    }
+
+    /// How the nested host's vCPUs run, where that is the side.
+    pub fn tcg(self, tcg: Tcg) -> Self {
+        match self {
+            KvmSide::Here => KvmSide::Here,
+            KvmSide::Nested(host) => KvmSide::Nested(host.tcg(tcg)),
         }
     }
 
