@@ -10,23 +10,9 @@ mod common;
 use common::*;
 use kiln_testguest::skip;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const TEST: &str = "kilnd::exec_and_cp_through_the_guest_agent";
-
-fn inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
-    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
-    let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
-    let image = bin_dir().join("kiln-image");
-    if !image.is_file() {
-        return Err(format!("kiln-image is not built in {}", bin_dir().display()));
-    }
-    Ok((kernel, agent, image))
-}
 
 fn sha256(path: &std::path::Path) -> String {
     let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
@@ -35,7 +21,7 @@ fn sha256(path: &std::path::Path) -> String {
 
 #[test]
 fn exec_and_cp_through_the_guest_agent() {
-    let (kernel, agent, image) = match inputs() {
+    let (kernel, agent, image) = match real_guest_inputs() {
         Ok(inputs) => inputs,
         Err(why) => return skip::skip(TEST, &why),
     };

@@ -16,7 +16,6 @@ mod common;
 use common::*;
 use kiln_api::{Event, VmState};
 use kiln_testguest::skip;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
@@ -80,20 +79,6 @@ fn without_an_in_guest_route_stop_says_so_and_signals_the_vmm() {
 }
 
 const REAL: &str = "kilnd::a_guest_with_its_agent_shuts_down_on_stop";
-
-/// The Kiln kernel, the static agent and kiln-image, or why the test cannot run.
-fn real_guest_inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
-    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
-    let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
-    let image = bin_dir().join("kiln-image");
-    if !image.is_file() {
-        return Err(format!("kiln-image is not built in {}", bin_dir().display()));
-    }
-    Ok((kernel, agent, image))
-}
 
 #[test]
 fn a_guest_with_its_agent_shuts_down_on_stop() {

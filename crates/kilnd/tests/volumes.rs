@@ -296,19 +296,6 @@ fn a_restart_completes_or_removes_half_made_volume_files() {
 
 const REAL: &str = "kilnd::a_guest_writes_a_volume_that_survives_sigkill_and_a_second_boot";
 
-/// The Kiln kernel and kiln-image, or why the test cannot run.
-fn guest_inputs() -> Result<(PathBuf, PathBuf), String> {
-    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
-    let image = bin_dir().join("kiln-image");
-    if !image.is_file() {
-        return Err(format!("kiln-image is not built in {}", bin_dir().display()));
-    }
-    Ok((kernel, image))
-}
-
 fn read_at(path: &Path, offset: usize, len: usize) -> Vec<u8> {
     std::fs::read(path).unwrap()[offset..offset + len].to_vec()
 }
@@ -318,7 +305,7 @@ fn read_at(path: &Path, offset: usize, len: usize) -> Vec<u8> {
 /// volume's file; a second boot of the same VM finds it.
 #[test]
 fn a_guest_writes_a_volume_that_survives_sigkill_and_a_second_boot() {
-    let (kernel, image) = match guest_inputs() {
+    let (kernel, image) = match guest_kernel_and_image() {
         Ok(inputs) => inputs,
         Err(why) => return skip::skip(REAL, &why),
     };

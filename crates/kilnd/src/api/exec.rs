@@ -10,9 +10,7 @@
 use super::error::ApiFailure;
 use super::{vms, ApiPath, ApiQuery, AppState};
 use crate::auth::Principal;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use kiln_api::{ApiError, Permission, VmState};
@@ -124,23 +122,7 @@ pub async fn exec(
                 format!("cannot exec: the guest agent of {name:?} did not answer: {why}"),
             )
         })?;
-    let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let mut agent = agent;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
-            }
-            Err(e) => eprintln!("kilnd: exec in {name}: the upgrade failed: {e}"),
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, EXEC_PROTOCOL)
-        .body(Body::empty())
-        .map_err(|e| ApiFailure::internal(&e))
+    vms::splice(&mut request, agent, EXEC_PROTOCOL, format!("exec in {name}"))
 }
 
 /// Connects to the agent behind the VMM's vsock socket and asks it to stream `argv`; returns

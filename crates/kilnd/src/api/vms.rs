@@ -371,7 +371,7 @@ pub async fn console(
         ));
     }
     let socket = mgr.logs(&name).console_socket();
-    let mut vmm = connect_console(&socket).await.map_err(|e| {
+    let vmm = connect_console(&socket).await.map_err(|e| {
         ApiFailure::wrong_state(
             state,
             format!(
@@ -381,21 +381,32 @@ pub async fn console(
             ),
         )
     })?;
-    let upgrade = hyper::upgrade::on(&mut request);
+    // Ends when either side is done: the VMM's end closes its socket.
+    splice(&mut request, vmm, CONSOLE_PROTOCOL, format!("console of {name}"))
+}
+
+/// Answers `101 Switching Protocols` to `protocol` and, once the client's connection is
+/// upgraded, copies bytes both ways between it and `other` until both ends are done.
+pub(crate) fn splice(
+    request: &mut Request,
+    mut other: tokio::net::UnixStream,
+    protocol: &'static str,
+    what: String,
+) -> ApiResult<Response> {
+    let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                // Ends when either side is done: the VMM's end closes its socket.
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut vmm).await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut other).await;
             }
-            Err(e) => eprintln!("kilnd: console of {name}: the upgrade failed: {e}"),
+            Err(e) => eprintln!("kilnd: {what}: the upgrade failed: {e}"),
         }
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, CONSOLE_PROTOCOL)
+        .header(header::UPGRADE, protocol)
         .body(Body::empty())
         .map_err(|e| ApiFailure::internal(&e))
 }

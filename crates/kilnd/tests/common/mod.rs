@@ -294,3 +294,23 @@ pub fn proc_state(pid: u32) -> Option<char> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     text[text.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
 }
+
+/// The Kiln kernel and kiln-image, or why a real-guest test cannot run.
+pub fn guest_kernel_and_image() -> Result<(PathBuf, PathBuf), String> {
+    let kernel = std::env::var_os("KILN_GUEST_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or("KILN_GUEST_KERNEL is not set to a kernel; scripts/test builds it")?;
+    let image = bin_dir().join("kiln-image");
+    if !image.is_file() {
+        return Err(format!("kiln-image is not built in {}", bin_dir().display()));
+    }
+    Ok((kernel, image))
+}
+
+/// The Kiln kernel, the static agent and kiln-image, or why a real-guest test cannot run.
+pub fn real_guest_inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let (kernel, image) = guest_kernel_and_image()?;
+    let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
+    Ok((kernel, agent, image))
+}
