@@ -45,6 +45,35 @@ fn exec_and_cp_through_the_guest_agent() {
     s.memory_mib = 256;
     s.initrd = Some(initrd.to_str().unwrap().to_owned());
     s.vsock = true;
+    // A data volume with ext4 on it, where the host has the tools (the nested host has not).
+    let ext4 = ["mkfs.ext4", "debugfs"]
+        .iter()
+        .all(|t| std::process::Command::new(t).arg("-V").output().is_ok());
+    let volume: kiln_api::Volume = c
+        .call(
+            "POST",
+            "/v1/volumes",
+            Some(&kiln_api::CreateVolume {
+                name: "data".into(),
+                size_bytes: 32 << 20,
+                project: "default".into(),
+            }),
+        )
+        .unwrap();
+    if ext4 {
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&volume.path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        s.disks = vec![kiln_api::DiskSpec { volume: "data".into(), read_only: false }];
+    } else {
+        skip::skip(
+            "kilnd::exec_writes_a_data_volume",
+            "mkfs.ext4 and debugfs are missing here (apt-get install e2fsprogs)",
+        );
+    }
     create(&c, &s);
     // Without vsock there is no agent to ask: 409, nothing run.
     let mut plain = spec("plain", kernel.to_str().unwrap());
@@ -162,7 +191,50 @@ fn exec_and_cp_through_the_guest_agent() {
     let audit: Vec<kiln_api::AuditEntry> = c.get("/v1/audit?limit=200").unwrap();
     let execs = audit.iter().filter(|a| a.path == "/v1/vms/guest/exec").count();
     assert!(execs >= 8, "every exec and cp call is audited: {execs}");
+    if ext4 {
+        data_volume_survives_sigkill_and_stop(&d, &volume.path);
+    }
     verb(&c, "guest", "kill").unwrap();
+}
+
+/// A file written through exec to the guest's data volume and synced: after a SIGKILL of the
+/// VMM the host reads it from the volume with debugfs, and the guest finds it after the next
+/// start and after a stop and start.
+fn data_volume_survives_sigkill_and_stop(d: &Daemon, volume: &str) {
+    let c = d.admin();
+    let exec = |script: &str| {
+        let out = d.kiln(&["exec", "guest", "--", "sh", "-c", script]);
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mount = "mkdir -p /mnt && (mountpoint -q /mnt || mount -t ext4 /dev/vda /mnt)";
+    exec(&format!("{mount} && echo written-through-exec > /mnt/kept.txt && sync"));
+    verb(&c, "guest", "kill").unwrap();
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "cat /kept.txt", volume])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written-through-exec\n", "after SIGKILL");
+    for (verb_name, round) in [("start", "after the SIGKILL"), ("restart", "after a stop")] {
+        verb(&c, "guest", verb_name).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let found = loop {
+            let out = d.kiln(&[
+                "exec",
+                "guest",
+                "--",
+                "sh",
+                "-c",
+                &format!("{mount} && cat /mnt/kept.txt"),
+            ]);
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(Instant::now() < deadline, "the agent did not come back {round}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(found, "written-through-exec\n", "{round}");
+    }
 }
 
 /// The test above under the kvm engine (here, or in the nested test host).
