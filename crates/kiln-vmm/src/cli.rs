@@ -50,6 +50,10 @@ pub struct Args {
     /// clients may attach; the socket is removed when the VM ends.
     #[arg(long, value_name = "PATH")]
     pub console_socket: Option<PathBuf>,
+    /// Write how the VM ended to PATH when kiln-vmm exits (JSON: `status`, `reason`,
+    /// `message`), for a supervisor that is not kiln-vmm's parent (kilnd after a restart).
+    #[arg(long, value_name = "PATH")]
+    pub exit_record: Option<PathBuf>,
     /// A virtio-blk disk backed by a raw image or a block device: PATH[,ro][,serial=ID]. Repeat;
     /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]

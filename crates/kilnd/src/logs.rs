@@ -176,6 +176,11 @@ impl VmLogs {
         self.dir.join("console.sock")
     }
 
+    /// Where the VMM writes how it ended (`kiln-vmm --exit-record`).
+    pub fn exit_record(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+
     /// The Unix socket of the VM's vsock device (`kiln-vmm --vsock cid=3,uds=...`).
     pub fn vsock_socket(&self) -> PathBuf {
         self.dir.join("vsock.sock")

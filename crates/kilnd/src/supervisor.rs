@@ -75,6 +75,10 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
     let mut cmd = tokio::process::Command::new(&mgr.settings.vmm);
     // The files kilnd opened (with the rights of whoever defined the VM), not their paths: what
     // was checked is what boots.
+    // The record of this run's end; a stale one must not speak for it.
+    let record = logs.exit_record();
+    let _ = std::fs::remove_file(&record);
+    cmd.arg("--exit-record").arg(&record);
     cmd.arg("--kernel")
         .arg(format!("/proc/self/fd/{KERNEL_FD}"))
         .args(["--vcpus", &vm.vcpus.to_string()])
@@ -225,7 +229,15 @@ async fn poll_adopted(mgr: &Manager, name: &str, pid: u32, start_time: u64) -> E
 
 /// Records the end of the VMM of `name`, wakes the waiters, applies the restart policy.
 fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: watch::Sender<bool>) {
-    let last = mgr.logs(name).last_vmm_line();
+    let mut last = mgr.logs(name).last_vmm_line();
+    // A VMM kilnd re-adopted is not its child: its exit record says how it ended.
+    let exit = match (exit, read_exit_record(&mgr.logs(name).exit_record())) {
+        (Exit::Unknown, Some((status, message))) => {
+            last = Some(message);
+            Exit::Code(status)
+        }
+        (exit, _) => exit,
+    };
     let ending = monitor.ending.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let current = mgr.db.vm(name).ok().map(|r| r.vm);
     let (to, reason) = match (&current, ending) {
@@ -270,6 +282,15 @@ fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: wat
 }
 
 /// The state and reason for a VMM that ended on its own.
+/// The status and message of a VMM's exit record (`kiln-vmm --exit-record`), if it wrote one.
+fn read_exit_record(path: &std::path::Path) -> Option<(i32, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let status = i32::try_from(record.get("status")?.as_i64()?).ok()?;
+    let message = record.get("message")?.as_str()?.to_owned();
+    Some((status, message))
+}
+
 fn judge(exit: Exit, last: Option<String>) -> (VmState, String) {
     match exit {
         Exit::Code(0) => {
@@ -279,13 +300,13 @@ fn judge(exit: Exit, last: Option<String>) -> (VmState, String) {
             (VmState::Crashed, last.unwrap_or_else(|| format!("VMM exited with status {code}")))
         }
         Exit::Signal(sig) => (VmState::Crashed, format!("VMM killed by signal {sig}")),
+        // No status and no exit record: it was killed before it could write one.
         Exit::Unknown => match last {
-            Some(l) if l.contains("guest crashed") || l.contains("error:") => (VmState::Crashed, l),
-            Some(l) if l.ends_with("exiting") => (VmState::Stopped, l),
-            Some(l) => {
-                (VmState::Crashed, format!("VMM ended, exit status unknown; last said: {l}"))
-            }
-            None => (VmState::Crashed, "VMM ended, exit status unknown".to_owned()),
+            Some(l) => (
+                VmState::Crashed,
+                format!("VMM ended without an exit record (killed?); last said: {l}"),
+            ),
+            None => (VmState::Crashed, "VMM ended without an exit record (killed?)".to_owned()),
         },
     }
 }
@@ -416,7 +437,24 @@ mod tests {
         assert_eq!(judge(Exit::Code(0), None).0, VmState::Stopped);
         assert_eq!(judge(Exit::Signal(9), None).0, VmState::Crashed);
         assert_eq!(judge(Exit::Unknown, crash).0, VmState::Crashed);
+        // Without a status, the text does not decide: a VMM that said "exiting" and left no
+        // record was killed on its way out.
         let stop = Some("kiln-vmm: stopped by SIGTERM after 5.0 ms; exiting".to_owned());
-        assert_eq!(judge(Exit::Unknown, stop).0, VmState::Stopped);
+        assert_eq!(judge(Exit::Unknown, stop).0, VmState::Crashed);
+    }
+
+    #[test]
+    fn exit_records_are_read_and_bad_ones_ignored() {
+        let dir = std::env::temp_dir().join(format!("kilnd-exit-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("exit.json");
+        std::fs::write(&path, r#"{"status":0,"reason":"host_stop","message":"kiln-vmm: stopped"}"#)
+            .expect("write");
+        assert_eq!(read_exit_record(&path), Some((0, "kiln-vmm: stopped".to_owned())));
+        for bad in ["", "{", r#"{"status":"x","message":"m"}"#, r#"{"status":0}"#] {
+            std::fs::write(&path, bad).expect("write");
+            assert_eq!(read_exit_record(&path), None, "{bad:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
