@@ -21,30 +21,15 @@ fn sha256(path: &std::path::Path) -> String {
 
 #[test]
 fn exec_and_cp_through_the_guest_agent() {
-    let (kernel, agent, image) = match real_guest_inputs() {
+    let inputs = match real_guest_inputs() {
         Ok(inputs) => inputs,
         Err(why) => return skip::skip(TEST, &why),
     };
     let d = Daemon::start("exec");
     let script = "#!/bin/sh\nmkdir -p /data /dev/pts\nmount -t devpts devpts /dev/pts\n\
          /bin/kiln-agent serve &\nwhile true; do sleep 1; done\n";
-    let initrd = kiln_testguest::initramfs::build(
-        &image,
-        &d.dir,
-        "initramfs",
-        script,
-        &[(&agent, "/bin/kiln-agent")],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
     let c = d.admin();
-    let mut s = spec("guest", kernel.to_str().unwrap());
-    s.engine = match kiln_testguest::nested::test_engine().as_str() {
-        "kvm" => kiln_api::Engine::Kvm,
-        _ => kiln_api::Engine::Emu,
-    };
-    s.memory_mib = 256;
-    s.initrd = Some(initrd.to_str().unwrap().to_owned());
-    s.vsock = true;
+    let mut s = agent_guest(&d, &inputs, script);
     // A data volume with ext4 on it, where the host has the tools (the nested host has not).
     let ext4 = ["mkfs.ext4", "debugfs"]
         .iter()
@@ -76,7 +61,7 @@ fn exec_and_cp_through_the_guest_agent() {
     }
     create(&c, &s);
     // Without vsock there is no agent to ask: 409, nothing run.
-    let mut plain = spec("plain", kernel.to_str().unwrap());
+    let mut plain = spec("plain", inputs.0.to_str().unwrap());
     plain.engine = s.engine;
     plain.initrd = s.initrd.clone();
     plain.memory_mib = 64;

@@ -82,7 +82,7 @@ const REAL: &str = "kilnd::a_guest_with_its_agent_shuts_down_on_stop";
 
 #[test]
 fn a_guest_with_its_agent_shuts_down_on_stop() {
-    let (kernel, agent, image) = match real_guest_inputs() {
+    let inputs = match real_guest_inputs() {
         Ok(inputs) => inputs,
         Err(why) => return skip::skip(REAL, &why),
     };
@@ -92,23 +92,8 @@ fn a_guest_with_its_agent_shuts_down_on_stop() {
     let script = "#!/bin/sh\ntrap 'echo GUEST-GOT-SIGTERM; exit 0' TERM\n/bin/kiln-agent serve &\n\
                   (while read -r l; do echo \"ECHO:$l\"; done < /dev/console) &\n\
                   while true; do sleep 1; done\n";
-    let initrd = kiln_testguest::initramfs::build(
-        &image,
-        &d.dir,
-        "initramfs",
-        script,
-        &[(&agent, "/bin/kiln-agent")],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
     let c = d.admin();
-    let mut s = spec("guest", kernel.to_str().unwrap());
-    s.engine = match kiln_testguest::nested::test_engine().as_str() {
-        "kvm" => kiln_api::Engine::Kvm,
-        _ => kiln_api::Engine::Emu,
-    };
-    s.memory_mib = 256;
-    s.initrd = Some(initrd.to_str().unwrap().to_owned());
-    s.vsock = true;
+    let s = agent_guest(&d, &inputs, script);
     create(&c, &s);
     let started = Instant::now();
     verb(&c, "guest", "start").unwrap();

@@ -327,10 +327,7 @@ fn a_guest_writes_a_volume_that_survives_sigkill_and_a_second_boot() {
     f.set_len(8 * MIB).unwrap();
     let before = std::fs::read(&reference.path).unwrap();
     let mut s = spec("guest", kernel.to_str().unwrap());
-    s.engine = match kiln_testguest::nested::test_engine().as_str() {
-        "kvm" => kiln_api::Engine::Kvm,
-        _ => kiln_api::Engine::Emu,
-    };
+    s.engine = test_engine();
     s.memory_mib = 128;
     s.initrd = Some(initrd.to_str().unwrap().to_owned());
     s.disks = vec![disk("data", false), disk("reference", true)];

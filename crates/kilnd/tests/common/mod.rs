@@ -314,3 +314,32 @@ pub fn real_guest_inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
     Ok((kernel, agent, image))
 }
+
+/// The engine real-guest tests use: `KILN_TEST_ENGINE` (emu unless the kvm rerun set it).
+pub fn test_engine() -> kiln_api::Engine {
+    match kiln_testguest::nested::test_engine().as_str() {
+        "kvm" => kiln_api::Engine::Kvm,
+        _ => kiln_api::Engine::Emu,
+    }
+}
+
+/// A definition of VM "guest": the Kiln kernel with an initramfs whose init is `script` and
+/// that holds the static agent as `/bin/kiln-agent`, 256 MiB, a vsock device, on the test
+/// engine.
+pub fn agent_guest(d: &Daemon, inputs: &(PathBuf, PathBuf, PathBuf), script: &str) -> CreateVm {
+    let (kernel, agent, image) = inputs;
+    let initrd = kiln_testguest::initramfs::build(
+        image,
+        &d.dir,
+        "initramfs",
+        script,
+        &[(agent, "/bin/kiln-agent")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec("guest", kernel.to_str().unwrap());
+    s.engine = test_engine();
+    s.memory_mib = 256;
+    s.initrd = Some(initrd.to_str().unwrap().to_owned());
+    s.vsock = true;
+    s
+}
