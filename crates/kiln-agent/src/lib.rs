@@ -4,10 +4,13 @@
 //! the line-delimited JSON protocol of [`protocol`] on each connection. On the host,
 //! [`client::exec`] reaches it through the VMM's vsock Unix socket (Firecracker's
 //! `CONNECT <port>` convention, see `kiln_virtio::vsock`), which is also what
-//! `kiln-agent exec --uds PATH -- CMD...` does.
+//! `kiln-agent exec --uds PATH -- CMD...` does. At boot it applies a NoCloud seed
+//! ([`nocloud`], [`firstboot`]) before it serves.
 
 pub mod bench;
 pub mod client;
+pub mod firstboot;
+pub mod nocloud;
 pub mod protocol;
 pub mod pty;
 pub mod stream;

@@ -185,11 +185,24 @@ fn report(e: &dyn std::error::Error) {
 }
 
 fn serve(port: u32) -> ExitCode {
-    let listener = match VsockListener::bind(port) {
-        Ok(l) => l,
-        Err(e) => {
-            report(&e);
-            return ExitCode::FAILURE;
+    kiln_agent::firstboot::apply_at_boot();
+    // Under systemd the agent may start before udev has loaded the vsock transport module:
+    // binding then fails until it is there, so it is retried for a while.
+    let mut attempts = 0;
+    let listener = loop {
+        match VsockListener::bind(port) {
+            Ok(l) => break l,
+            Err(e) if attempts < 300 => {
+                if attempts == 0 {
+                    eprintln!("kiln-agent: vsock not ready ({e}); retrying for 60 s");
+                }
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                report(&e);
+                return ExitCode::FAILURE;
+            }
         }
     };
     eprintln!("kiln-agent: listening on vsock port {port}");

@@ -81,7 +81,9 @@ mod tests {
         drop(probe);
         let server = std::thread::spawn(move || serve(port, 1));
         let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        round_trip(to, "kiln-udp", Duration::from_millis(200), 20).unwrap();
+        // Generous: datagrams sent before the server thread has bound are lost, and on a loaded
+        // machine that thread may start late.
+        round_trip(to, "kiln-udp", Duration::from_millis(200), 150).unwrap();
         server.join().unwrap().unwrap();
     }
 }

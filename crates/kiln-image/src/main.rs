@@ -96,6 +96,9 @@ enum Command {
         /// The root file system's size in MiB (a sparse file).
         #[arg(long, value_name = "MIB", default_value_t = system::DEFAULT_SIZE_MIB)]
         size_mib: u64,
+        /// Install this Kiln guest agent (a static kiln-agent) as a systemd service.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
     },
 }
 
@@ -122,8 +125,8 @@ fn main() -> ExitCode {
         }
         Command::DebianKernel { package, modules } => debian::fetch(&cache, &package)
             .map(|kernel| if modules { kernel.modules } else { kernel.vmlinuz }),
-        Command::DebianSystem { suite, packages, mirror, size_mib } => {
-            let spec = system::SystemSpec { suite, packages, mirror, size_mib };
+        Command::DebianSystem { suite, packages, mirror, size_mib, agent } => {
+            let spec = system::SystemSpec { suite, packages, mirror, size_mib, agent };
             system::build(&cache, &spec).map(|built| built.dir)
         }
     });

@@ -42,6 +42,8 @@ pub struct SystemSpec {
     pub mirror: String,
     /// The file system size in MiB.
     pub size_mib: u64,
+    /// Kiln's guest agent (a static binary) to install as a systemd service, if any.
+    pub agent: Option<PathBuf>,
 }
 
 /// A built system.
@@ -53,13 +55,24 @@ pub struct System {
 /// Finds the system in the cache or builds it.
 pub fn build(cache: &Cache, spec: &SystemSpec) -> Result<System, ImageToolError> {
     validate(spec)?;
-    let key = cache::hash_inputs(&[
+    let agent = match &spec.agent {
+        Some(path) => std::fs::read(path).map_err(io_err("cannot read the agent", path))?,
+        None => Vec::new(),
+    };
+    let mut inputs: Vec<&[u8]> = vec![
         RECIPE.as_bytes(),
         spec.suite.as_bytes(),
         spec.packages.as_bytes(),
         spec.mirror.as_bytes(),
-        &spec.size_mib.to_le_bytes(),
-    ]);
+    ];
+    let size = spec.size_mib.to_le_bytes();
+    inputs.push(&size);
+    // Without an agent the key is what it always was, so existing cache entries stay valid.
+    if spec.agent.is_some() {
+        inputs.push(AGENT_RECIPE.as_bytes());
+        inputs.push(&agent);
+    }
+    let key = cache::hash_inputs(&inputs);
     let parent = cache.dir("debian-system")?;
     let _lock = cache.lock("debian-system")?;
     let dir = parent.join(&key[..16]);
@@ -80,7 +93,7 @@ pub fn build(cache: &Cache, spec: &SystemSpec) -> Result<System, ImageToolError>
         std::fs::remove_dir_all(&staging).map_err(io_err("cannot remove", &staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io_err("cannot create", &staging))?;
-    let result = build_into(&staging, spec);
+    let result = build_into(&staging, spec, spec.agent.as_ref().map(|_| agent.as_slice()));
     let tree = staging.join("tree");
     if tree.exists() {
         std::fs::remove_dir_all(&tree).map_err(io_err("cannot remove", &tree))?;
@@ -127,7 +140,7 @@ fn validate(spec: &SystemSpec) -> Result<(), ImageToolError> {
     Ok(())
 }
 
-fn build_into(out: &Path, spec: &SystemSpec) -> Result<(), ImageToolError> {
+fn build_into(out: &Path, spec: &SystemSpec, agent: Option<&[u8]>) -> Result<(), ImageToolError> {
     let tree = out.join("tree");
     eprintln!(
         "kiln-image: installing Debian {} ({}) with mmdebstrap from {}",
@@ -151,6 +164,9 @@ fn build_into(out: &Path, spec: &SystemSpec) -> Result<(), ImageToolError> {
         )));
     }
     configure(&tree)?;
+    if let Some(agent) = agent {
+        install_agent(&tree, agent)?;
+    }
     let (vmlinuz, initrd) = boot_files(&tree)?;
     std::fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(io_err("cannot copy", &vmlinuz))?;
     std::fs::copy(&initrd, out.join("initrd.img")).map_err(io_err("cannot copy", &initrd))?;
@@ -202,6 +218,52 @@ fn configure(tree: &Path) -> Result<(), ImageToolError> {
     write("etc/hosts", "127.0.0.1 localhost\n127.0.1.1 kiln\n::1 localhost ip6-localhost\n")?;
     write("etc/fstab", &format!("LABEL={ROOT_LABEL} / ext4 rw,errors=remount-ro 0 1\n"))
 }
+
+/// Installs Kiln's guest agent as `/usr/local/bin/kiln-agent` and a systemd service that
+/// starts it at boot (enabled by its `multi-user.target.wants` link, as `systemctl enable`
+/// would make it).
+fn install_agent(tree: &Path, agent: &[u8]) -> Result<(), ImageToolError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tree.join("usr/local/bin/kiln-agent");
+    std::fs::create_dir_all(tree.join("usr/local/bin"))
+        .map_err(io_err("cannot create", &tree.join("usr/local/bin")))?;
+    std::fs::write(&bin, agent).map_err(io_err("cannot write", &bin))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("cannot set the mode of", &bin))?;
+    let unit = tree.join("etc/systemd/system/kiln-agent.service");
+    std::fs::write(&unit, AGENT_UNIT).map_err(io_err("cannot write", &unit))?;
+    let wants = tree.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).map_err(io_err("cannot create", &wants))?;
+    let link = wants.join("kiln-agent.service");
+    if !link.exists() {
+        std::os::unix::fs::symlink("/etc/systemd/system/kiln-agent.service", &link)
+            .map_err(io_err("cannot link", &link))?;
+    }
+    Ok(())
+}
+
+/// How the agent is installed; part of the cache key of a system with an agent.
+const AGENT_RECIPE: &str = "kiln-agent v1: /usr/local/bin, kiln-agent.service";
+
+/// The agent's service: started early (before the network: it speaks vsock), restarted if it
+/// ends, its messages on the console as well as the journal.
+const AGENT_UNIT: &str = "[Unit]
+Description=Kiln guest agent (vsock port 52)
+DefaultDependencies=no
+After=systemd-udevd.service local-fs.target
+Before=shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+ExecStart=/usr/local/bin/kiln-agent serve
+Restart=always
+RestartSec=1
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
 
 /// The kernel and initrd the image installed (`boot/vmlinuz-*`, `boot/initrd.img-*` of one
 /// release).
@@ -260,6 +322,7 @@ mod tests {
             packages: DEFAULT_PACKAGES.into(),
             mirror: DEFAULT_MIRROR.into(),
             size_mib: DEFAULT_SIZE_MIB,
+            agent: None,
         }
     }
 
