@@ -130,11 +130,8 @@ fn set_hostname(name: &str) -> Result<()> {
     std::fs::write(path, format!("{name}\n")).map_err(io("cannot write", path))?;
     let hosts = Path::new("/etc/hosts");
     let old = std::fs::read_to_string(hosts).unwrap_or_default();
-    let mut text: String = old
-        .lines()
-        .filter(|l| !l.starts_with("127.0.1.1"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let mut text: String =
+        old.lines().filter(|l| !l.starts_with("127.0.1.1")).map(|l| format!("{l}\n")).collect();
     text.push_str(&format!("127.0.1.1 {name}\n"));
     std::fs::write(hosts, text).map_err(io("cannot write", hosts))
 }
@@ -204,9 +201,11 @@ fn write_file(file: &WriteFile) -> Result<()> {
         }
     };
     let mode = match &file.permissions {
-        Some(text) => Some(u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
-            FirstBootError::Step(format!("permissions {text:?} is not an octal mode"))
-        })?),
+        Some(text) => {
+            Some(u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+                FirstBootError::Step(format!("permissions {text:?} is not an octal mode"))
+            })?)
+        }
         None => None,
     };
     if let Some(parent) = path.parent() {

@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(c.runcmd[0].argv()[..2], ["/bin/sh", "-c"]);
         assert!(matches!(parse_user_data("#!/bin/sh\necho\n"), Ok(UserData::Script(_))));
         assert_eq!(parse_user_data("").expect("empty"), UserData::None);
-        assert_eq!(parse_user_data("#cloud-config\n").expect("empty"), UserData::CloudConfig(CloudConfig::default()));
+        assert_eq!(
+            parse_user_data("#cloud-config\n").expect("empty"),
+            UserData::CloudConfig(CloudConfig::default())
+        );
         let err = parse_user_data("hostname: h\n").expect_err("no header").to_string();
         assert!(err.contains("#cloud-config"), "{err}");
         let err = parse_user_data("#cloud-config\nusers: 7\n").expect_err("bad").to_string();

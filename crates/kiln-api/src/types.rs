@@ -153,7 +153,9 @@ pub struct CreateVm {
     pub memory_mib: u64,
     #[serde(default)]
     pub engine: Engine,
-    /// Absolute path of the guest kernel (ELF64 vmlinux or bzImage).
+    /// Absolute path of the guest kernel (ELF64 vmlinux or bzImage). Empty (or absent) with
+    /// `image`, whose kernel the VM boots.
+    #[serde(default)]
     pub kernel: String,
     /// Absolute path of an initramfs.
     #[serde(default)]
@@ -192,6 +194,26 @@ pub struct CreateVm {
     /// Network interfaces, in order (at most 8).
     #[serde(default)]
     pub nics: Vec<crate::NicSpec>,
+    /// Boot from this image: kilnd makes the root volume `<name>-root` from it (the first disk,
+    /// `/dev/vda`; destroyed with the VM), boots the image's kernel and initrd, adds the vsock
+    /// device for the agent and a NoCloud seed disk with the first-boot configuration below.
+    /// `kernel`, `initrd` and `cmdline` must then be absent (the image brings them).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// With `image`: the root volume's size in bytes (at least the image's; default the
+    /// image's). Its file system is grown to fill it.
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    /// With `image`: the guest's host name (default: the VM's name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// With `image`: cloud-init user-data (`#cloud-config` YAML, or a `#!` script), at most
+    /// 64 KiB. `hostname` and `ssh_authorized_keys` are added to a `#cloud-config` document.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// With `image`: SSH public keys for root (`ssh_authorized_keys` of the user-data).
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// A VM: its definition and its current state.
@@ -226,6 +248,9 @@ pub struct Vm {
     /// Its network interfaces, in order.
     #[serde(default)]
     pub nics: Vec<crate::NicSpec>,
+    /// The image it was made from, if any (its root volume is `<name>-root`).
+    #[serde(default)]
+    pub image: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC, the last state change.

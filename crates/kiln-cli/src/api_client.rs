@@ -70,6 +70,9 @@ pub enum CliError {
     Api(#[from] ClientError),
     #[error("{0}")]
     Input(String),
+    /// The request was served, and what it asked for failed (a build).
+    #[error("{0}")]
+    Failed(String),
     #[error("writing to stdout")]
     Stdout(#[source] std::io::Error),
     #[error("encoding JSON")]

@@ -17,6 +17,7 @@ mod api_client;
 mod bench;
 mod console;
 mod exec;
+mod image;
 mod sched;
 mod table;
 mod vm;
@@ -59,6 +60,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Volumes: disks kilnd keeps, attached to VMs with `kiln create --disk`.
     Volume(volume::VolumeArgs),
+    /// Images: bootable Debian systems kilnd builds, booted with `kiln create --image`.
+    Image(image::ImageArgs),
     /// Principals and their API tokens (admin).
     User(access::UserArgs),
     /// Roles given to principals, globally or per project or VM (admin).
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Cp(args) => return exec::cp(args, &api),
         Command::Vm(command) => vm::run(command, &api),
         Command::Volume(args) => volume::run(args, &api),
+        Command::Image(args) => image::run(args, &api),
         Command::Bench(args) => bench::run(args, &api),
         Command::User(args) => access::user(args, &api),
         Command::Grant(args) => access::grant(args, &api),

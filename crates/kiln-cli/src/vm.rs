@@ -83,20 +83,36 @@ pub struct CreateArgs {
     /// Name: 1-63 of a-z 0-9 - _ . starting with a letter or digit.
     pub name: String,
     /// Guest kernel (ELF64 vmlinux or bzImage); relative paths are made absolute here.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "image")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "image")]
     pub initrd: Option<PathBuf>,
+    /// Boot from an image (`kiln image list`): its root volume NAME-root is made from it
+    /// (/dev/vda, destroyed with the VM), with the agent's vsock device and a first-boot seed.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "kernel")]
+    pub image: Option<String>,
+    /// With --image: the root volume's size (at least the image's; `10G`).
+    #[arg(long, value_name = "SIZE", value_parser = crate::volume::parse_size, requires = "image")]
+    pub disk_size: Option<u64>,
+    /// With --image: the guest's host name [default: the VM's name].
+    #[arg(long, value_name = "NAME", requires = "image")]
+    pub hostname: Option<String>,
+    /// With --image: cloud-init user-data (`#cloud-config` YAML or a `#!` script) from FILE.
+    #[arg(long, value_name = "FILE", requires = "image")]
+    pub user_data: Option<PathBuf>,
+    /// With --image: SSH public keys for root, from FILE (one per line). Repeatable.
+    #[arg(long, value_name = "FILE", requires = "image")]
+    pub ssh_key: Vec<PathBuf>,
     /// Kernel command line.
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
     /// Virtual CPUs (1-254).
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
-    /// Guest RAM in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 128)]
-    pub memory: u64,
+    /// Guest RAM in MiB [default: 128, 512 with --image].
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineArg,
     /// Project (grants can cover a project).
@@ -208,16 +224,33 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
     let one = |vm: Vm| print_vm(out, &vm);
     match command {
         VmCommand::Create(a) => {
+            let read = |path: &PathBuf, what: &str| {
+                std::fs::read_to_string(path).map_err(|e| {
+                    CliError::Input(format!("cannot read the {what} file {}: {e}", path.display()))
+                })
+            };
+            let user_data = a.user_data.as_ref().map(|p| read(p, "--user-data")).transpose()?;
+            let mut keys = Vec::new();
+            for path in &a.ssh_key {
+                let text = read(path, "--ssh-key")?;
+                keys.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned),
+                );
+            }
+            let default_memory = if a.image.is_some() { 512 } else { 128 };
             let spec = CreateVm {
                 name: a.name,
                 vcpus: a.vcpus,
-                memory_mib: a.memory,
+                memory_mib: a.memory.unwrap_or(default_memory),
                 engine: match a.engine {
                     EngineArg::Auto => Engine::Auto,
                     EngineArg::Kvm => Engine::Kvm,
                     EngineArg::Emu => Engine::Emu,
                 },
-                kernel: absolute(&a.kernel)?,
+                kernel: a.kernel.as_deref().map(absolute).transpose()?.unwrap_or_default(),
                 initrd: a.initrd.as_deref().map(absolute).transpose()?,
                 cmdline: a.cmdline,
                 project: a.project,
@@ -231,6 +264,11 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
                 vsock: a.vsock,
                 disks: a.disk,
                 nics: a.nic,
+                image: a.image,
+                disk_size_bytes: a.disk_size,
+                hostname: a.hostname,
+                user_data,
+                ssh_authorized_keys: keys,
             };
             one(client.call("POST", "/v1/vms", Some(&spec))?)
         }
@@ -287,12 +325,24 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
             // A VM's volumes outlive it: say which stay.
             let vm: Vm = client.get(&vm_path(&a.name, ""))?;
             client.delete(&vm_path(&a.name, ""))?;
-            let kept: Vec<&str> = vm.disks.iter().map(|d| d.volume.as_str()).collect();
+            // The root volume of a VM made from an image goes with it; data volumes stay.
+            let root = vm.image.as_ref().map(|_| format!("{}-root", vm.name));
+            let kept: Vec<&str> = vm
+                .disks
+                .iter()
+                .map(|d| d.volume.as_str())
+                .filter(|v| Some(*v) != root.as_deref())
+                .collect();
             if out == Output::Json {
-                let done = serde_json::json!({ "destroyed": a.name, "volumes_kept": kept });
+                let done = serde_json::json!({
+                    "destroyed": a.name, "volumes_kept": kept, "root_volume_deleted": root,
+                });
                 crate::api_client::print_json(&done)
             } else {
                 println!("destroyed {}", a.name);
+                if let Some(root) = &root {
+                    println!("its root volume {root} (made from image) is deleted with it");
+                }
                 if !kept.is_empty() {
                     println!(
                         "its volumes are kept: {} (kiln volume delete NAME removes one)",
@@ -460,6 +510,7 @@ fn print_vm(out: Output, vm: &Vm) -> Result<(), CliError> {
         ),
         ("disks", disks(vm)),
         ("nics", nics(vm)),
+        ("image", vm.image.clone().unwrap_or_else(none)),
         ("kernel", vm.kernel.clone()),
         ("initrd", vm.initrd.clone().unwrap_or_else(none)),
         ("cmdline", vm.cmdline.clone().unwrap_or_else(none)),

@@ -32,9 +32,14 @@ pub enum VolumeCommand {
 pub struct CreateArgs {
     /// Name: 1-63 of a-z 0-9 - _ . starting with a letter or digit.
     pub name: String,
-    /// Size: bytes, or whole units with a binary suffix K, M, G or T (`512M`, `10G`).
-    #[arg(long, value_parser = parse_size)]
-    pub size: u64,
+    /// Size: bytes, or whole units with a binary suffix K, M, G or T (`512M`, `10G`); with
+    /// --from-image at least the image's [default there: the image's].
+    #[arg(long, value_parser = parse_size, required_unless_present = "from_image")]
+    pub size: Option<u64>,
+    /// A copy of a ready image's root file system (a reflink where possible, else a sparse
+    /// copy), its file system grown to --size.
+    #[arg(long, value_name = "IMAGE")]
+    pub from_image: Option<String>,
     /// Project (grants on the project cover the volume; its VMs may attach it).
     #[arg(long, default_value = "default")]
     pub project: String,
@@ -80,7 +85,12 @@ pub fn run(args: VolumeArgs, api: &ApiArgs) -> Result<(), CliError> {
     let path = |name: &str| format!("/v1/volumes/{}", encode(name));
     match args.command {
         VolumeCommand::Create(a) => {
-            let spec = CreateVolume { name: a.name, size_bytes: a.size, project: a.project };
+            let spec = CreateVolume {
+                name: a.name,
+                size_bytes: a.size.unwrap_or(0),
+                project: a.project,
+                from_image: a.from_image,
+            };
             print_volume(out, &client.call("POST", "/v1/volumes", Some(&spec))?)
         }
         VolumeCommand::List => {

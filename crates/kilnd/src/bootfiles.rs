@@ -125,6 +125,37 @@ fn open_one(
     Ok(file)
 }
 
+/// Opens the kernel and initrd of an image (kilnd's own files, under `images_dir`) for a VM
+/// defined from it; nothing outside that directory.
+pub fn open_image(
+    kernel: &str,
+    initrd: Option<&str>,
+    memory_mib: u64,
+    images_dir: &Path,
+) -> Result<BootFiles, Invalid> {
+    let one = |field: &'static str, value: &str, max: u64| -> Result<File, Invalid> {
+        let file = open_file(Path::new(value))
+            .map_err(|e| invalid(field, format!("the image's {value} cannot be read: {e}")))?;
+        let len = file.metadata().map_err(|e| invalid(field, format!("{value}: {e}")))?.len();
+        if !is_under(&opened_path(&file), images_dir) {
+            return Err(invalid(field, format!("{value} is not a file of an image")));
+        }
+        if len > max {
+            return Err(invalid(
+                field,
+                format!("the image's {value} is {len} bytes, more than the limit of {max}"),
+            ));
+        }
+        Ok(file)
+    };
+    let kernel = one("kernel", kernel, MAX_KERNEL_BYTES)?;
+    let initrd = match initrd {
+        Some(path) => Some(one("initrd", path, memory_mib.saturating_mul(1024 * 1024))?),
+        None => None,
+    };
+    Ok(BootFiles { kernel, initrd })
+}
+
 /// Opens without blocking (a FIFO is refused after the open, not waited on) and without
 /// becoming a controlling terminal.
 fn open_file(path: &Path) -> std::io::Result<File> {

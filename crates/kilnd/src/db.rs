@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+pub mod images;
 pub mod volumes;
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
@@ -115,6 +116,25 @@ CREATE TABLE vm_nics (
     PRIMARY KEY (vm, position)
 );
 "#,
+    r#"
+CREATE TABLE images (
+    name TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    suite TEXT,
+    packages TEXT NOT NULL DEFAULT '',
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    kernel TEXT,
+    initrd TEXT,
+    progress TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    build_ms INTEGER,
+    created_ms INTEGER NOT NULL
+);
+ALTER TABLE vms ADD COLUMN image TEXT;
+ALTER TABLE volumes ADD COLUMN root_of TEXT;
+"#,
 ];
 
 /// `VM "a", VM "b"`.
@@ -174,6 +194,17 @@ pub enum DbError {
          {vm_project:?}: a VM's disks must be volumes of its project"
     )]
     VolumeProject { volume: String, project: String, vm_project: String },
+    #[error("no image named {0:?}")]
+    NoImage(String),
+    #[error("an image named {0:?} exists already")]
+    ImageExists(String),
+    #[error("image {image:?} is {state}: {what}")]
+    ImageNotReady { image: String, state: &'static str, what: &'static str },
+    #[error(
+        "image {image:?} is the image of {}: destroy {} first",
+        names(vms), if vms.len() == 1 { "that VM" } else { "those VMs" }
+    )]
+    ImageInUse { image: String, vms: Vec<String> },
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
 }
@@ -313,9 +344,9 @@ impl Db {
         let inserted = tx.execute(
             "INSERT INTO vms (name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
                  restart_policy, restart_limit, state, created_ms, updated_ms, priority,
-                 expected_runtime_secs, vsock, boot_uid, boot_gid)
+                 expected_runtime_secs, vsock, boot_uid, boot_gid, image)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16,
-                     ?17)
+                     ?17, ?18)
              ON CONFLICT(name) DO NOTHING",
             params![
                 spec.name,
@@ -334,11 +365,15 @@ impl Db {
                 spec.expected_runtime_secs.map(|s| s as i64),
                 spec.vsock,
                 boot_ids.map(|(uid, _)| uid),
-                boot_ids.map(|(_, gid)| gid)
+                boot_ids.map(|(_, gid)| gid),
+                spec.image
             ],
         )?;
         if inserted == 0 {
             return Err(DbError::VmExists(spec.name.clone()));
+        }
+        if let Some(image) = &spec.image {
+            images::check_ready(&tx, image)?;
         }
         volumes::insert_devices(&tx, &spec.name, &spec.project, &spec.disks, &spec.nics)?;
         if let Some((volume, vm)) = volumes::held_elsewhere(&tx, &spec.name)? {
@@ -479,7 +514,8 @@ impl Db {
     }
 
     /// Removes a VM that has no monitor (state in `from`), with its events.
-    pub fn delete_vm(&self, name: &str, from: &[VmState]) -> Result<()> {
+    /// Returns the VM's root volume, forgotten with it (the caller removes its file).
+    pub fn delete_vm(&self, name: &str, from: &[VmState]) -> Result<Option<String>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let state = get_vm(&tx, name)?.vm.state;
@@ -487,12 +523,22 @@ impl Db {
             return Err(DbError::WrongState { name: name.to_owned(), state });
         }
         volumes::delete_devices(&tx, name)?;
+        let root: Option<String> = tx
+            .query_row("SELECT name FROM volumes WHERE root_of = ?1", [name], |r| r.get(0))
+            .optional()?;
+        if let Some(root) = &root {
+            tx.execute("DELETE FROM volumes WHERE name = ?1", [root])?;
+            tx.execute(
+                "DELETE FROM grants WHERE scope_kind = 'volume' AND scope_name = ?1",
+                [root],
+            )?;
+        }
         tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
         tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
         // Grants on the VM go with it: a later VM of the same name is another VM.
         tx.execute("DELETE FROM grants WHERE scope_kind = 'vm' AND scope_name = ?1", [name])?;
         tx.commit()?;
-        Ok(())
+        Ok(root)
     }
 
     /// The events of a VM, oldest first.
@@ -684,7 +730,7 @@ impl Db {
 
 const VM_SELECT: &str = "SELECT name, project, vcpus, memory_mib, engine, kernel, initrd, cmdline,
     restart_policy, restart_limit, state, reason, pid, pid_start_time, restarts, created_ms,
-    updated_ms, priority, expected_runtime_secs, vsock FROM vms";
+    updated_ms, priority, expected_runtime_secs, vsock, image FROM vms";
 
 impl Db {
     /// The uid and gid whose rights open the boot files of `name` (none: kilnd's).
@@ -741,6 +787,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
                 vsock: r.get(19)?,
                 disks: Vec::new(),
                 nics: Vec::new(),
+                image: r.get(20)?,
                 created_at: rfc3339_ms(r.get(15)?),
                 updated_at: rfc3339_ms(r.get(16)?),
             },

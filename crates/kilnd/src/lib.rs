@@ -23,15 +23,19 @@ pub mod auth;
 pub mod bootfiles;
 pub mod conn;
 pub mod db;
+pub mod filecopy;
+pub mod images;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod procfs;
 pub mod scheduler;
+pub mod seed;
 pub mod server;
 pub mod supervisor;
 pub mod tls;
 pub mod validate;
+pub mod vm_image;
 pub mod volumes;
 
 /// `error: cause: root cause` on one line.

@@ -98,6 +98,8 @@ pub struct Settings {
     pub host_memory_mib: u64,
     /// The host's size, over-commit ratios and queueing policy.
     pub capacity: Capacity,
+    /// What image builds run.
+    pub images: crate::images::ImageTools,
 }
 
 /// A VMM kilnd supervises.
@@ -164,6 +166,9 @@ impl Manager {
     /// Defines a VM after validating every field and opening its boot files with `reader`'s
     /// rights (kept with the VM for every later start); nothing is stored if a check fails.
     pub fn create(&self, spec: &CreateVm, principal: Option<&str>, reader: Reader) -> Result<Vm> {
+        if spec.image.is_some() {
+            return crate::vm_image::create(self, spec, principal);
+        }
         validate::create_vm(spec, self.settings.host_memory_mib)?;
         self.check_socket_paths(spec)?;
         self.check_fits_host(spec.vcpus, spec.memory_mib)?;
@@ -217,14 +222,29 @@ impl Manager {
         Ok(bootfiles::open(reader, kernel, initrd, memory_mib, &self.settings.state_dir)?)
     }
 
+    /// Opens the kernel and initrd of a definition from an image (kilnd's own files).
+    pub(crate) fn image_boot_files(&self, spec: &CreateVm) -> Result<BootFiles> {
+        let images = crate::images::dir(&self.settings.state_dir);
+        Ok(bootfiles::open_image(&spec.kernel, spec.initrd.as_deref(), spec.memory_mib, &images)?)
+    }
+
     /// Opens the boot files of a defined VM with the rights recorded at its create.
     fn vm_boot_files(&self, vm: &Vm) -> Result<BootFiles> {
+        if vm.image.is_some() {
+            let images = crate::images::dir(&self.settings.state_dir);
+            return Ok(bootfiles::open_image(
+                &vm.kernel,
+                vm.initrd.as_deref(),
+                vm.memory_mib,
+                &images,
+            )?);
+        }
         let reader = Reader::from_ids(self.db.boot_ids(&vm.name)?);
         self.open_boot_files(reader, &vm.kernel, vm.initrd.as_deref(), vm.memory_mib)
     }
 
     /// The VMM's sockets live under the state directory and must fit a Unix socket address.
-    fn check_socket_paths(&self, spec: &CreateVm) -> Result<()> {
+    pub(crate) fn check_socket_paths(&self, spec: &CreateVm) -> Result<()> {
         let logs = self.logs(&spec.name);
         let too_long = |path: PathBuf, max: usize, field: &'static str| {
             let len = path.as_os_str().len();
@@ -246,7 +266,7 @@ impl Manager {
     }
 
     /// A VM larger than the host's capacity could never start: refused with the field named.
-    fn check_fits_host(&self, vcpus: u32, memory_mib: u64) -> Result<()> {
+    pub(crate) fn check_fits_host(&self, vcpus: u32, memory_mib: u64) -> Result<()> {
         let limit = self.settings.capacity.limit();
         if u64::from(vcpus) > limit.vcpus {
             return Err(validate::Invalid {
@@ -621,8 +641,15 @@ impl Manager {
 
     /// Removes a VM at rest: its definition, events and logs.
     pub fn destroy(self: &Arc<Self>, name: &str) -> Result<()> {
-        self.db.delete_vm(name, &AT_REST)?;
+        let root = self.db.delete_vm(name, &AT_REST)?;
         self.logs(name).remove()?;
+        if let Some(root) = root {
+            let file = crate::volumes::path(&self.settings.state_dir, &root);
+            if let Err(e) = std::fs::remove_file(&file) {
+                // The row is gone; the next start's volume recovery removes the file.
+                eprintln!("kilnd: removing root volume {root:?} of {name:?}: {e}");
+            }
+        }
         self.schedule();
         Ok(())
     }

@@ -186,6 +186,17 @@ impl VmLogs {
         self.dir.join("vsock.sock")
     }
 
+    /// The NoCloud seed disk of a VM made from an image.
+    pub fn seed_image(&self) -> PathBuf {
+        self.dir.join("seed.img")
+    }
+
+    /// The VM's directory (made if missing).
+    pub fn ensure_dir(&self) -> Result<&Path, LogError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        Ok(&self.dir)
+    }
+
     /// Removes the VM's directory.
     pub fn remove(&self) -> Result<(), LogError> {
         match std::fs::remove_dir_all(&self.dir) {

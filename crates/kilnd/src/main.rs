@@ -24,6 +24,14 @@ struct Args {
     /// The kiln-vmm binary [default: kiln-vmm next to kilnd, else from PATH]
     #[arg(long, value_name = "PATH")]
     vmm: Option<PathBuf>,
+    /// The kiln-image binary that builds images [default: kiln-image next to kilnd, else from
+    /// PATH]
+    #[arg(long, value_name = "PATH")]
+    kiln_image: Option<PathBuf>,
+    /// The guest agent installed into built images: a static kiln-agent, as it must run in
+    /// the image's userland [default: kiln-agent next to kilnd, if there is one]
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
     /// Seconds between SIGTERM and SIGKILL when stopping a VM
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout: u64,
@@ -90,12 +98,12 @@ enum PolicyArg {
     Easy,
 }
 
-fn default_vmm() -> PathBuf {
+/// `name` next to kilnd's own binary, if it is there.
+fn beside_kilnd(name: &str) -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("kiln-vmm")))
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
         .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("kiln-vmm"))
 }
 
 fn main() -> ExitCode {
@@ -120,7 +128,14 @@ fn main() -> ExitCode {
     let config = Config {
         socket: args.socket.unwrap_or_else(kiln_api::paths::default_socket),
         state_dir: args.state_dir.unwrap_or_else(kiln_api::paths::default_state_dir),
-        vmm: args.vmm.unwrap_or_else(default_vmm),
+        vmm: args.vmm.or_else(|| beside_kilnd("kiln-vmm")).unwrap_or_else(|| "kiln-vmm".into()),
+        images: kilnd::images::ImageTools {
+            kiln_image: args
+                .kiln_image
+                .or_else(|| beside_kilnd("kiln-image"))
+                .unwrap_or_else(|| "kiln-image".into()),
+            agent: args.agent.or_else(|| beside_kilnd("kiln-agent")),
+        },
         stop_timeout: Duration::from_secs(args.stop_timeout),
         vmm_ready_timeout: Duration::from_secs(args.vmm_ready_timeout),
         sched: SchedConfig {

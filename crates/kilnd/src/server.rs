@@ -42,6 +42,8 @@ pub enum ServerError {
     Adopt(#[source] LifecycleError),
     #[error("recovering volumes")]
     Volumes(#[from] crate::volumes::VolumeError),
+    #[error("recovering images")]
+    Images(#[from] crate::images::ImageError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -52,6 +54,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub vmm: PathBuf,
+    /// What image builds run (kiln-image, and the agent they install).
+    pub images: crate::images::ImageTools,
     pub stop_timeout: Duration,
     /// How long a new VMM has to come up.
     pub vmm_ready_timeout: Duration,
@@ -159,7 +163,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         vmm_ready_timeout: config.vmm_ready_timeout,
         host_memory_mib: capacity.memory_mib,
         capacity,
+        images: config.images.clone(),
     };
+    for line in crate::images::recover(&db, &settings.state_dir)? {
+        eprintln!("kilnd: {line}");
+    }
     for line in crate::volumes::recover(&db, &settings.state_dir)? {
         eprintln!("kilnd: {line}");
     }

@@ -101,6 +101,12 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
     for disk in &vm.disks {
         cmd.arg("--disk").arg(disk_arg(&mgr.settings.state_dir, disk)?);
     }
+    if vm.image.is_some() {
+        // The NoCloud seed, last: the guest's first-boot configuration.
+        let mut seed = logs.seed_image().into_os_string();
+        seed.push(format!(",ro,serial={}", kiln_agent::nocloud::SEED_SERIAL));
+        cmd.arg("--disk").arg(seed);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))

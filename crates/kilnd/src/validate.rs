@@ -81,8 +81,52 @@ pub fn create_vm(spec: &CreateVm, host_memory_mib: u64) -> Result<(), Invalid> {
         ));
     }
     scheduling(Some(spec.priority), spec.expected_runtime_secs)?;
+    boot_source(spec)?;
     disks(&spec.disks)?;
     nics(&spec.nics)
+}
+
+/// A VM boots a kernel or an image, and only an image takes first-boot configuration.
+fn boot_source(spec: &CreateVm) -> Result<(), Invalid> {
+    match &spec.image {
+        Some(image) => {
+            name("image", image)?;
+            if !spec.kernel.is_empty() || spec.initrd.is_some() {
+                return Err(invalid(
+                    "kernel",
+                    "a VM from an image boots the image's kernel and initrd: give no kernel or \
+                     initrd",
+                ));
+            }
+            if spec.disks.len() >= MAX_DISKS - 1 {
+                return Err(invalid(
+                    "disks",
+                    format!(
+                        "a VM from an image has its root and seed disks and at most {} more",
+                        MAX_DISKS - 2
+                    ),
+                ));
+            }
+        }
+        None => {
+            if spec.kernel.is_empty() {
+                return Err(invalid("kernel", "give a kernel (an absolute path) or an image"));
+            }
+            let first_boot = [
+                ("disk_size_bytes", spec.disk_size_bytes.is_some()),
+                ("hostname", spec.hostname.is_some()),
+                ("user_data", spec.user_data.is_some()),
+                ("ssh_authorized_keys", !spec.ssh_authorized_keys.is_empty()),
+            ];
+            if let Some((field, _)) = first_boot.iter().find(|(_, given)| *given) {
+                return Err(invalid(
+                    field,
+                    "only a VM made from an image (image) takes first-boot configuration",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Most disks of a VM (`/dev/vda` to `/dev/vdp`).

@@ -105,8 +105,20 @@ fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Creates an empty volume: checked, made whole, then listed; nothing is left if a step fails.
+/// Creates a volume, empty or a copy of an image: checked, made whole, then listed; nothing is
+/// left if a step fails.
 pub fn create(db: &Db, state_dir: &Path, spec: &CreateVolume) -> Result<Volume> {
+    create_for(db, state_dir, spec, None)
+}
+
+/// As [`create`], for the root volume of VM `root_of` (forgotten with that VM; removed at
+/// kilnd's start if the VM was never defined).
+pub fn create_for(
+    db: &Db,
+    state_dir: &Path,
+    spec: &CreateVolume,
+    root_of: Option<&str>,
+) -> Result<Volume> {
     validate::name("name", &spec.name)?;
     validate::name("project", &spec.project)?;
     if db.volume_exists(&spec.name)? {
@@ -114,19 +126,38 @@ pub fn create(db: &Db, state_dir: &Path, spec: &CreateVolume) -> Result<Volume> 
     }
     let dir = dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(io("creating the volume directory", &dir))?;
-    check_size(spec.size_bytes)?;
-    check_free(&dir, spec.size_bytes)?;
+    let source = match &spec.from_image {
+        Some(image) => Some(image_source(db, state_dir, image, &spec.project)?),
+        None => None,
+    };
+    let size = match &source {
+        Some((_, image_size)) if spec.size_bytes == 0 => *image_size,
+        Some((_, image_size)) if spec.size_bytes < *image_size => {
+            return Err(bad_size(format!(
+                "{} bytes is less than the image's {image_size}: a volume from an image holds \
+                 at least the whole image",
+                spec.size_bytes
+            ))
+            .into())
+        }
+        _ => spec.size_bytes,
+    };
+    check_size(size)?;
+    check_free(&dir, size)?;
     let temp = creating(state_dir, &spec.name);
-    let made = (|| {
-        let file = std::fs::File::create(&temp)?;
-        file.set_len(spec.size_bytes)?;
-        file.sync_all()
-    })();
+    let made = match &source {
+        Some((rootfs, image_size)) => clone_image(rootfs, &temp, *image_size, size),
+        None => (|| {
+            let file = std::fs::File::create(&temp)?;
+            file.set_len(size)?;
+            file.sync_all()
+        })(),
+    };
     if let Err(e) = made {
         let _ = std::fs::remove_file(&temp);
         return Err(io("creating the volume file", &temp)(e));
     }
-    let row = match db.create_volume(&spec.name, &spec.project, spec.size_bytes) {
+    let row = match db.create_volume(&spec.name, &spec.project, size, root_of) {
         Ok(row) => row,
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
@@ -140,6 +171,60 @@ pub fn create(db: &Db, state_dir: &Path, spec: &CreateVolume) -> Result<Volume> 
         return Err(io("moving the volume file into place", &file)(e));
     }
     Ok(to_api(state_dir, row))
+}
+
+/// The root file system of a ready image of `project`, and its size.
+fn image_source(db: &Db, state_dir: &Path, image: &str, project: &str) -> Result<(PathBuf, u64)> {
+    let row = match db.image(image) {
+        Err(DbError::NoImage(_)) => {
+            return Err(Invalid {
+                field: "from_image",
+                message: format!("no image named {image:?} (kiln image list shows them)"),
+            }
+            .into())
+        }
+        other => other?,
+    };
+    if row.state != kiln_api::ImageState::Ready {
+        return Err(Invalid {
+            field: "from_image",
+            message: format!("image {image:?} is {}, not ready", row.state.as_str()),
+        }
+        .into());
+    }
+    if row.project != project {
+        return Err(Invalid {
+            field: "from_image",
+            message: format!(
+                "image {image:?} belongs to project {:?}, not {project:?}",
+                row.project
+            ),
+        }
+        .into());
+    }
+    Ok((crate::images::file(state_dir, image, crate::images::ROOTFS), row.size_bytes))
+}
+
+/// Copies an image's ext4 file system into `to` and, if the volume is larger, grows the file
+/// system to fill it (`resize2fs`, on the still private file).
+fn clone_image(rootfs: &Path, to: &Path, image_size: u64, size: u64) -> std::io::Result<()> {
+    let kind = crate::filecopy::clone_file(rootfs, to, size)?;
+    eprintln!("kilnd: {} made from {} ({})", to.display(), rootfs.display(), kind.as_str());
+    if size > image_size {
+        let out = std::process::Command::new("resize2fs")
+            .arg("-f")
+            .arg(to)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "resize2fs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Grows a volume to `size` bytes (never shrinks); refused while a VM that lists it runs.
@@ -208,13 +293,17 @@ pub fn to_api(state_dir: &Path, row: VolumeRow) -> Volume {
 /// At kilnd's start: completes volumes recorded while their file was still being moved into
 /// place, and removes files that no volume owns. Returns what it did, one line each.
 pub fn recover(db: &Db, state_dir: &Path) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for name in db.orphan_root_volumes()? {
+        db.delete_volume(&name)?;
+        done.push(format!("volume {name:?}: the root volume of a VM never defined, removed"));
+    }
     let dir = dir(state_dir);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
         Err(e) => return Err(io("reading the volume directory", &dir)(e)),
     };
-    let mut done = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let owner = file_name

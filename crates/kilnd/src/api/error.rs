@@ -2,6 +2,7 @@
 
 use crate::auth::AuthError;
 use crate::db::DbError;
+use crate::images::ImageError;
 use crate::lifecycle::LifecycleError;
 use crate::volumes::VolumeError;
 use axum::http::StatusCode;
@@ -84,16 +85,23 @@ impl IntoResponse for ApiFailure {
 impl From<DbError> for ApiFailure {
     fn from(e: DbError) -> Self {
         match &e {
-            DbError::NoVm(_) | DbError::NoPrincipal(_) | DbError::NoVolume(_) => {
-                ApiFailure::not_found(e.to_string())
-            }
-            DbError::VolumeAttached { .. } | DbError::VolumeInUse { .. } => {
+            DbError::NoVm(_)
+            | DbError::NoPrincipal(_)
+            | DbError::NoVolume(_)
+            | DbError::NoImage(_) => ApiFailure::not_found(e.to_string()),
+            DbError::VolumeAttached { .. }
+            | DbError::VolumeInUse { .. }
+            | DbError::ImageInUse { .. }
+            | DbError::ImageNotReady { .. } => {
                 ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             DbError::VolumeProject { .. } => {
                 ApiFailure::bad_request(Some("disks".to_owned()), e.to_string())
             }
-            DbError::VmExists(_) | DbError::PrincipalExists(..) | DbError::VolumeExists(_) => {
+            DbError::VmExists(_)
+            | DbError::PrincipalExists(..)
+            | DbError::VolumeExists(_)
+            | DbError::ImageExists(_) => {
                 let mut body = body("conflict", e.to_string());
                 body.field = Some("name".to_owned());
                 ApiFailure { status: StatusCode::CONFLICT, body }
@@ -126,6 +134,21 @@ impl From<VolumeError> for ApiFailure {
                 ApiFailure::bad_request(Some(invalid.field.to_owned()), invalid.to_string())
             }
             VolumeError::Db(db) => db.into(),
+            other => ApiFailure::internal(&other),
+        }
+    }
+}
+
+impl From<ImageError> for ApiFailure {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Invalid(invalid) => {
+                ApiFailure::bad_request(Some(invalid.field.to_owned()), invalid.to_string())
+            }
+            ImageError::Db(db) => db.into(),
+            ImageError::Unavailable(message) => {
+                ApiFailure::status(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             other => ApiFailure::internal(&other),
         }
     }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod error;
 pub mod exec;
+pub mod images;
 pub mod openapi;
 pub mod vms;
 pub mod volumes;
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/console", post(vms::console))
         .route("/v1/vms/{name}/exec", post(exec::exec))
         .route("/v1/queue", get(vms::queue))
+        .route("/v1/images", get(images::list).post(images::build))
+        .route("/v1/images/{name}", get(images::show).delete(images::delete))
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route("/v1/volumes/{name}", get(volumes::show).delete(volumes::delete))
         .route("/v1/volumes/{name}/resize", post(volumes::resize))

@@ -86,6 +86,16 @@ pub async fn create(
     JsonBody(spec): JsonBody<CreateVm>,
 ) -> ApiResult<(StatusCode, Json<Vm>)> {
     require(&p, Permission::Create, Target::Project(&spec.project))?;
+    if spec.image.is_some() {
+        // No host file is named (the image's are kilnd's), and the root volume is a copy of
+        // the image: blocking work, off the async threads.
+        let mgr = mgr.clone();
+        let vm =
+            tokio::task::spawn_blocking(move || mgr.create(&spec, Some(&p.name), Reader::Kilnd))
+                .await
+                .map_err(|e| ApiFailure::internal(&e))??;
+        return Ok((StatusCode::CREATED, Json(vm)));
+    }
     let vm = mgr.create(&spec, Some(&p.name), boot_reader(&p, peer)?)?;
     Ok((StatusCode::CREATED, Json(vm)))
 }

@@ -21,12 +21,19 @@ pub struct VolumeRow {
 
 impl Db {
     /// Records a volume whose file is in place.
-    pub fn create_volume(&self, name: &str, project: &str, size_bytes: u64) -> Result<VolumeRow> {
+    /// `root_of` names the VM whose root volume it is.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        project: &str,
+        size_bytes: u64,
+        root_of: Option<&str>,
+    ) -> Result<VolumeRow> {
         let conn = self.lock();
         let inserted = conn.execute(
-            "INSERT INTO volumes (name, project, size_bytes, created_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO NOTHING",
-            params![name, project, size_bytes as i64, now_ms()],
+            "INSERT INTO volumes (name, project, size_bytes, created_ms, root_of)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(name) DO NOTHING",
+            params![name, project, size_bytes as i64, now_ms(), root_of],
         )?;
         if inserted == 0 {
             return Err(DbError::VolumeExists(name.to_owned()));
