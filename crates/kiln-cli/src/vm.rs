@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Define a VM (state `defined`); nothing is created if a field is wrong.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List the VMs you may see.
     List,
     /// Show one VM.
@@ -224,6 +224,7 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
     let one = |vm: Vm| print_vm(out, &vm);
     match command {
         VmCommand::Create(a) => {
+            let a = *a;
             let read = |path: &PathBuf, what: &str| {
                 std::fs::read_to_string(path).map_err(|e| {
                     CliError::Input(format!("cannot read the {what} file {}: {e}", path.display()))

@@ -42,6 +42,7 @@ fn exec_and_cp_through_the_guest_agent() {
                 name: "data".into(),
                 size_bytes: 32 << 20,
                 project: "default".into(),
+                from_image: None,
             }),
         )
         .unwrap();

@@ -16,7 +16,8 @@ use std::time::Duration;
 const MIB: u64 = 1 << 20;
 
 fn volume(c: &kiln_api::Client, name: &str, size_bytes: u64) -> Volume {
-    let spec = CreateVolume { name: name.into(), size_bytes, project: "default".into() };
+    let spec =
+        CreateVolume { name: name.into(), size_bytes, project: "default".into(), from_image: None };
     c.call("POST", "/v1/volumes", Some(&spec)).unwrap()
 }
 
@@ -113,7 +114,12 @@ fn bad_volume_input_is_named_and_leaves_no_file_and_no_row() {
             skip::skip("kilnd::volume_over_the_free_space", "more than 16 TiB free here");
             continue;
         }
-        let spec = CreateVolume { name: name.clone(), size_bytes: size, project: "default".into() };
+        let spec = CreateVolume {
+            name: name.clone(),
+            size_bytes: size,
+            project: "default".into(),
+            from_image: None,
+        };
         let (got, body) = status(c.call::<_, Volume>("POST", "/v1/volumes", Some(&spec)));
         assert_eq!((got, body.field.as_deref()), (code, Some(field)), "{name}: {}", body.message);
         assert!(body.message.contains(words), "{name}: {}", body.message);
@@ -133,7 +139,12 @@ fn disks_are_checked_listed_in_order_and_outlive_their_vm() {
     let c = d.admin();
     volume(&c, "root", 8 * MIB);
     volume(&c, "ref", 8 * MIB);
-    let other = CreateVolume { name: "theirs".into(), size_bytes: 8 * MIB, project: "b".into() };
+    let other = CreateVolume {
+        name: "theirs".into(),
+        size_bytes: 8 * MIB,
+        project: "b".into(),
+        from_image: None,
+    };
     let _: Volume = c.call("POST", "/v1/volumes", Some(&other)).unwrap();
 
     // A missing volume, another project's volume, a volume twice: named, nothing stored.
@@ -381,10 +392,20 @@ fn grants_cover_volumes_as_they_cover_vms() {
         let made: CreatedUser = c.call("POST", "/v1/users", Some(&spec)).unwrap();
         d.with_token(&made.token)
     };
-    let theirs = CreateVolume { name: "theirs".into(), size_bytes: 8 * MIB, project: "b".into() };
+    let theirs = CreateVolume {
+        name: "theirs".into(),
+        size_bytes: 8 * MIB,
+        project: "b".into(),
+        from_image: None,
+    };
     let _: Volume = c.call("POST", "/v1/volumes", Some(&theirs)).unwrap();
     let operator = user("op", Role::Operator, Scope::Project("a".into()));
-    let mine = CreateVolume { name: "mine".into(), size_bytes: 8 * MIB, project: "a".into() };
+    let mine = CreateVolume {
+        name: "mine".into(),
+        size_bytes: 8 * MIB,
+        project: "a".into(),
+        from_image: None,
+    };
     let _: Volume = operator.call("POST", "/v1/volumes", Some(&mine)).unwrap();
     let (code, body) = status(operator.call::<_, Volume>("POST", "/v1/volumes", Some(&theirs)));
     assert_eq!((code, body.permission), (403, Some(kiln_api::Permission::Create)));

@@ -242,6 +242,11 @@ pub fn spec(name: &str, kernel: &str) -> CreateVm {
         vsock: false,
         disks: Vec::new(),
         nics: Vec::new(),
+        image: None,
+        disk_size_bytes: None,
+        hostname: None,
+        user_data: None,
+        ssh_authorized_keys: Vec::new(),
     }
 }
 

@@ -1,0 +1,271 @@
+//! Images through kilnd, with real guests: `kiln image build` makes a Debian system with the
+//! agent as a service (mmdebstrap from Debian's archive), `kiln create --image` boots it with
+//! its first-boot configuration, `kiln exec` reaches it, a data volume keeps what was written
+//! through a SIGKILL of the VMM and a restart, and bad input and crashes leave nothing usable
+//! behind. Needs root, Debian's archive and the static agent: where `scripts/test` built its
+//! Debian system (`KILN_DEBIAN_SYSTEM`), this runs; elsewhere it is skipped with the reason.
+//! emu only: the nested kvm host has no Debian archive to build from.
+
+mod common;
+
+use common::*;
+use kiln_api::{Image, ImageState, Vm, VmState, Volume};
+use kiln_testguest::skip;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const TEST: &str = "kilnd::a_debian_image_builds_and_boots_with_its_first_boot_configuration";
+
+fn inputs() -> Result<(PathBuf, PathBuf), String> {
+    std::env::var_os("KILN_DEBIAN_SYSTEM").ok_or(
+        "KILN_DEBIAN_SYSTEM is not set: image builds need what scripts/test's Debian system \
+         needs (root, mmdebstrap, Debian's archive)",
+    )?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("image builds need root (mmdebstrap's root mode)".into());
+    }
+    let (_, _, image) = real_guest_inputs()?;
+    let agent = kiln_testguest::agent::static_agent(&bin_dir())?;
+    Ok((image, agent))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `kiln exec vm -- sh -c SCRIPT`, retried until the agent answers (the guest is booting).
+fn exec_when_up(d: &Daemon, vm: &str, script: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let out = d.kiln(&["exec", vm, "--", "sh", "-c", script]);
+        // The agent not answering yet is a conflict kilnd names; anything else is an answer.
+        let unreachable = String::from_utf8_lossy(&out.stderr).contains("did not answer");
+        if !unreachable {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "the agent of {vm} never answered: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
+    if test_engine() != kiln_api::Engine::Emu {
+        return skip::skip(TEST, "the nested kvm host has no Debian archive to build images from");
+    }
+    let (kiln_image, agent) = match inputs() {
+        Ok(i) => i,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let args = ["--agent", agent.to_str().unwrap(), "--kiln-image", kiln_image.to_str().unwrap()];
+    let mut d = Daemon::start_with("images", workspace_bin("kiln-vmm", "kiln-vmm"), &args);
+    let c = d.admin();
+
+    // Build (cold or from kiln-image's cache), then the same inputs again: cached.
+    let t0 = Instant::now();
+    let out = d.kiln(&["image", "build", "deb"]);
+    assert!(out.status.success(), "image build: {}", text(&out));
+    let first = t0.elapsed();
+    let t1 = Instant::now();
+    let out = d.kiln(&["image", "build", "deb-again"]);
+    assert!(out.status.success(), "image build: {}", text(&out));
+    println!(
+        "KILN-FIGURE image build: first {:.1} s (cold unless kiln-image's cache had it), same \
+         inputs again {:.1} s",
+        first.as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+    let image: Image = c.get("/v1/images/deb").unwrap();
+    assert_eq!(image.state, ImageState::Ready);
+    assert!(image.size_bytes >= 512 << 20, "{image:?}");
+    let out = d.kiln(&["image", "build", "deb"]);
+    assert_eq!(out.status.code(), Some(6), "a name in use is a conflict: {}", text(&out));
+
+    // A package that does not exist: the build fails and says which; nothing usable is left.
+    let out = d.kiln(&["image", "build", "broken", "--packages", "kiln-no-such-package"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let broken: Image = c.get("/v1/images/broken").unwrap();
+    assert_eq!(broken.state, ImageState::Failed);
+    let error = broken.error.clone().unwrap_or_default();
+    assert!(error.contains("kiln-no-such-package"), "the error names the package: {error}");
+    assert!(!d.dir.join("state/images/broken").exists());
+    let out = d.kiln(&["create", "x", "--image", "broken"]);
+    assert!(!out.status.success(), "a failed image boots nothing: {}", text(&out));
+    assert!(d.kiln(&["image", "delete", "broken"]).status.success());
+
+    // Bad VM definitions leave no VM, volume or file.
+    let bad = |args: &[&str], field: &str| {
+        let out = d.kiln(args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(field), "{args:?}: {}", text(&out));
+    };
+    bad(&["create", "x", "--image", "nope"], "image");
+    bad(&["create", "x", "--image", "deb", "--disk-size", "1M"], "disk_size_bytes");
+    bad(&["create", "x", "--image", "deb", "--hostname", "not a name"], "hostname");
+    bad(&["create", "x", "--image", "deb", "--disk", "missing"], "disks");
+    let vms: Vec<Vm> = c.get("/v1/vms").unwrap();
+    assert!(vms.is_empty(), "{vms:?}");
+    let volumes: Vec<Volume> = c.get("/v1/volumes").unwrap();
+    assert!(volumes.is_empty(), "no root volume is left: {volumes:?}");
+
+    // A VM from the image, with user-data, a key, and a data volume.
+    let user_data = d.dir.join("user-data");
+    std::fs::write(
+        &user_data,
+        "#cloud-config\nwrite_files:\n  - path: /etc/kiln-written\n    content: from user-data\n\
+         runcmd:\n  - [sh, -c, 'echo runcmd ran > /root/runcmd.out']\n",
+    )
+    .unwrap();
+    let key = d.dir.join("key.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln test@kiln\n").unwrap();
+    assert!(d.kiln(&["volume", "create", "data", "--size", "64M"]).status.success());
+    let t_create = Instant::now();
+    let out = d.kiln(&[
+        "create",
+        "web",
+        "--image",
+        "deb",
+        "--disk-size",
+        "3G",
+        "--hostname",
+        "web-one",
+        "--user-data",
+        user_data.to_str().unwrap(),
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--disk",
+        "data",
+        "--engine",
+        "emu",
+        "--memory",
+        "1024",
+    ]);
+    assert!(out.status.success(), "create --image: {}", text(&out));
+    let volume_secs = t_create.elapsed().as_secs_f64();
+    let root: Volume = c.get("/v1/volumes/web-root").unwrap();
+    assert_eq!(root.size_bytes, 3 << 30);
+    let out = d.kiln(&["image", "delete", "deb"]);
+    assert_eq!(out.status.code(), Some(6), "an image in use is not deleted: {}", text(&out));
+
+    let t_start = Instant::now();
+    let vm: Vm = c.call("POST", "/v1/vms/web/start", None::<&()>).unwrap();
+    assert!(vm.pid.is_some());
+    let vmm_secs = t_start.elapsed().as_secs_f64();
+    let out = exec_when_up(&d, "web", "cat /etc/hostname");
+    let boot_secs = t_start.elapsed().as_secs_f64();
+    println!(
+        "KILN-FIGURE create --image to agent: volume {volume_secs:.1} s, VMM start \
+         {vmm_secs:.1} s, guest boot to agent {boot_secs:.1} s (emu)"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web-one\n", "{}", text(&out));
+    let out = d.kiln(&["exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = d.kiln(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/kiln-written; echo; cat /root/runcmd.out; cat /root/.ssh/authorized_keys; \
+         df -B1M --output=size / | tail -n 1",
+    ]);
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(seen.starts_with("from user-data\nruncmd ran\nssh-ed25519 AAAA"), "{}", text(&out));
+    let root_mib: u64 = seen.lines().last().unwrap_or("").trim().parse().unwrap_or(0);
+    assert!(root_mib > 2800, "the root file system was grown to the disk: {seen}");
+
+    // The data volume (/dev/vdb) keeps a synced file through a SIGKILL of the VMM and a stop.
+    let out = d.kiln(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "mkfs.ext4 -q /dev/vdb && mount /dev/vdb /mnt && echo kept > /mnt/kept.txt && sync",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.kiln(&["kill", "web"]).status.success());
+    let data: Volume = c.get("/v1/volumes/data").unwrap();
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "cat /kept.txt", &data.path])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n", "read on the host after SIGKILL");
+    c.call::<(), Vm>("POST", "/v1/vms/web/start", None).unwrap();
+    let out = exec_when_up(&d, "web", "mount /dev/vdb /mnt && cat /mnt/kept.txt && hostname");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\nweb-one\n", "{}", text(&out));
+    let out = d.kiln(&["stop", "web"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_state(&c, "web", VmState::Stopped, Duration::from_secs(60));
+
+    // kilnd SIGKILLed while it copies an image into a volume: after its restart the volume
+    // is either listed and whole, or gone with its file.
+    let socket = d.socket.clone();
+    let copier = std::thread::spawn(move || {
+        let c = kiln_api::Client::new(&socket, None);
+        let spec =
+            serde_json::json!({"name": "copy", "from_image": "deb", "size_bytes": 4u64 << 30});
+        let _ = c.raw("POST", "/v1/volumes", Some(spec.to_string().as_bytes()));
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    d.sigkill();
+    let _ = copier.join();
+    d.spawn();
+    let c = d.admin();
+    let volumes_dir = d.dir.join("state/volumes");
+    let volume_files = || -> Vec<String> {
+        std::fs::read_dir(&volumes_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    match c.get::<Volume>("/v1/volumes/copy") {
+        Ok(copy) => {
+            let len = std::fs::metadata(&copy.path).unwrap().len();
+            assert_eq!(len, 4 << 30, "a listed copy is whole");
+        }
+        Err(_) => assert!(
+            !volume_files().iter().any(|f| f.contains("copy")),
+            "an unlisted copy left no file: {:?}",
+            volume_files()
+        ),
+    }
+
+    // kilnd SIGKILLed during a build (new inputs, so not cached): the image is failed, not
+    // usable, and has no files.
+    let spec = serde_json::json!({"name": "cut", "packages": ["file"]});
+    c.raw("POST", "/v1/images", Some(spec.to_string().as_bytes())).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    d.sigkill();
+    d.spawn();
+    let c = d.admin();
+    let cut: Image = c.get("/v1/images/cut").unwrap();
+    assert_eq!(cut.state, ImageState::Failed, "{cut:?}");
+    assert!(!d.dir.join("state/images/cut").exists());
+    assert!(!d.dir.join("state/images/.cut.partial").exists());
+
+    // Destroying the VM deletes its root volume and keeps the data volume.
+    let out = d.kiln(&["destroy", "web"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root volume web-root"),
+        "{}",
+        text(&out)
+    );
+    assert!(c.get::<Volume>("/v1/volumes/web-root").is_err());
+    assert!(!volume_files().contains(&"web-root.raw".to_owned()), "{:?}", volume_files());
+    assert!(c.get::<Volume>("/v1/volumes/data").is_ok());
+    for image in ["deb", "deb-again", "cut"] {
+        let out = d.kiln(&["image", "delete", image]);
+        assert!(out.status.success(), "{image}: {}", text(&out));
+    }
+    assert!(!d.dir.join("state/images/deb").exists());
+}
