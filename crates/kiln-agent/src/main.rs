@@ -238,6 +238,22 @@ fn serve(port: u32) -> ExitCode {
 /// reboots itself.
 fn shut_down() -> ! {
     eprintln!("kiln-agent: shutting the guest down on the host's request");
+    // Under systemd, its own power-off: services stopped, file systems unmounted, then ACPI
+    // power-off (which ends the VMM). Without systemd (the Kiln initramfs), or if systemd
+    // refuses, the agent does it itself below.
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        let asked = std::process::Command::new("systemctl")
+            .args(["poweroff", "--no-block"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if asked {
+            // systemd stops this service as part of the power-off.
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+        eprintln!("kiln-agent: systemctl poweroff failed; shutting down without systemd");
+    }
     // SAFETY: kill(2) with pid -1 signals every process but init and this one; no memory.
     unsafe { libc::kill(-1, libc::SIGTERM) };
     std::thread::sleep(protocol::SHUTDOWN_GRACE);
