@@ -52,6 +52,26 @@ fn default_suite() -> String {
     "bookworm".to_owned()
 }
 
+/// `POST /v1/images/import`: an image from an ext4 root file system on the host, with the
+/// kernel and initrd to boot it (absent: the newest `/boot/vmlinuz-*` and its
+/// `/boot/initrd.img-*` inside the file system). Paths are absolute and opened with the rights
+/// of the Unix user who asks (any file for an admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportImage {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", min_length = 1, max_length = 63)]
+    pub name: String,
+    /// Absolute path of an ext4 file system image.
+    pub rootfs: String,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default = "default_project")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$", min_length = 1, max_length = 63)]
+    pub project: String,
+}
+
 /// Where an image is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

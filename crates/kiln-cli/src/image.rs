@@ -1,4 +1,4 @@
-//! Images: `kiln image build|list|show|delete`. A build runs in kilnd; `kiln image build`
+//! Images: `kiln image build|import|list|show|delete`. A build runs in kilnd; `kiln image build`
 //! follows its progress until it is ready (exit 0) or failed (its error, exit 1), unless
 //! `--no-wait`.
 
@@ -6,8 +6,9 @@ use crate::api_client::{encode, print_json, ApiArgs, CliError, Output};
 use crate::table::Table;
 use crate::volume::human;
 use clap::{Args, Subcommand};
-use kiln_api::{BuildImage, Image, ImageState};
+use kiln_api::{BuildImage, Image, ImageState, ImportImage};
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -21,6 +22,9 @@ pub enum ImageCommand {
     /// Build a bootable Debian system (systemd, udev, Debian's cloud kernel, Kiln's agent as a
     /// service) from Debian's packages; cached by its inputs.
     Build(BuildArgs),
+    /// Import an image from an ext4 file system on this host (its kernel and initrd given, or
+    /// the newest in its /boot).
+    Import(ImportArgs),
     /// List the images you may see.
     List,
     /// Show one image (a build's progress, or why it failed).
@@ -45,6 +49,24 @@ pub struct BuildArgs {
     /// Return once the build has started instead of following it.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Name: 1-63 of a-z 0-9 - _ . starting with a letter or digit.
+    pub name: String,
+    /// The root file system: an ext4 image file.
+    #[arg(long, value_name = "FILE")]
+    pub rootfs: PathBuf,
+    /// The kernel to boot it with [default: the newest /boot/vmlinuz-* inside it].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Its initrd [default: the /boot/initrd.img-* of that kernel, if there is one].
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Project (grants on the project cover the image).
+    #[arg(long, default_value = "default")]
+    pub project: String,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +110,16 @@ pub fn run(args: ImageArgs, api: &ApiArgs) -> Result<(), CliError> {
                 ))),
                 _ => Ok(()),
             }
+        }
+        ImageCommand::Import(a) => {
+            let spec = ImportImage {
+                name: a.name,
+                rootfs: crate::vm::absolute(&a.rootfs)?,
+                kernel: a.kernel.as_deref().map(crate::vm::absolute).transpose()?,
+                initrd: a.initrd.as_deref().map(crate::vm::absolute).transpose()?,
+                project: a.project,
+            };
+            print_image(out, &client.call("POST", "/v1/images/import", Some(&spec))?)
         }
         ImageCommand::List => {
             let images: Vec<Image> = client.get("/v1/images")?;

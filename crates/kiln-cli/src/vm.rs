@@ -198,7 +198,7 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-fn absolute(path: &std::path::Path) -> Result<String, CliError> {
+pub(crate) fn absolute(path: &std::path::Path) -> Result<String, CliError> {
     let abs = std::path::absolute(path)
         .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
     abs.to_str()

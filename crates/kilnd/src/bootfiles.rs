@@ -72,6 +72,18 @@ pub fn open(
     Ok(BootFiles { kernel, initrd })
 }
 
+/// Opens one host file named in a request with `reader`'s rights: absolute, regular, at most
+/// `max_bytes`, not kilnd's own (errors name `field`).
+pub fn open_host_file(
+    reader: Reader,
+    field: &'static str,
+    value: &str,
+    max_bytes: u64,
+    state_dir: &Path,
+) -> Result<File, Invalid> {
+    open_one(reader, field, value, max_bytes, state_dir)
+}
+
 fn open_one(
     reader: Reader,
     field: &'static str,

@@ -29,10 +29,14 @@ const FICLONE: libc::c_ulong = 0x4004_9409;
 
 /// Copies `from` to the new file `to`, then sizes it to at least `min_len`.
 pub fn clone_file(from: &Path, to: &Path, min_len: u64) -> std::io::Result<CopyKind> {
-    let source = File::open(from)?;
+    clone_open_file(&File::open(from)?, to, min_len)
+}
+
+/// As [`clone_file`], from a file already open.
+pub fn clone_open_file(source: &File, to: &Path, min_len: u64) -> std::io::Result<CopyKind> {
     let mut dest = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
     let result = (|| {
-        let kind = copy_into(&source, &mut dest)?;
+        let kind = copy_into(source, &mut dest)?;
         let len = source.metadata()?.len();
         dest.set_len(len.max(min_len))?;
         dest.sync_all()?;

@@ -24,6 +24,7 @@ pub mod bootfiles;
 pub mod conn;
 pub mod db;
 pub mod filecopy;
+pub mod image_import;
 pub mod images;
 pub mod lifecycle;
 pub mod logs;

@@ -269,3 +269,66 @@ fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
     }
     assert!(!d.dir.join("state/images/deb").exists());
 }
+
+#[test]
+fn images_are_imported_from_an_ext4_file_and_corrupt_files_are_refused() {
+    const TEST: &str = "kilnd::images_are_imported_from_an_ext4_file_and_corrupt_files_are_refused";
+    let Some(system) = std::env::var_os("KILN_DEBIAN_SYSTEM").map(PathBuf::from) else {
+        return skip::skip(TEST, "KILN_DEBIAN_SYSTEM is not set (scripts/test builds it)");
+    };
+    let d = Daemon::start("image-import");
+    let c = d.admin();
+    let rootfs = system.join("rootfs.ext4");
+
+    // The kernel and initrd come out of the file system's /boot.
+    let out = d.kiln(&["image", "import", "sys", "--rootfs", rootfs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let image: Image = c.get("/v1/images/sys").unwrap();
+    assert_eq!((image.state, image.source.as_str()), (ImageState::Ready, "imported"));
+    let dir = d.dir.join("state/images/sys");
+    assert_eq!(
+        std::fs::read(dir.join("vmlinuz")).unwrap(),
+        std::fs::read(system.join("vmlinuz")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("initrd.img")).unwrap(),
+        std::fs::read(system.join("initrd.img")).unwrap()
+    );
+    assert_eq!(image.size_bytes, std::fs::metadata(&rootfs).unwrap().len());
+
+    // Given explicitly, they are taken as given.
+    let out = d.kiln(&[
+        "image",
+        "import",
+        "sys2",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--kernel",
+        system.join("vmlinuz").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sys2: Image = c.get("/v1/images/sys2").unwrap();
+    assert_eq!(sys2.initrd, None);
+
+    // A corrupt file, a missing one, a name in use: 4xx naming the problem, nothing left.
+    let corrupt = d.dir.join("corrupt.img");
+    std::fs::write(&corrupt, vec![0x5a; 1 << 20]).unwrap();
+    for (args, code, needle) in [
+        (vec!["image", "import", "bad", "--rootfs", corrupt.to_str().unwrap()], 5, "not an ext4"),
+        (vec!["image", "import", "bad", "--rootfs", "/nonexistent.img"], 5, "rootfs"),
+        (vec!["image", "import", "sys", "--rootfs", rootfs.to_str().unwrap()], 6, "exists"),
+    ] {
+        let out = d.kiln(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}: {}", text(&out));
+    }
+    assert!(c.get::<Image>("/v1/images/bad").is_err());
+    let left: Vec<String> = std::fs::read_dir(d.dir.join("state/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "only the two imported images have files: {left:?}");
+    for name in ["sys", "sys2"] {
+        assert!(d.kiln(&["image", "delete", name]).status.success());
+    }
+}

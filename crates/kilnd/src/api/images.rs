@@ -7,10 +7,11 @@ use crate::auth::{Principal, Target};
 use crate::db::images::ImageRow;
 use crate::db::DbError;
 use crate::images;
+use axum::extract::ConnectInfo;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_api::{ApiError, BuildImage, Image, Permission};
+use kiln_api::{ApiError, BuildImage, Image, ImportImage, Permission};
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
@@ -61,6 +62,26 @@ pub async fn build(
     require(&p, Permission::Create, Target::Project(&spec.project))?;
     let image = images::start_build(&mgr, &spec)?;
     Ok((StatusCode::ACCEPTED, Json(image)))
+}
+
+/// Imports an image from an ext4 file system on the host (and its kernel and initrd, or those
+/// in its `/boot`), opened with the rights of the Unix user who asks; ready when answered.
+#[utoipa::path(post, path = "/v1/images/import", tag = "images", request_body = ImportImage,
+    responses((status = 201, body = Image), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 409, description = "name taken", body = ApiError)))]
+pub async fn import(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ConnectInfo(peer): ConnectInfo<super::Peer>,
+    JsonBody(spec): JsonBody<ImportImage>,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    require(&p, Permission::Create, Target::Project(&spec.project))?;
+    let reader = super::vms::boot_reader(&p, peer)?;
+    let image =
+        tokio::task::spawn_blocking(move || crate::image_import::import(&mgr, &spec, reader))
+            .await
+            .map_err(|e| ApiFailure::internal(&e))??;
+    Ok((StatusCode::CREATED, Json(image)))
 }
 
 /// One image, with the progress of its build.

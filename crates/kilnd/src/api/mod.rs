@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/exec", post(exec::exec))
         .route("/v1/queue", get(vms::queue))
         .route("/v1/images", get(images::list).post(images::build))
+        .route("/v1/images/import", post(images::import))
         .route("/v1/images/{name}", get(images::show).delete(images::delete))
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route("/v1/volumes/{name}", get(volumes::show).delete(volumes::delete))

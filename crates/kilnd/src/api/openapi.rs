@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami, admin::metrics,
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,
-        images::list, images::build, images::show, images::delete,
+        images::list, images::build, images::import, images::show, images::delete,
     ),
     modifiers(&Bearer, &CommonErrors),
     security(("bearer" = [])),

@@ -102,7 +102,7 @@ pub async fn create(
 
 /// Whose rights open the host files a new VM boots from: kilnd's for an admin, else the Unix
 /// peer's (over TCP there is none, so only an admin may name host files there).
-fn boot_reader(p: &Principal, peer: Peer) -> ApiResult<Reader> {
+pub(crate) fn boot_reader(p: &Principal, peer: Peer) -> ApiResult<Reader> {
     if p.may(Permission::Admin, Target::Global) {
         return Ok(Reader::Kilnd);
     }
