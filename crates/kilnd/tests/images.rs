@@ -332,3 +332,73 @@ fn images_are_imported_from_an_ext4_file_and_corrupt_files_are_refused() {
         assert!(d.kiln(&["image", "delete", name]).status.success());
     }
 }
+
+/// cloud-init, where the image has it, applies the seed kilnd writes (the agent leaves it to
+/// cloud-init): the host name, write_files and runcmd, seen through exec.
+#[test]
+fn an_image_with_cloud_init_applies_the_same_user_data() {
+    const TEST: &str = "kilnd::an_image_with_cloud_init_applies_the_same_user_data";
+    if test_engine() != kiln_api::Engine::Emu {
+        return skip::skip(TEST, "the nested kvm host has no Debian archive to build images from");
+    }
+    let (kiln_image, agent) = match inputs() {
+        Ok(i) => i,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let args = ["--agent", agent.to_str().unwrap(), "--kiln-image", kiln_image.to_str().unwrap()];
+    let d = Daemon::start_with("images-cloud-init", workspace_bin("kiln-vmm", "kiln-vmm"), &args);
+    let out = d.kiln(&["image", "build", "ci", "--packages", "cloud-init"]);
+    assert!(out.status.success(), "image build: {}", text(&out));
+    let user_data = d.dir.join("user-data");
+    std::fs::write(
+        &user_data,
+        "#cloud-config\nwrite_files:\n  - path: /etc/kiln-written\n    content: from user-data\n\
+         runcmd:\n  - [sh, -c, 'echo runcmd ran > /root/runcmd.out']\n",
+    )
+    .unwrap();
+    let out = d.kiln(&[
+        "create",
+        "ci",
+        "--image",
+        "ci",
+        "--hostname",
+        "ci-host",
+        "--user-data",
+        user_data.to_str().unwrap(),
+        "--engine",
+        "emu",
+        "--memory",
+        "1024",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.kiln(&["start", "ci"]).status.success());
+    let started = Instant::now();
+    // cloud-init runs runcmd late in the boot (its final stage), after the agent is up.
+    let out = exec_when_up(&d, "ci", "true");
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let seen = loop {
+        let out = d.kiln(&[
+            "exec",
+            "ci",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/runcmd.out && hostname && cat /etc/kiln-written",
+        ]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "cloud-init's runcmd never ran: {}", text(&out));
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    println!(
+        "KILN-FIGURE cloud-init image: start to runcmd done {:.0} s (emu)",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(seen, "runcmd ran\nci-host\nfrom user-data");
+    let log = String::from_utf8_lossy(&d.kiln(&["logs", "ci"]).stdout).into_owned();
+    assert!(log.contains("DataSourceNoCloud"), "cloud-init found the seed itself");
+    assert!(log.contains("cloud-init is installed and applies it"), "the agent left it alone");
+    assert!(d.kiln(&["kill", "ci"]).status.success());
+}
