@@ -16,6 +16,8 @@ use crate::validate::Invalid;
 use crate::volumes::{self, VolumeError};
 use kiln_api::{CreateVm, CreateVolume, DiskSpec, Vm};
 
+static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The kernel command line of a VM from an image when the definition gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 
@@ -78,6 +80,9 @@ pub(crate) fn create(
     mgr.check_socket_paths(&full)?;
     mgr.check_fits_host(full.vcpus, full.memory_mib)?;
     mgr.image_boot_files(&full)?;
+    // One image create at a time: between the check below and the VM's record, a second create
+    // of the same name must not write (or undo) the same seed.
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|p| p.into_inner());
     let logs = mgr.logs(&spec.name);
     if mgr.db.vm(&spec.name).is_ok() {
         return Err(crate::db::DbError::VmExists(spec.name.clone()).into());
@@ -87,8 +92,13 @@ pub(crate) fn create(
     logs.ensure_dir()?;
     kiln_agent::nocloud::write_image(&seed_path, &seed)
         .map_err(|e| LifecycleError::Devices(format!("writing the first-boot seed: {e}")))?;
+    // Only what this create made: the seed, and the VM's directory if nothing else is in it
+    // (a VM of that name defined meanwhile without an image keeps its own files).
     let undo_seed = || {
-        let _ = logs.remove();
+        let _ = std::fs::remove_file(&seed_path);
+        if let Some(dir) = seed_path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     };
     let volume_spec = CreateVolume {
         name: root.clone(),
