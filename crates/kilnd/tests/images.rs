@@ -16,6 +16,17 @@ use std::time::{Duration, Instant};
 
 const TEST: &str = "kilnd::a_debian_image_builds_and_boots_with_its_first_boot_configuration";
 
+/// A kilnd that can build images, or why this test is skipped.
+fn image_daemon(test: &str) -> Result<Daemon, String> {
+    if test_engine() != kiln_api::Engine::Emu {
+        return Err("the nested kvm host has no Debian archive to build images from".into());
+    }
+    let (kiln_image, agent) = inputs()?;
+    let (agent, kiln_image) = (agent.display().to_string(), kiln_image.display().to_string());
+    let args = ["--agent", &agent, "--kiln-image", &kiln_image];
+    Ok(Daemon::start_with(test, workspace_bin("kiln-vmm", "kiln-vmm"), &args))
+}
+
 fn inputs() -> Result<(PathBuf, PathBuf), String> {
     std::env::var_os("KILN_DEBIAN_SYSTEM").ok_or(
         "KILN_DEBIAN_SYSTEM is not set: image builds need what scripts/test's Debian system \
@@ -56,15 +67,10 @@ fn exec_when_up(d: &Daemon, vm: &str, script: &str) -> std::process::Output {
 
 #[test]
 fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
-    if test_engine() != kiln_api::Engine::Emu {
-        return skip::skip(TEST, "the nested kvm host has no Debian archive to build images from");
-    }
-    let (kiln_image, agent) = match inputs() {
-        Ok(i) => i,
+    let mut d = match image_daemon("images") {
+        Ok(d) => d,
         Err(why) => return skip::skip(TEST, &why),
     };
-    let args = ["--agent", agent.to_str().unwrap(), "--kiln-image", kiln_image.to_str().unwrap()];
-    let mut d = Daemon::start_with("images", workspace_bin("kiln-vmm", "kiln-vmm"), &args);
     let c = d.admin();
 
     // Build (cold or from kiln-image's cache), then the same inputs again: cached.
@@ -338,15 +344,10 @@ fn images_are_imported_from_an_ext4_file_and_corrupt_files_are_refused() {
 #[test]
 fn an_image_with_cloud_init_applies_the_same_user_data() {
     const TEST: &str = "kilnd::an_image_with_cloud_init_applies_the_same_user_data";
-    if test_engine() != kiln_api::Engine::Emu {
-        return skip::skip(TEST, "the nested kvm host has no Debian archive to build images from");
-    }
-    let (kiln_image, agent) = match inputs() {
-        Ok(i) => i,
+    let d = match image_daemon("images-cloud-init") {
+        Ok(d) => d,
         Err(why) => return skip::skip(TEST, &why),
     };
-    let args = ["--agent", agent.to_str().unwrap(), "--kiln-image", kiln_image.to_str().unwrap()];
-    let d = Daemon::start_with("images-cloud-init", workspace_bin("kiln-vmm", "kiln-vmm"), &args);
     let out = d.kiln(&["image", "build", "ci", "--packages", "cloud-init"]);
     assert!(out.status.success(), "image build: {}", text(&out));
     let user_data = d.dir.join("user-data");
