@@ -149,7 +149,11 @@ impl NestedHost {
         let log = std::env::var_os("KILN_NESTED_LOG").map(PathBuf::from);
         let mut ending = self.boot_once(&initrd, &console_log)?;
         for retry in 1..=SILENT_RETRIES {
-            if ending != Ending::Silent {
+            // A host that ended without its done marker died under the test (its kernel
+            // reset or QEMU stopped), which is the nested host's failure, not the test's: it is
+            // booted again as a silent one is, and listed the same way.
+            let died = ending == Ending::Exited && !has_done_marker(&console_log);
+            if ending != Ending::Silent && !died {
                 break;
             }
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -165,11 +169,15 @@ impl NestedHost {
             let console = text.split(SILENT_REPORT).next().unwrap_or_default();
             let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             let tcg = self.tcg;
+            let what = if died {
+                "ended without KILN-GUEST-DONE (the host itself died)".to_owned()
+            } else {
+                format!("no output for {} s, QEMU killed", SILENCE.as_secs())
+            };
             let line = format!(
-                "nested host in {}: no output for {} s, QEMU killed, booting it again ({retry} of \
-                 {SILENT_RETRIES}, {tcg:?} TCG); its last line: {last:?}; QEMU's view of it in {}",
+                "nested host in {}: {what}, booting it again ({retry} of {SILENT_RETRIES}, \
+                 {tcg:?} TCG); its last line: {last:?}; QEMU's view of it in {}",
                 dir.display(),
-                SILENCE.as_secs(),
                 kept.display()
             );
             eprintln!("{line}");
@@ -272,6 +280,18 @@ impl NestedHost {
             let _ = qemu.kill();
             let _ = qemu.wait();
         }
+        // What QEMU itself said (a fatal TCG error, say) goes after the console.
+        let mut said = String::new();
+        if let Some(mut stderr) = qemu.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut said);
+        }
+        if !said.trim().is_empty() {
+            if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(console_log) {
+                use std::io::Write;
+                let _ = write!(log, "\n-- QEMU's stderr:\n{said}");
+            }
+        }
         Ok(ending)
     }
 }
@@ -326,6 +346,12 @@ fn silent_state(pid: u32, monitor: &Path) -> String {
         Err(e) => report.push_str(&format!("QEMU's monitor {}: {e}\n", monitor.display())),
     }
     report
+}
+
+/// True if the console shows the host's script ended (`KILN-GUEST-DONE status=N`).
+fn has_done_marker(console_log: &Path) -> bool {
+    std::fs::read(console_log)
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("KILN-GUEST-DONE status="))
 }
 
 /// Where QEMU's view of a silent boot starts in its kept console.
