@@ -5,6 +5,7 @@ use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -30,7 +31,10 @@ pub fn open(rows: u16, cols: u16) -> io::Result<(File, File)> {
     }
     // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated path.
     let path = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
-    let slave = OpenOptions::new().read(true).write(true).open(&path)?;
+    // O_NOCTTY: the agent runs as a session leader (a systemd service), and opening a terminal
+    // without it would make the slave the agent's own controlling terminal.
+    let slave =
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&path)?;
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points at `size`.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {

@@ -112,9 +112,11 @@ where
         }
     }
     let spawned = command.spawn();
-    // The slave's descriptors are the child's alone now: the master reads EIO once it ends.
     drop(command);
-    let master = terminal.map(|(master, _slave)| master);
+    // The agent holds the slave open until the command has ended, so the master cannot read
+    // EIO (the slave's last close) while the command's last output may still be on its way to
+    // the master; once the agent lets go, EIO means everything written has been read.
+    let (master, held_slave) = terminal.unzip();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -168,7 +170,6 @@ where
             Ok(Some(_)) => {} // not the client's to send: ignored
         }
     });
-    let _ = (stdout.join(), stderr.join());
     let status = match child.wait() {
         Ok(s) => s.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
@@ -176,6 +177,8 @@ where
         }),
         Err(_) => 127,
     };
+    drop(held_slave);
+    let _ = (stdout.join(), stderr.join());
     send(&out, EXIT, &status.to_be_bytes())
 }
 

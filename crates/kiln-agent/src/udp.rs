@@ -31,6 +31,11 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> UdpError {
 /// Answers `count` datagrams on `port`, each with `echo:` + the datagram.
 pub fn serve(port: u16, count: usize) -> Result<(), UdpError> {
     let socket = UdpSocket::bind(("0.0.0.0", port)).map_err(io("bind"))?;
+    answer(&socket, count)
+}
+
+/// Answers `count` datagrams on a bound `socket`.
+fn answer(socket: &UdpSocket, count: usize) -> Result<(), UdpError> {
     let mut buf = [0u8; 2048];
     for _ in 0..count {
         let (n, from) = socket.recv_from(&mut buf).map_err(io("receive"))?;
@@ -76,13 +81,11 @@ mod tests {
 
     #[test]
     fn a_round_trip_through_the_echo_server_succeeds() {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let server = std::thread::spawn(move || serve(port, 1));
-        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        // Generous: datagrams sent before the server thread has bound are lost, and on a loaded
-        // machine that thread may start late.
+        // Bound here, before the thread starts: a port probed and released could be taken by
+        // the client's own ephemeral bind before the server binds it again.
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let server = std::thread::spawn(move || answer(&socket, 1));
         round_trip(to, "kiln-udp", Duration::from_millis(200), 150).unwrap();
         server.join().unwrap().unwrap();
     }
