@@ -230,9 +230,21 @@ impl Client {
             ));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        stream.flush()?;
+        // One write for head and body, so a server that answers from the head alone (401,
+        // 404) has read the whole request before it closes.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        match stream.write_all(&request).and_then(|()| stream.flush()) {
+            Ok(()) => {}
+            // The server answered and closed before taking the whole body: its answer is
+            // still there to read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut raw = Vec::new();
         match stream.read_to_end(&mut raw) {
             Ok(_) => {}
