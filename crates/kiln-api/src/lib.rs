@@ -6,13 +6,16 @@
 //!   request per connection, plus connection upgrades for the console), enough for a CLI and
 //!   for tests; no async runtime needed.
 //! * [`storage`]: volumes, and the disks and NICs of a VM definition.
+//! * [`network`]: virtual networks.
 //! * [`paths`]: where the daemon listens and keeps its state by default.
 
 pub mod client;
+pub mod network;
 pub mod paths;
 pub mod storage;
 pub mod types;
 
 pub use client::{Client, ClientError, Connection, Response};
+pub use network::*;
 pub use storage::*;
 pub use types::*;

@@ -408,8 +408,10 @@ impl Role {
         use Permission::*;
         match self {
             Role::Viewer => &[Read],
-            Role::Operator => &[Read, Create, Start, Stop, Console, Exec, Modify, Delete],
-            Role::Admin => &[Read, Create, Start, Stop, Console, Exec, Modify, Delete, Admin],
+            Role::Operator => &[Read, Create, Start, Stop, Console, Exec, Modify, Delete, Network],
+            Role::Admin => {
+                &[Read, Create, Start, Stop, Console, Exec, Modify, Delete, Network, Admin]
+            }
         }
     }
 }
@@ -434,6 +436,8 @@ pub enum Permission {
     Modify,
     /// destroy.
     Delete,
+    /// Create, change and delete networks (and their ACLs and port forwards) in a project.
+    Network,
     /// Manage principals and grants, read the audit log.
     Admin,
 }
@@ -450,6 +454,7 @@ impl Permission {
             Permission::Exec => "exec",
             Permission::Modify => "modify",
             Permission::Delete => "delete",
+            Permission::Network => "network",
             Permission::Admin => "admin",
         }
     }
@@ -461,7 +466,7 @@ impl Permission {
 pub enum Scope {
     /// Everything, including VMs not created yet.
     Global,
-    /// Every VM and volume of a project.
+    /// Every VM, volume and network of a project.
     Project(String),
     /// One VM.
     Vm(String),

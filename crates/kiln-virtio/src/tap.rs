@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// Longest interface name, without the terminating NUL.
 pub const IFNAMSIZ_MAX: usize = 15;
 
@@ -75,6 +76,19 @@ impl Tap {
         }
         let len = req.name.iter().position(|&b| b == 0).unwrap_or(16);
         Ok(Tap { file, name: String::from_utf8_lossy(&req.name[..len]).into_owned() })
+    }
+
+    /// Makes the interface outlive this descriptor (`persistent`), so a manager can create it,
+    /// put it on a bridge and hand it to a VMM by name; or lets it go with its last descriptor.
+    pub fn set_persistent(&self, persistent: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
+        let rc = unsafe {
+            libc::ioctl(self.file.as_raw_fd(), TUNSETPERSIST as _, libc::c_ulong::from(persistent))
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The interface's name (with any `%d` resolved).

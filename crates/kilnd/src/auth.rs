@@ -66,6 +66,8 @@ pub enum Target<'a> {
     Vm { name: &'a str, project: &'a str },
     /// A volume of a project.
     Volume { name: &'a str, project: &'a str },
+    /// A network of a project.
+    Network { name: &'a str, project: &'a str },
 }
 
 impl std::fmt::Display for Target<'_> {
@@ -77,6 +79,9 @@ impl std::fmt::Display for Target<'_> {
             Target::Volume { name, project } => {
                 write!(f, "volume {name:?} (project {project:?})")
             }
+            Target::Network { name, project } => {
+                write!(f, "network {name:?} (project {project:?})")
+            }
         }
     }
 }
@@ -85,9 +90,12 @@ fn covers(scope: &Scope, target: Target<'_>) -> bool {
     match (scope, target) {
         (Scope::Global, _) => true,
         (Scope::Project(p), Target::Project(t)) => p == t,
-        (Scope::Project(p), Target::Vm { project, .. } | Target::Volume { project, .. }) => {
-            p == project
-        }
+        (
+            Scope::Project(p),
+            Target::Vm { project, .. }
+            | Target::Volume { project, .. }
+            | Target::Network { project, .. },
+        ) => p == project,
         (Scope::Vm(v), Target::Vm { name, .. }) => v == name,
         (Scope::Volume(v), Target::Volume { name, .. }) => v == name,
         _ => false,

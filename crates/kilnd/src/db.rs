@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 pub mod images;
+pub mod networks;
 pub mod volumes;
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
@@ -135,6 +136,22 @@ CREATE TABLE images (
 ALTER TABLE vms ADD COLUMN image TEXT;
 ALTER TABLE volumes ADD COLUMN root_of TEXT;
 "#,
+    r#"
+CREATE TABLE networks (
+    name TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    subnet TEXT NOT NULL,
+    bridge TEXT NOT NULL UNIQUE,
+    nat INTEGER NOT NULL,
+    isolated_ports INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+UPDATE vm_nics SET ip = NULL
+    WHERE rowid NOT IN (SELECT MIN(rowid) FROM vm_nics GROUP BY network, ip);
+UPDATE vm_nics SET mac = NULL WHERE rowid NOT IN (SELECT MIN(rowid) FROM vm_nics GROUP BY mac);
+CREATE UNIQUE INDEX vm_nics_by_address ON vm_nics(network, ip);
+CREATE UNIQUE INDEX vm_nics_by_mac ON vm_nics(mac);
+"#,
 ];
 
 /// `VM "a", VM "b"`.
@@ -205,6 +222,31 @@ pub enum DbError {
         names(vms), if vms.len() == 1 { "that VM" } else { "those VMs" }
     )]
     ImageInUse { image: String, vms: Vec<String> },
+    #[error("no network named {0:?}")]
+    NoNetwork(String),
+    #[error("a network named {0:?} exists already")]
+    NetworkExists(String),
+    #[error("subnet {subnet} overlaps network {other:?}'s {other_subnet}: pick another subnet")]
+    SubnetOverlap { subnet: String, other: String, other_subnet: String },
+    #[error(
+        "network {network:?} is used by {}: destroy {} or define {} without it first",
+        names(vms), if vms.len() == 1 { "that VM" } else { "those VMs" },
+        if vms.len() == 1 { "it" } else { "them" }
+    )]
+    NetworkInUse { network: String, vms: Vec<String> },
+    #[error(
+        "network {network:?} belongs to project {project:?}, not the VM's project \
+         {vm_project:?}: a VM's NICs must be on networks of its project"
+    )]
+    NetworkProject { network: String, project: String, vm_project: String },
+    #[error("NIC {position} on network {network:?}: {why}")]
+    AddressRefused { network: String, position: usize, why: String },
+    #[error("address {ip} on network {network:?} is VM {vm:?}'s: pick another or leave it out")]
+    AddressInUse { ip: String, network: String, vm: String },
+    #[error("MAC {mac} is VM {vm:?}'s: pick another or leave it out")]
+    MacInUse { mac: String, vm: String },
+    #[error("network {0:?} has no free address left: use a larger subnet")]
+    NetworkFull(String),
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
 }

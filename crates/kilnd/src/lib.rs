@@ -16,6 +16,7 @@
 //! | [`validate`] | checks of a VM definition |
 //! | [`bootfiles`] | whose rights open a VM's kernel and initrd; never kilnd's own files |
 //! | [`logs`] | per-VM console and VMM logs, bounded by rotation |
+//! | [`net`] | networks on the host: bridges, TAPs, dnsmasq, nftables, address management |
 //! | [`procfs`] | `/proc` reads and signals, guarded against pid reuse |
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod net;
 pub mod procfs;
 pub mod scheduler;
 pub mod seed;

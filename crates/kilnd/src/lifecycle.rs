@@ -78,9 +78,28 @@ pub enum LifecycleError {
     Sched(#[from] SchedError),
     #[error("{0}")]
     Devices(String),
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
 }
 
 type Result<T> = std::result::Result<T, LifecycleError>;
+
+/// A failed definition: a missing volume or network is the request's fault, named by field.
+pub(crate) fn definition_error(e: DbError) -> LifecycleError {
+    match e {
+        DbError::NoVolume(volume) => Invalid {
+            field: "disks",
+            message: format!("no volume named {volume:?}: create it first (kiln volume create)"),
+        }
+        .into(),
+        DbError::NoNetwork(network) => Invalid {
+            field: "nics",
+            message: format!("no network named {network:?}: create it first (kiln network create)"),
+        }
+        .into(),
+        other => other.into(),
+    }
+}
 
 /// The daemon's settings that the life cycle needs.
 #[derive(Debug, Clone)]
@@ -125,6 +144,8 @@ pub struct Manager {
     pub settings: Settings,
     /// API requests answered, for `GET /metrics`.
     pub requests: crate::metrics::Requests,
+    /// The host's side of the networks: bridges, TAPs, dnsmasq, nftables.
+    pub networks: crate::net::Networks,
     monitors: Mutex<HashMap<String, Monitor>>,
     /// Held for a whole scheduling round (plan, then start), so rounds never overlap.
     rounds: Mutex<()>,
@@ -133,10 +154,12 @@ pub struct Manager {
 impl Manager {
     /// A manager over `db`.
     pub fn new(db: Db, settings: Settings) -> Arc<Manager> {
+        let networks = crate::net::Networks::new(&settings.state_dir);
         Arc::new(Manager {
             db,
             settings,
             requests: crate::metrics::Requests::default(),
+            networks,
             monitors: Mutex::new(HashMap::new()),
             rounds: Mutex::new(()),
         })
@@ -166,6 +189,20 @@ impl Manager {
     /// Defines a VM after validating every field and opening its boot files with `reader`'s
     /// rights (kept with the VM for every later start); nothing is stored if a check fails.
     pub fn create(&self, spec: &CreateVm, principal: Option<&str>, reader: Reader) -> Result<Vm> {
+        let vm = self.define(spec, principal, reader)?;
+        self.leases_changed(&vm);
+        Ok(vm)
+    }
+
+    /// The networks of `vm`'s NICs hand out (or stop handing out) its leases and names.
+    fn leases_changed(&self, vm: &Vm) {
+        let networks = vm.nics.iter().map(|n| n.network.as_str());
+        if let Err(e) = self.networks.leases_changed(&self.db, networks) {
+            eprintln!("kilnd: leases of VM {:?}'s networks: {}", vm.name, crate::chain(&e));
+        }
+    }
+
+    fn define(&self, spec: &CreateVm, principal: Option<&str>, reader: Reader) -> Result<Vm> {
         if spec.image.is_some() {
             return crate::vm_image::create(self, spec, principal);
         }
@@ -173,16 +210,7 @@ impl Manager {
         self.check_socket_paths(spec)?;
         self.check_fits_host(spec.vcpus, spec.memory_mib)?;
         self.open_boot_files(reader, &spec.kernel, spec.initrd.as_deref(), spec.memory_mib)?;
-        match self.db.create_vm(spec, principal, reader.ids()) {
-            Err(DbError::NoVolume(volume)) => Err(Invalid {
-                field: "disks",
-                message: format!(
-                    "no volume named {volume:?}: create it first (kiln volume create)"
-                ),
-            }
-            .into()),
-            created => Ok(created?),
-        }
+        self.db.create_vm(spec, principal, reader.ids()).map_err(definition_error)
     }
 
     /// What a VM's disks and NICs need before its VMM starts: every volume's file, no other
@@ -202,12 +230,12 @@ impl Manager {
             let state = self.db.vm(&holder)?.vm.state;
             return Err(DbError::VolumeInUse { volume, vm: holder, state }.into());
         }
-        if let Some(nic) = vm.nics.first() {
-            return Err(LifecycleError::Devices(format!(
-                "NIC on network {:?}: no such network (kilnd manages no networks yet); define \
-                 the VM without --nic",
-                nic.network
-            )));
+        for nic in &vm.nics {
+            if let Err(DbError::NoNetwork(network)) = self.db.network(&nic.network) {
+                return Err(LifecycleError::Devices(format!(
+                    "its NIC's network {network:?} no longer exists: create it again"
+                )));
+            }
         }
         Ok(())
     }
@@ -641,7 +669,9 @@ impl Manager {
 
     /// Removes a VM at rest: its definition, events and logs.
     pub fn destroy(self: &Arc<Self>, name: &str) -> Result<()> {
+        let vm = self.db.vm(name)?.vm;
         let root = self.db.delete_vm(name, &AT_REST)?;
+        self.leases_changed(&vm);
         self.logs(name).remove()?;
         if let Some(root) = root {
             let file = crate::volumes::path(&self.settings.state_dir, &root);

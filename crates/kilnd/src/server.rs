@@ -46,6 +46,8 @@ pub enum ServerError {
     Images(#[from] crate::images::ImageError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("rebuilding the networks")]
+    Networks(#[from] crate::net::NetError),
 }
 
 /// The daemon's configuration.
@@ -176,6 +178,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if adopted + lost > 0 {
         eprintln!("kilnd: re-adopted {adopted} running VMM(s); {lost} were gone");
     }
+    let running: Vec<String> = mgr
+        .db
+        .vms()?
+        .into_iter()
+        .filter(|r| crate::lifecycle::ACTIVE.contains(&r.vm.state))
+        .map(|r| r.vm.name)
+        .collect();
+    mgr.networks.reconcile(&mgr.db, &running)?;
     let limit = capacity.limit();
     eprintln!(
         "kilnd: host {} vCPUs, {} MiB; capacity {} vCPUs, {} MiB; policy {}",

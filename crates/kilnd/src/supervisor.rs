@@ -107,6 +107,10 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
         seed.push(format!(",ro,serial={}", kiln_agent::nocloud::SEED_SERIAL));
         cmd.arg("--disk").arg(seed);
     }
+    // The NICs' TAPs, made and put on their bridges now; removed again when the VMM ends.
+    for net in mgr.networks.plug(&mgr.db, vm)? {
+        cmd.arg("--net").arg(net);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -141,7 +145,13 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
         });
     }
     let spawn_err = |source| LifecycleError::Spawn { vmm: mgr.settings.vmm.clone(), source };
-    let child = cmd.spawn().map_err(spawn_err)?;
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            mgr.networks.unplug(&mgr.db, vm);
+            return Err(spawn_err(e));
+        }
+    };
     drop(files);
     let pid = child
         .id()
@@ -265,6 +275,9 @@ fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: wat
         _ => None,
     };
     mgr.remove_monitor(name, monitor.pid);
+    if let Some(vm) = &current {
+        mgr.networks.unplug(&mgr.db, vm);
+    }
     let _ = tx.send(true);
     if let Some(vm) = recorded {
         if vm.state == VmState::Crashed

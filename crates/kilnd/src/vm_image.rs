@@ -127,16 +127,7 @@ pub(crate) fn create(
         Err(e) => {
             let _ = volumes::delete(&mgr.db, state_dir, &root);
             undo_seed();
-            Err(match e {
-                crate::db::DbError::NoVolume(volume) => Invalid {
-                    field: "disks",
-                    message: format!(
-                        "no volume named {volume:?}: create it first (kiln volume create)"
-                    ),
-                }
-                .into(),
-                other => other.into(),
-            })
+            Err(crate::lifecycle::definition_error(e))
         }
     }
 }

@@ -88,26 +88,54 @@ impl From<DbError> for ApiFailure {
             DbError::NoVm(_)
             | DbError::NoPrincipal(_)
             | DbError::NoVolume(_)
-            | DbError::NoImage(_) => ApiFailure::not_found(e.to_string()),
+            | DbError::NoImage(_)
+            | DbError::NoNetwork(_) => ApiFailure::not_found(e.to_string()),
             DbError::VolumeAttached { .. }
             | DbError::VolumeInUse { .. }
             | DbError::ImageInUse { .. }
-            | DbError::ImageNotReady { .. } => {
+            | DbError::ImageNotReady { .. }
+            | DbError::NetworkInUse { .. }
+            | DbError::AddressInUse { .. }
+            | DbError::MacInUse { .. }
+            | DbError::NetworkFull(_) => {
                 ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             DbError::VolumeProject { .. } => {
                 ApiFailure::bad_request(Some("disks".to_owned()), e.to_string())
             }
+            DbError::NetworkProject { .. } | DbError::AddressRefused { .. } => {
+                ApiFailure::bad_request(Some("nics".to_owned()), e.to_string())
+            }
+            DbError::SubnetOverlap { .. } => {
+                ApiFailure::bad_request(Some("subnet".to_owned()), e.to_string())
+            }
             DbError::VmExists(_)
             | DbError::PrincipalExists(..)
             | DbError::VolumeExists(_)
-            | DbError::ImageExists(_) => {
+            | DbError::ImageExists(_)
+            | DbError::NetworkExists(_) => {
                 let mut body = body("conflict", e.to_string());
                 body.field = Some("name".to_owned());
                 ApiFailure { status: StatusCode::CONFLICT, body }
             }
             DbError::WrongState { state, .. } => ApiFailure::wrong_state(*state, e.to_string()),
             _ => ApiFailure::internal(&e),
+        }
+    }
+}
+
+impl From<crate::net::NetError> for ApiFailure {
+    fn from(e: crate::net::NetError) -> Self {
+        use crate::net::NetError;
+        match e {
+            NetError::Invalid(invalid) => {
+                ApiFailure::bad_request(Some(invalid.field.to_owned()), invalid.to_string())
+            }
+            NetError::Db(db) => db.into(),
+            NetError::NoLease { .. } => {
+                ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            other => ApiFailure::internal(&other),
         }
     }
 }
@@ -119,6 +147,7 @@ impl From<LifecycleError> for ApiFailure {
                 ApiFailure::bad_request(Some(invalid.field.to_owned()), invalid.to_string())
             }
             LifecycleError::Db(db) => db.into(),
+            LifecycleError::Network(net) => net.into(),
             LifecycleError::Devices(message) => {
                 ApiFailure::status(StatusCode::CONFLICT, "conflict", message)
             }

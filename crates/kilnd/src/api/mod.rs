@@ -9,6 +9,7 @@ pub mod admin;
 pub mod error;
 pub mod exec;
 pub mod images;
+pub mod networks;
 pub mod openapi;
 pub mod vms;
 pub mod volumes;
@@ -60,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route("/v1/volumes/{name}", get(volumes::show).delete(volumes::delete))
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
+        .route("/v1/networks", get(networks::list).post(networks::create))
+        .route("/v1/networks/{name}", get(networks::show).delete(networks::delete))
         .route("/v1/users", get(admin::list_users).post(admin::create_user))
         .route("/v1/users/{name}/revoke", post(admin::revoke_user))
         .route("/v1/grants", get(admin::list_grants).post(admin::create_grant))

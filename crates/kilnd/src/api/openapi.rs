@@ -2,7 +2,7 @@
 //! `docs/openapi.json` is this document; a test fails when they differ
 //! (`UPDATE_OPENAPI=1 cargo test -p kilnd openapi` rewrites it, as does `kilnd --print-openapi`).
 
-use super::{admin, exec, images, vms, volumes};
+use super::{admin, exec, images, networks, vms, volumes};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -19,10 +19,12 @@ use utoipa::{Modify, OpenApi};
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami, admin::metrics,
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,
         images::list, images::build, images::import, images::show, images::delete,
+        networks::list, networks::create, networks::show, networks::delete,
     ),
     modifiers(&Bearer, &CommonErrors),
     security(("bearer" = [])),
-    tags((name = "vms"), (name = "lifecycle"), (name = "volumes"), (name = "images"), (name = "access")),
+    tags((name = "vms"), (name = "lifecycle"), (name = "volumes"), (name = "images"),
+        (name = "networks"), (name = "access")),
 )]
 struct ApiDoc;
 

@@ -136,10 +136,7 @@ pub(super) fn insert_devices(
         )?;
     }
     for (position, nic) in nics.iter().enumerate() {
-        conn.execute(
-            "INSERT INTO vm_nics (vm, position, network, ip, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![vm, position as i64, nic.network, nic.ip, nic.mac],
-        )?;
+        super::networks::insert_nic(conn, vm, project, position, nic)?;
     }
     Ok(())
 }

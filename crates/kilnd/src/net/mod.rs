@@ -1,0 +1,460 @@
+//! Virtual networks on the host: each a Linux bridge with the host's address, a dnsmasq for
+//! its DHCP leases and DNS names, kilnd's nftables tables for isolation, NAT and each NIC's
+//! anti-spoofing, and one persistent TAP per NIC of a running VM, which kiln-vmm opens by name.
+//!
+//! SQLite is the truth: [`Networks::reconcile`] rebuilds the host's side from it when kilnd
+//! starts and removes what no longer belongs to it (bridges named `kb-*`, TAPs `kt-*`, stray
+//! dnsmasq processes, Kiln's own nftables tables); nothing else on the host is touched.
+//!
+//! * [`ipam`]: subnets, addresses, MACs and interface names.
+//! * [`netlink`]: bridges, addresses and bridge ports through rtnetlink.
+//! * [`dnsmasq`]: the DHCP and DNS server's files and arguments.
+//! * [`nft`]: the rule set.
+
+pub mod dnsmasq;
+pub mod ipam;
+pub mod netlink;
+pub mod nft;
+
+use crate::db::networks::{NetworkRow, NicRow};
+use crate::db::{Db, DbError};
+use crate::validate::{self, Invalid};
+use ipam::Subnet;
+use kiln_api::{CreateNetwork, Network, NetworkNic};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Errors of managing networks.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{what}")]
+    Host {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Tap {
+        what: String,
+        #[source]
+        source: kiln_virtio::tap::TapError,
+    },
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
+    #[error("{0}")]
+    Server(String),
+    #[error("NIC {position} of VM {vm:?} has no address (defined before kilnd managed networks): define the VM again")]
+    NoLease { vm: String, position: usize },
+}
+
+type Result<T> = std::result::Result<T, NetError>;
+
+fn host(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Host { what, source }
+}
+
+/// One network's supervised dnsmasq.
+struct Server {
+    pid: Arc<Mutex<Option<u32>>>,
+    wanted: Arc<AtomicBool>,
+}
+
+/// The host side of kilnd's networks.
+pub struct Networks {
+    state_dir: PathBuf,
+    /// Serializes every change to the host's interfaces, servers and rules.
+    servers: Mutex<HashMap<String, Server>>,
+}
+
+impl Networks {
+    pub fn new(state_dir: &Path) -> Networks {
+        Networks { state_dir: state_dir.to_path_buf(), servers: Mutex::new(HashMap::new()) }
+    }
+
+    fn dir(&self, network: &str) -> PathBuf {
+        self.state_dir.join("networks").join(network)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a network: its row, bridge, address, dnsmasq and rules; a step that fails
+    /// undoes the ones before it.
+    pub fn create(&self, db: &Db, spec: &CreateNetwork) -> Result<Network> {
+        validate::name("name", &spec.name)?;
+        validate::name("project", &spec.project)?;
+        let subnet = spec
+            .subnet
+            .as_deref()
+            .map(Subnet::parse)
+            .transpose()
+            .map_err(|message| Invalid { field: "subnet", message })?;
+        let mut servers = self.lock();
+        let row =
+            db.create_network(&spec.name, &spec.project, subnet, spec.nat, spec.isolated_ports)?;
+        let made = self.bring_up(&mut servers, db, &row).and_then(|()| self.apply_rules(db));
+        if let Err(e) = made {
+            self.tear_down(&mut servers, &row);
+            let _ = db.delete_network(&row.name);
+            let _ = self.apply_rules(db);
+            return Err(e);
+        }
+        drop(servers);
+        self.to_api(db, row)
+    }
+
+    /// Deletes a network no VM uses: its row, server, bridge and rules.
+    pub fn delete(&self, db: &Db, name: &str) -> Result<()> {
+        let mut servers = self.lock();
+        let row = db.network(name)?;
+        db.delete_network(name)?;
+        self.tear_down(&mut servers, &row);
+        self.apply_rules(db)
+    }
+
+    /// The API's view of a network row.
+    pub fn to_api(&self, db: &Db, row: NetworkRow) -> Result<Network> {
+        let subnet = row.subnet()?;
+        let nics = db
+            .nics(Some(&row.name))?
+            .into_iter()
+            .map(|n| NetworkNic { vm: n.vm, ip: n.ip.to_string(), mac: n.mac })
+            .collect();
+        Ok(Network {
+            gateway: subnet.gateway().to_string(),
+            name: row.name,
+            project: row.project,
+            subnet: row.subnet,
+            bridge: row.bridge,
+            nat: row.nat,
+            isolated_ports: row.isolated_ports,
+            nics,
+            created_at: kiln_api::rfc3339_ms(row.created_ms),
+        })
+    }
+
+    /// Makes the bridge (a stale one of the same name is replaced), gives it the gateway
+    /// address and starts the network's dnsmasq.
+    fn bring_up(
+        &self,
+        servers: &mut HashMap<String, Server>,
+        db: &Db,
+        row: &NetworkRow,
+    ) -> Result<()> {
+        let subnet = row.subnet()?;
+        let bridge = &row.bridge;
+        if netlink::index(bridge).is_none() {
+            netlink::create_bridge(bridge).map_err(host(format!("creating bridge {bridge}")))?;
+        }
+        netlink::set_up(bridge, None).map_err(host(format!("setting bridge {bridge} up")))?;
+        netlink::add_address(bridge, subnet.gateway(), subnet.prefix())
+            .map_err(host(format!("giving bridge {bridge} the address {}", subnet.gateway())))?;
+        if row.nat {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(host("turning on IPv4 forwarding for NAT"))?;
+        }
+        self.write_leases(db, &row.name)?;
+        self.start_server(servers, row, &subnet)
+    }
+
+    fn tear_down(&self, servers: &mut HashMap<String, Server>, row: &NetworkRow) {
+        if let Some(server) = servers.remove(&row.name) {
+            stop_server(&server);
+        }
+        let files = dnsmasq::Files::new(&self.dir(&row.name));
+        if let Some(pid) = dnsmasq::running_pid(&files.pid_file()) {
+            kill_and_wait(pid);
+        }
+        if let Err(e) = netlink::delete(&row.bridge) {
+            eprintln!("kilnd: cannot delete bridge {} of network {:?}: {e}", row.bridge, row.name);
+        }
+        let _ = std::fs::remove_dir_all(self.dir(&row.name));
+    }
+
+    /// Writes the leases of a network's NICs and tells its dnsmasq to read them.
+    fn write_leases(&self, db: &Db, network: &str) -> Result<()> {
+        let leases: Vec<dnsmasq::Lease> = db
+            .nics(Some(network))?
+            .into_iter()
+            .map(|n| dnsmasq::Lease { mac: n.mac, ip: n.ip, hostname: n.vm })
+            .collect();
+        let files = dnsmasq::Files::new(&self.dir(network));
+        files
+            .write_leases(&leases)
+            .map_err(host(format!("writing the leases of network {network:?}")))
+    }
+
+    /// After a VM's NICs were recorded or removed: rewrites the leases of `networks` and
+    /// makes their servers read them.
+    pub fn leases_changed<'a>(
+        &self,
+        db: &Db,
+        networks: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        let servers = self.lock();
+        for network in networks {
+            self.write_leases(db, network)?;
+            if let Some(pid) =
+                servers.get(network).and_then(|s| *s.pid.lock().unwrap_or_else(|p| p.into_inner()))
+            {
+                // SAFETY: kill sends a signal to a pid; no memory is involved.
+                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a network's dnsmasq and a thread that restarts it if it dies (at most once a
+    /// second) until the network is deleted. A dnsmasq left by an earlier kilnd is ended first.
+    fn start_server(
+        &self,
+        servers: &mut HashMap<String, Server>,
+        row: &NetworkRow,
+        subnet: &Subnet,
+    ) -> Result<()> {
+        if let Some(server) = servers.remove(&row.name) {
+            stop_server(&server);
+        }
+        let files = dnsmasq::Files::new(&self.dir(&row.name));
+        if let Some(pid) = dnsmasq::running_pid(&files.pid_file()) {
+            kill_and_wait(pid);
+        }
+        let args = files.args(&row.bridge, subnet, row.nat);
+        let log = self.dir(&row.name).join("dnsmasq.log");
+        let spawn = move || -> std::io::Result<std::process::Child> {
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+            Command::new("dnsmasq")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+        };
+        let mut child = spawn().map_err(host(format!(
+            "starting dnsmasq for network {:?} (install Debian's dnsmasq-base package)",
+            row.name
+        )))?;
+        // dnsmasq fails at once on a bad address or a port in use: give it a moment to say so.
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(self.dir(&row.name).join("dnsmasq.log"))
+                .unwrap_or_default();
+            return Err(NetError::Server(format!(
+                "dnsmasq for network {:?} ended at once ({status}): {}",
+                row.name,
+                log.trim()
+            )));
+        }
+        let pid = Arc::new(Mutex::new(Some(child.id())));
+        let wanted = Arc::new(AtomicBool::new(true));
+        let (watched_pid, still_wanted, name) =
+            (Arc::clone(&pid), Arc::clone(&wanted), row.name.clone());
+        std::thread::spawn(move || loop {
+            let status = child.wait();
+            if !still_wanted.load(Ordering::SeqCst) {
+                return;
+            }
+            eprintln!("kilnd: dnsmasq of network {name:?} ended ({status:?}); starting it again");
+            std::thread::sleep(Duration::from_secs(1));
+            if !still_wanted.load(Ordering::SeqCst) {
+                return;
+            }
+            match spawn() {
+                Ok(next) => {
+                    *watched_pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.id());
+                    child = next;
+                }
+                Err(e) => {
+                    eprintln!("kilnd: cannot start dnsmasq of network {name:?} again: {e}");
+                    *watched_pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return;
+                }
+            }
+        });
+        servers.insert(row.name.clone(), Server { pid, wanted });
+        Ok(())
+    }
+
+    /// Makes the TAPs of `vm`'s NICs, each on its network's bridge, and guards them; returns
+    /// kiln-vmm's `--net` values in NIC order. Nothing is left if a step fails.
+    pub fn plug(&self, db: &Db, vm: &kiln_api::Vm) -> Result<Vec<String>> {
+        if vm.nics.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _servers = self.lock();
+        let leases: Vec<NicRow> = db.nics(None)?.into_iter().filter(|n| n.vm == vm.name).collect();
+        let made = (|| {
+            let mut args = Vec::new();
+            for (position, nic) in vm.nics.iter().enumerate() {
+                let lease = leases
+                    .iter()
+                    .find(|l| l.position == position)
+                    .ok_or(NetError::NoLease { vm: vm.name.clone(), position })?;
+                let network = db.network(&nic.network)?;
+                let tap = ipam::tap_name(&vm.name, position);
+                let _ = netlink::delete(&tap); // a stale one from a crash
+                let opened = kiln_virtio::tap::Tap::open(&tap).map_err(|source| NetError::Tap {
+                    what: format!("creating TAP {tap}"),
+                    source,
+                })?;
+                opened
+                    .set_persistent(true)
+                    .map_err(host(format!("making TAP {tap} persistent")))?;
+                drop(opened);
+                netlink::set_up(&tap, Some(&network.bridge))
+                    .map_err(host(format!("putting TAP {tap} on bridge {}", network.bridge)))?;
+                netlink::set_port_isolated(&tap, network.isolated_ports)
+                    .map_err(host(format!("setting port isolation of TAP {tap}")))?;
+                args.push(format!("tap={tap},mac={}", lease.mac));
+            }
+            self.apply_rules(db)?;
+            Ok(args)
+        })();
+        if made.is_err() {
+            self.remove_taps(&vm.name, vm.nics.len());
+            let _ = self.apply_rules(db);
+        }
+        made
+    }
+
+    /// Removes the TAPs of a VM whose VMM has ended, and their rules.
+    pub fn unplug(&self, db: &Db, vm: &kiln_api::Vm) {
+        if vm.nics.is_empty() {
+            return;
+        }
+        let _servers = self.lock();
+        self.remove_taps(&vm.name, vm.nics.len());
+        if let Err(e) = self.apply_rules(db) {
+            eprintln!("kilnd: rules after VM {:?} stopped: {e}", vm.name);
+        }
+    }
+
+    fn remove_taps(&self, vm: &str, count: usize) {
+        for position in 0..count {
+            let tap = ipam::tap_name(vm, position);
+            if let Err(e) = netlink::delete(&tap) {
+                eprintln!("kilnd: cannot delete TAP {tap} of VM {vm:?}: {e}");
+            }
+        }
+    }
+
+    /// Writes Kiln's nftables tables from the networks and the NICs whose TAPs exist.
+    fn apply_rules(&self, db: &Db) -> Result<()> {
+        let rows = db.networks()?;
+        if rows.is_empty() {
+            return Ok(nft::remove_all()?);
+        }
+        let networks = rows
+            .iter()
+            .map(|r| {
+                Ok(nft::FilterNetwork { bridge: r.bridge.clone(), subnet: r.subnet()?, nat: r.nat })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ports: Vec<nft::FilterPort> = db
+            .nics(None)?
+            .into_iter()
+            .map(|n| nft::FilterPort {
+                tap: ipam::tap_name(&n.vm, n.position),
+                mac: n.mac,
+                ip: n.ip,
+            })
+            .filter(|p| netlink::index(&p.tap).is_some())
+            .collect();
+        Ok(nft::apply(&nft::ruleset(&networks, &ports))?)
+    }
+
+    /// Rebuilds the host's side from the state store when kilnd starts: every network's
+    /// bridge, address, dnsmasq and leases; TAPs only for VMs in `running`; and removes Kiln's
+    /// bridges, TAPs, servers and directories that no longer belong to anything.
+    pub fn reconcile(&self, db: &Db, running: &[String]) -> Result<()> {
+        let mut servers = self.lock();
+        let rows = db.networks()?;
+        for row in &rows {
+            self.bring_up(&mut servers, db, row)?;
+        }
+        let bridges: Vec<&str> = rows.iter().map(|r| r.bridge.as_str()).collect();
+        for stray in
+            netlink::names_with_prefix(ipam::BRIDGE_PREFIX).map_err(host("listing interfaces"))?
+        {
+            if !bridges.contains(&stray.as_str()) {
+                eprintln!("kilnd: removing bridge {stray}, which no network has");
+                let _ = netlink::delete(&stray);
+            }
+        }
+        let nics = db.nics(None)?;
+        let wanted: Vec<String> = nics
+            .iter()
+            .filter(|n| running.contains(&n.vm))
+            .map(|n| ipam::tap_name(&n.vm, n.position))
+            .collect();
+        for stray in
+            netlink::names_with_prefix(ipam::TAP_PREFIX).map_err(host("listing interfaces"))?
+        {
+            if !wanted.contains(&stray) {
+                eprintln!("kilnd: removing TAP {stray}, which no running VM has");
+                let _ = netlink::delete(&stray);
+            }
+        }
+        for nic in nics.iter().filter(|n| running.contains(&n.vm)) {
+            let tap = ipam::tap_name(&nic.vm, nic.position);
+            if let Some(row) = rows.iter().find(|r| r.name == nic.network) {
+                if netlink::index(&tap).is_some() {
+                    let _ = netlink::set_up(&tap, Some(&row.bridge));
+                    let _ = netlink::set_port_isolated(&tap, row.isolated_ports);
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.state_dir.join("networks")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !rows.iter().any(|r| r.name == name) {
+                    let files = dnsmasq::Files::new(&entry.path());
+                    if let Some(pid) = dnsmasq::running_pid(&files.pid_file()) {
+                        kill_and_wait(pid);
+                    }
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        drop(servers);
+        self.apply_rules(db)
+    }
+}
+
+fn stop_server(server: &Server) {
+    server.wanted.store(false, Ordering::SeqCst);
+    if let Some(pid) = *server.pid.lock().unwrap_or_else(|p| p.into_inner()) {
+        kill_and_wait(pid as i32);
+    }
+}
+
+/// SIGTERM, then SIGKILL after a second; returns once the process is gone.
+fn kill_and_wait(pid: i32) {
+    // SAFETY: kill sends a signal to a pid; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}

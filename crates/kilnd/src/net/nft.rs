@@ -1,0 +1,192 @@
+//! Kiln's packet filter: two nftables tables of its own, `inet kiln` (the host's side:
+//! what guests may reach on the host, between networks and through NAT) and `bridge kiln`
+//! (each TAP's anti-spoofing chain). Both are written whole from kilnd's state and replaced in
+//! one `nft -f` transaction, so a change never leaves half a rule set and other tables are
+//! never touched.
+
+use super::ipam::Subnet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// A network as the filter sees it.
+pub struct FilterNetwork {
+    pub bridge: String,
+    pub subnet: Subnet,
+    pub nat: bool,
+}
+
+/// A NIC that is plugged in (its TAP exists).
+pub struct FilterPort {
+    pub tap: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+fn set(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("{{ {} }}", quoted.join(", "))
+}
+
+/// The transaction that replaces Kiln's tables with the rules for `networks` and `ports`.
+pub fn ruleset(networks: &[FilterNetwork], ports: &[FilterPort]) -> String {
+    let mut out = String::new();
+    // Declaring then deleting makes the deletion succeed whether or not the table exists.
+    for family in ["inet", "bridge"] {
+        let _ = writeln!(out, "table {family} kiln {{}}\ndelete table {family} kiln");
+    }
+    let bridges: Vec<&str> = networks.iter().map(|n| n.bridge.as_str()).collect();
+    let nat: Vec<&str> = networks.iter().filter(|n| n.nat).map(|n| n.bridge.as_str()).collect();
+    out.push_str("table inet kiln {\n");
+    if !bridges.is_empty() {
+        let _ = writeln!(out, "  set bridges {{ type ifname; elements = {} }}", set(&bridges));
+    } else {
+        out.push_str("  set bridges { type ifname; }\n");
+    }
+    if !nat.is_empty() {
+        let _ = writeln!(out, "  set nat_bridges {{ type ifname; elements = {} }}", set(&nat));
+    } else {
+        out.push_str("  set nat_bridges { type ifname; }\n");
+    }
+    out.push_str(
+        "  chain input {\n    type filter hook input priority filter; policy accept;\n    \
+         iifname @bridges ct state established,related accept\n    \
+         iifname @bridges udp dport { 53, 67 } accept\n    \
+         iifname @bridges tcp dport 53 accept\n",
+    );
+    // A guest may ping its own gateway, not another network's (the host answers for every
+    // address it has on any interface).
+    for network in networks {
+        let _ = writeln!(
+            out,
+            "    iifname \"{}\" ip daddr {} icmp type echo-request accept",
+            network.bridge,
+            network.subnet.gateway()
+        );
+    }
+    out.push_str("    iifname @bridges drop\n  }\n");
+    out.push_str(
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+    );
+    // Where br_netfilter is loaded, frames bridged between two ports of one network pass this
+    // hook too (in and out the same bridge): the bridge table has already guarded them.
+    for network in networks {
+        let _ = writeln!(out, "    iifname \"{b}\" oifname \"{b}\" accept", b = network.bridge);
+    }
+    out.push_str(
+        "    iifname @bridges oifname @bridges drop\n    \
+         oifname @bridges ct state established,related accept\n    \
+         oifname @bridges ct status dnat accept\n    \
+         oifname @bridges drop\n    \
+         iifname @nat_bridges accept\n    \
+         iifname @bridges drop\n  }\n",
+    );
+    out.push_str(
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+    );
+    for network in networks.iter().filter(|n| n.nat) {
+        let _ = writeln!(
+            out,
+            "    ip saddr {subnet} ip daddr != {subnet} masquerade",
+            subnet = network.subnet
+        );
+    }
+    out.push_str("  }\n}\n");
+    out.push_str("table bridge kiln {\n");
+    out.push_str(
+        "  chain prerouting {\n    type filter hook prerouting priority filter; policy accept;\n",
+    );
+    for port in ports {
+        let _ = writeln!(out, "    iifname \"{}\" jump port-{}", port.tap, port.tap);
+    }
+    out.push_str("  }\n");
+    for port in ports {
+        let (tap, mac, ip) = (&port.tap, &port.mac, port.ip);
+        let _ = writeln!(
+            out,
+            "  chain port-{tap} {{\n    \
+             ether saddr != {mac} drop\n    \
+             arp saddr ether != {mac} drop\n    \
+             arp saddr ip != {ip} drop\n    \
+             udp sport 67 drop\n    \
+             ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept\n    \
+             ip saddr != {ip} drop\n    \
+             ether type != {{ ip, arp }} drop\n  }}"
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Errors of applying the rules.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft (install Debian's nftables package): {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft refused Kiln's rules: {0}")]
+    Refused(String),
+}
+
+/// Replaces Kiln's tables in one transaction.
+pub fn apply(ruleset: &str) -> Result<(), NftError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(ruleset.as_bytes()).map_err(NftError::Spawn)?;
+    }
+    let output = child.wait_with_output().map_err(NftError::Spawn)?;
+    if !output.status.success() {
+        return Err(NftError::Refused(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+    }
+    Ok(())
+}
+
+/// Removes Kiln's tables (when it manages no network any more).
+pub fn remove_all() -> Result<(), NftError> {
+    apply("table inet kiln {}\ndelete table inet kiln\ntable bridge kiln {}\ndelete table bridge kiln\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_replaces_kilns_tables_and_guards_each_port() {
+        let networks = [
+            FilterNetwork {
+                bridge: "kb-1".into(),
+                subnet: Subnet::parse("10.77.0.0/24").unwrap(),
+                nat: true,
+            },
+            FilterNetwork {
+                bridge: "kb-2".into(),
+                subnet: Subnet::parse("10.77.1.0/24").unwrap(),
+                nat: false,
+            },
+        ];
+        let ports = [FilterPort {
+            tap: "kt-a-0".into(),
+            mac: "52:54:00:01:02:03".into(),
+            ip: Ipv4Addr::new(10, 77, 0, 2),
+        }];
+        let rules = ruleset(&networks, &ports);
+        assert!(rules.starts_with("table inet kiln {}\ndelete table inet kiln\n"));
+        assert!(rules.contains("elements = { \"kb-1\", \"kb-2\" }"));
+        assert!(rules.contains("set nat_bridges { type ifname; elements = { \"kb-1\" } }"));
+        assert!(rules.contains("ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade"));
+        assert!(!rules.contains("10.77.1.0/24 ip daddr"), "no NAT for the second network");
+        assert!(rules.contains("iifname \"kt-a-0\" jump port-kt-a-0"));
+        assert!(rules.contains("arp saddr ip != 10.77.0.2 drop"));
+        assert!(rules.contains("ether saddr != 52:54:00:01:02:03 drop"));
+        assert!(rules.contains("iifname \"kb-2\" oifname \"kb-2\" accept"));
+        assert!(rules.contains("iifname \"kb-1\" ip daddr 10.77.0.1 icmp type echo-request"));
+        let empty = ruleset(&[], &[]);
+        assert!(empty.contains("set bridges { type ifname; }"));
+    }
+}
