@@ -18,6 +18,7 @@ mod bench;
 mod console;
 mod exec;
 mod image;
+mod network;
 mod sched;
 mod table;
 mod vm;
@@ -62,6 +63,8 @@ enum Command {
     Volume(volume::VolumeArgs),
     /// Images: bootable Debian systems kilnd builds, booted with `kiln create --image`.
     Image(image::ImageArgs),
+    /// Networks: bridges with DHCP and DNS that VMs join with `kiln create --nic`.
+    Network(network::NetworkArgs),
     /// Principals and their API tokens (admin).
     User(access::UserArgs),
     /// Roles given to principals, globally or per project or VM (admin).
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Cp(args) => return exec::cp(args, &api),
         Command::Vm(command) => vm::run(command, &api),
         Command::Volume(args) => volume::run(args, &api),
+        Command::Network(args) => network::run(args, &api),
         Command::Image(args) => image::run(args, &api),
         Command::Bench(args) => bench::run(args, &api),
         Command::User(args) => access::user(args, &api),
