@@ -85,6 +85,8 @@ pub struct Daemon {
     pub vmm: PathBuf,
     /// More kilnd arguments (host size, policy).
     pub args: Vec<String>,
+    /// The network namespace kilnd runs in (`ip netns exec`), if not the test's own.
+    pub netns: Option<String>,
 }
 
 impl Daemon {
@@ -100,11 +102,17 @@ impl Daemon {
 
     /// Starts kilnd with `vmm` and more arguments.
     pub fn start_with(test: &str, vmm: PathBuf, args: &[&str]) -> Daemon {
+        Daemon::start_in(test, vmm, args, None)
+    }
+
+    /// Starts kilnd with `vmm` and more arguments, in network namespace `netns` if given.
+    pub fn start_in(test: &str, vmm: PathBuf, args: &[&str], netns: Option<&str>) -> Daemon {
         let dir = std::env::temp_dir().join(format!("kilnd-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let mut d = Daemon { child: None, socket: dir.join("kilnd.sock"), dir, vmm, args };
+        let netns = netns.map(str::to_owned);
+        let mut d = Daemon { child: None, socket: dir.join("kilnd.sock"), dir, vmm, args, netns };
         d.spawn();
         d
     }
@@ -117,7 +125,16 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("kilnd.log"))
             .unwrap();
-        let child = Command::new(kilnd_bin())
+        // `ip netns exec` execs kilnd, so the child's pid is kilnd's.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(kilnd_bin());
+                c
+            }
+            None => Command::new(kilnd_bin()),
+        };
+        let child = command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
@@ -214,6 +231,16 @@ impl Drop for Daemon {
             // SAFETY: kill(2) with integers only, on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
+        }
+        // kilnd leaves its networks' dnsmasq running when it ends (as it leaves VMMs).
+        let dir = self.dir.as_os_str().as_encoded_bytes().to_vec();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if cmdline.starts_with(b"dnsmasq") && cmdline.windows(dir.len()).any(|w| w == dir) {
+                // SAFETY: kill(2) with integers only, on a dnsmasq of this test's kilnd.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // A stand-in VMM script the test wrote next to the directory.
