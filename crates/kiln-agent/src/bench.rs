@@ -13,6 +13,7 @@
 //! Each probe returns a [`Report`] whose `Display` is one machine-readable line starting with
 //! [`REPORT_PREFIX`].
 
+use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -90,6 +91,16 @@ pub enum BenchError {
         sent: u64,
         /// Bytes the receiver reported.
         received: u64,
+    },
+    /// The receiver's SHA-256 of the stream differs from the sender's.
+    #[error("the {bytes} bytes arrived changed: sent sha256 {sent}, received sha256 {received}")]
+    Corrupt {
+        /// Bytes sent (and received).
+        bytes: u64,
+        /// The sender's digest.
+        sent: String,
+        /// The receiver's digest.
+        received: String,
     },
 }
 
@@ -389,6 +400,7 @@ fn receive_on(listener: &TcpListener) -> Result<Report, BenchError> {
     let (mut stream, peer) = listener.accept().map_err(tcp_error("accept on", "listener"))?;
     let mut buf = vec![0u8; TCP_CHUNK];
     let (mut bytes, mut ops, mut start) = (0u64, 0u64, None);
+    let mut digest = Sha256::new();
     loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => break,
@@ -397,19 +409,28 @@ fn receive_on(listener: &TcpListener) -> Result<Report, BenchError> {
             Err(e) => return Err(tcp_error("receive from", peer)(e)),
         };
         start.get_or_insert_with(Instant::now);
+        digest.update(&buf[..n]);
         bytes += n as u64;
         ops += 1;
     }
     let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
-    stream.write_all(&bytes.to_le_bytes()).map_err(tcp_error("answer", peer))?;
+    let digest: [u8; 32] = digest.finalize().into();
+    // The answer: the count, then the stream's SHA-256, which the sender checks.
+    let mut answer = bytes.to_le_bytes().to_vec();
+    answer.extend_from_slice(&digest);
+    stream.write_all(&answer).map_err(tcp_error("answer", peer))?;
     Ok(Report {
         kind: "tcp",
         mode: "receive",
         bytes,
         ops,
         elapsed,
-        extra: vec![("peer", peer.to_string())],
+        extra: vec![("peer", peer.to_string()), ("sha256", hex(&digest))],
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Connects to `to` (retrying for up to `wait` while the peer is not listening yet), sends
@@ -430,19 +451,26 @@ pub fn tcp_send(to: SocketAddr, total: u64, wait: Duration) -> Result<Report, Be
     mark_start();
     let start = Instant::now();
     let (mut left, mut ops) = (total, 0u64);
+    let mut digest = Sha256::new();
     while left > 0 {
         let n = left.min(TCP_CHUNK as u64) as usize;
         stream.write_all(&buf.as_slice()[..n]).map_err(tcp_error("send to", to))?;
+        digest.update(&buf.as_slice()[..n]);
         left -= n as u64;
         ops += 1;
     }
     stream.shutdown(Shutdown::Write).map_err(tcp_error("end the stream to", to))?;
-    let mut count = [0u8; 8];
-    stream.read_exact(&mut count).map_err(tcp_error("read the count from", to))?;
+    let mut answer = [0u8; 40];
+    stream.read_exact(&mut answer).map_err(tcp_error("read the count from", to))?;
     let elapsed = start.elapsed();
-    let received = u64::from_le_bytes(count);
+    let (count, theirs) = answer.split_at(8);
+    let received = u64::from_le_bytes(count.try_into().unwrap_or_default());
     if received != total {
         return Err(BenchError::Short { sent: total, received });
+    }
+    let ours: [u8; 32] = digest.finalize().into();
+    if ours[..] != theirs[..] {
+        return Err(BenchError::Corrupt { bytes: total, sent: hex(&ours), received: hex(theirs) });
     }
     Ok(Report {
         kind: "tcp",
@@ -450,7 +478,7 @@ pub fn tcp_send(to: SocketAddr, total: u64, wait: Duration) -> Result<Report, Be
         bytes: total,
         ops,
         elapsed,
-        extra: vec![("peer", to.to_string())],
+        extra: vec![("peer", to.to_string()), ("sha256", hex(&ours))],
     })
 }
 

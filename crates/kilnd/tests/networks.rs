@@ -191,8 +191,9 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     // By name, TCP and UDP between a and b.
     assert_eq!(resolve(&d, "a", "b").as_deref(), Some("10.77.0.50"));
     assert_eq!(resolve(&d, "b", "a").as_deref(), Some("10.77.0.2"));
-    // 3 MiB over one TCP stream, the receiver's count sent back and checked by the sender
-    // (kiln-agent's network probe; busybox nc run through exec stopped after 1 KiB here).
+    // 3 MiB over one TCP stream; the receiver's count and SHA-256 go back and the sender
+    // checks them (kiln-agent's network probe; busybox nc run through exec stopped after its
+    // first 1 KiB here, not yet explained).
     let receiver = std::thread::spawn({
         let kiln = workspace_bin("kiln", "kiln-cli");
         let socket = d.socket.clone();
@@ -220,7 +221,13 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(sent.status.success(), "3 MiB over TCP a -> b: {}", text(&sent));
     let received = receiver.join().unwrap();
     assert!(received.status.success(), "{}", text(&received));
-    assert!(text(&received).contains("3145728"), "b counted every byte: {}", text(&received));
+    let digest = |out: &Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace().find_map(|w| w.strip_prefix("sha256=")).map(str::to_owned)
+    };
+    assert!(text(&received).contains("bytes=3145728"), "b counted every byte: {}", text(&received));
+    assert!(digest(&sent).is_some(), "{}", text(&sent));
+    assert_eq!(digest(&received), digest(&sent), "3 MiB arrive intact (the sender checked it too)");
     eprintln!("{TEST}: TCP a -> b: {}", String::from_utf8_lossy(&sent.stdout).trim());
     let echo = std::thread::spawn({
         let kiln = workspace_bin("kiln", "kiln-cli");
