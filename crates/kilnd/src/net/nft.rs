@@ -70,10 +70,12 @@ pub fn ruleset(networks: &[FilterNetwork], ports: &[FilterPort]) -> String {
         "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
     );
     // Where br_netfilter is loaded, frames bridged between two ports of one network pass this
-    // hook too (in and out the same bridge): the bridge table has already guarded them.
+    // hook too (in and out the same bridge; flooded broadcasts and multicasts with no bridge
+    // as their way out, and the host never routes those): the bridge table has guarded them.
     for network in networks {
         let _ = writeln!(out, "    iifname \"{b}\" oifname \"{b}\" accept", b = network.bridge);
     }
+    out.push_str("    iifname @bridges meta pkttype { broadcast, multicast } accept\n");
     out.push_str(
         "    iifname @bridges oifname @bridges drop\n    \
          oifname @bridges ct state established,related accept\n    \
@@ -185,6 +187,7 @@ mod tests {
         assert!(rules.contains("arp saddr ip != 10.77.0.2 drop"));
         assert!(rules.contains("ether saddr != 52:54:00:01:02:03 drop"));
         assert!(rules.contains("iifname \"kb-2\" oifname \"kb-2\" accept"));
+        assert!(rules.contains("iifname @bridges meta pkttype { broadcast, multicast } accept"));
         assert!(rules.contains("iifname \"kb-1\" ip daddr 10.77.0.1 icmp type echo-request"));
         let empty = ruleset(&[], &[]);
         assert!(empty.contains("set bridges { type ifname; }"));
