@@ -65,6 +65,12 @@ enum Cmd {
         /// The message to send.
         #[arg(long, default_value = "kiln")]
         message: String,
+        /// Send from this local port [default: any].
+        #[arg(long, value_name = "PORT", default_value_t = 0, requires = "to")]
+        from: u16,
+        /// Sends (every 500 ms) before giving up.
+        #[arg(long, default_value_t = 120, requires = "to")]
+        attempts: u32,
     },
     /// Throughput probes that print one `KILN-BENCH ...` line; the same in a guest and on the
     /// host.
@@ -291,12 +297,16 @@ fn main() -> ExitCode {
         Cmd::Serve { port } => serve(port),
         Cmd::Exec { uds, port, timeout, argv } => exec(&uds, port, timeout, &argv),
         Cmd::Bench(cmd) => run_bench(&cmd),
-        Cmd::Udp { listen, count, to, message } => {
+        Cmd::Udp { listen, count, to, message, from, attempts } => {
             let result = match (listen, to) {
                 (Some(port), _) => kiln_agent::udp::serve(port, count),
-                (None, Some(to)) => {
-                    kiln_agent::udp::round_trip(to, &message, Duration::from_millis(500), 120)
-                }
+                (None, Some(to)) => kiln_agent::udp::round_trip(
+                    to,
+                    from,
+                    &message,
+                    Duration::from_millis(500),
+                    attempts,
+                ),
                 (None, None) => {
                     eprintln!("kiln-agent udp: give --listen PORT or --to ADDR:PORT");
                     return ExitCode::from(2);

@@ -47,14 +47,16 @@ fn answer(socket: &UdpSocket, count: usize) -> Result<(), UdpError> {
 }
 
 /// Sends `message` to `to` until its echo arrives (resending every `interval`, at most
-/// `attempts` times: the first datagrams can be lost while ARP resolves).
+/// `attempts` times: the first datagrams can be lost while ARP resolves), from local port
+/// `from_port` (0: any).
 pub fn round_trip(
     to: SocketAddr,
+    from_port: u16,
     message: &str,
     interval: Duration,
     attempts: u32,
 ) -> Result<(), UdpError> {
-    let socket = UdpSocket::bind(("0.0.0.0", 0)).map_err(io("bind"))?;
+    let socket = UdpSocket::bind(("0.0.0.0", from_port)).map_err(io("bind"))?;
     socket.set_read_timeout(Some(interval)).map_err(io("set a timeout"))?;
     let mut buf = [0u8; 2048];
     let mut last = io("receive")(std::io::ErrorKind::TimedOut.into());
@@ -86,7 +88,7 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = socket.local_addr().unwrap();
         let server = std::thread::spawn(move || answer(&socket, 1));
-        round_trip(to, "kiln-udp", Duration::from_millis(200), 150).unwrap();
+        round_trip(to, 0, "kiln-udp", Duration::from_millis(200), 150).unwrap();
         server.join().unwrap().unwrap();
     }
 }
