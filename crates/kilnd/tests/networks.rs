@@ -73,6 +73,28 @@ fn network(name: &str, subnet: Option<&str>) -> CreateNetwork {
     }
 }
 
+/// A TCP server in namespace `ns` (a thread that enters it): accepts one connection on
+/// `addr` and returns the peer's address and what it sent.
+fn server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<(String, String)> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (ns, addr) = (format!("/run/netns/{ns}"), addr.to_owned());
+    let (ready, wait) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {ns}");
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        ready.send(()).unwrap();
+        let (mut stream, peer) = listener.accept().unwrap();
+        let mut got = String::new();
+        stream.read_to_string(&mut got).unwrap();
+        (peer.ip().to_string(), got)
+    });
+    wait.recv().unwrap();
+    server
+}
+
 fn host_state(ns: &Namespace) -> (String, String, usize) {
     let links = ns.command("ip").args(["-br", "link"]).output().unwrap();
     let bridges: Vec<String> = String::from_utf8_lossy(&links.stdout)
@@ -117,6 +139,13 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         return skip::skip(TEST, "cannot create a network namespace here (ip netns add failed)");
     };
     ns.ip("link set lo up").unwrap();
+    // The outside world: another namespace behind a veth, the only route out of kilnd's.
+    let outside = Namespace::create(&format!("kiln-out-{}", std::process::id())).unwrap();
+    ns.ip(&format!("link add up0 type veth peer name up1 netns {}", outside.name())).unwrap();
+    ns.ip("addr add 192.0.2.1/24 dev up0").unwrap();
+    ns.ip("link set up0 up").unwrap();
+    outside.ip("addr add 192.0.2.2/24 dev up1").unwrap();
+    outside.ip("link set up1 up").unwrap();
     let mut d =
         Daemon::start_in("networks", workspace_bin("kiln-vmm", "kiln-vmm"), &[], Some(ns.name()));
     let c = d.admin();
@@ -144,6 +173,8 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert_eq!(host_state(&ns), before, "no bridge, rule or server from refused networks");
     let other: Network =
         c.call("POST", "/v1/networks", Some(&network("other", Some("10.78.0.0/24")))).unwrap();
+    let out = d.kiln(&["network", "create", "wan", "--subnet", "10.79.0.0/24", "--nat"]);
+    assert!(out.status.success(), "{}", text(&out));
 
     let base = agent_guest(&d, &inputs, GUEST_INIT);
     let with_nic = |name: &str, nic: NicSpec| {
@@ -161,6 +192,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     create(&c, &with_nic("a", nic("lan", None, None)));
     create(&c, &with_nic("b", nic("lan", Some("10.77.0.50"), None)));
     create(&c, &with_nic("c", nic("other", None, None)));
+    create(&c, &with_nic("w", nic("wan", None, None)));
     let a_mac = c.get::<kiln_api::Vm>("/v1/vms/a").unwrap().nics[0].mac.clone().unwrap();
     for (spec, expected, needle) in [
         (with_nic("x", nic("nowhere", None, None)), 400, "no network named"),
@@ -174,16 +206,16 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         assert_eq!(got, expected, "{}", error.message);
         assert!(error.message.contains(needle), "{}", error.message);
     }
-    assert_eq!(c.get::<Vec<kiln_api::Vm>>("/v1/vms").unwrap().len(), 3, "no VM x");
+    assert_eq!(c.get::<Vec<kiln_api::Vm>>("/v1/vms").unwrap().len(), 4, "no VM x");
     let shown = c.get::<Network>("/v1/networks/lan").unwrap();
     let addresses: Vec<(&str, &str)> =
         shown.nics.iter().map(|n| (n.vm.as_str(), n.ip.as_str())).collect();
     assert_eq!(addresses, [("a", "10.77.0.2"), ("b", "10.77.0.50")]);
 
-    for vm in ["a", "b", "c"] {
+    for vm in ["a", "b", "c", "w"] {
         verb(&c, vm, "start").unwrap();
     }
-    for vm in ["a", "b", "c"] {
+    for vm in ["a", "b", "c", "w"] {
         let console = wait_console(&c, vm, "listening on vsock port 52", Duration::from_secs(600));
         assert!(console.contains("KILN-DHCP 10."), "{vm} got a lease: {console}");
     }
@@ -278,15 +310,83 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     sh(&d, "a", &set_mac(&a_mac));
     assert!(pings(&d, "a", "10.77.0.50"), "restored, a reaches b again");
 
+    // NAT: w reaches a server outside, which sees the host's address; lan, without NAT, does not.
+    let server = server_in(outside.name(), "192.0.2.2:7000");
+    let sent = sh(&d, "w", "echo kiln-nat | nc 192.0.2.2 7000 > /dev/null");
+    assert!(sent.status.success(), "{}", text(&sent));
+    let (peer, got) = server.join().unwrap();
+    assert_eq!((peer.as_str(), got.trim()), ("192.0.2.1", "kiln-nat"), "masqueraded to the uplink");
+    let closed = sh(&d, "a", "nc -w 3 192.0.2.2 7001 < /dev/null");
+    assert!(!closed.status.success(), "a network without --nat reaches nothing outside");
+    assert!(!pings(&d, "a", "192.0.2.2"), "nor by ICMP");
+
+    // Forged ARP: a claims b's address; the host keeps b's MAC for it.
+    assert!(pings(&d, "b", "10.77.0.1"), "the gateway learns b");
+    let b_mac = c.get::<kiln_api::Vm>("/v1/vms/b").unwrap().nics[0].mac.clone().unwrap();
+    let neighbour = || {
+        let out = ns.command("ip").args(["neigh", "show", "10.77.0.50"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(neighbour().contains(&b_mac), "{}", neighbour());
+    let forged = sh(
+        &d,
+        "a",
+        "ip addr add 10.77.0.50/32 dev eth0 && arping -U -c 3 -I eth0 -s 10.77.0.50 10.77.0.50; \
+         arping -A -c 3 -I eth0 -s 10.77.0.50 10.77.0.1; ip addr del 10.77.0.50/32 dev eth0",
+    );
+    assert!(forged.status.success(), "{}", text(&forged));
+    assert!(neighbour().contains(&b_mac), "forged ARP replies changed nothing: {}", neighbour());
+    assert!(pings(&d, "a", "10.77.0.50"), "a still reaches b");
+
+    // A guest answering DHCP: what a sends from port 67 (a DHCP server's) never reaches b's
+    // port 68, while the same datagram from another port does.
+    let udp_to_b = |from: &str| {
+        let listener = std::thread::spawn({
+            let kiln = workspace_bin("kiln", "kiln-cli");
+            let socket = d.socket.clone();
+            move || {
+                Command::new(kiln)
+                    .arg("--socket")
+                    .arg(socket)
+                    .args(["exec", "b", "--", "timeout", "15", "kiln-agent", "udp"])
+                    .args(["--listen", "68", "--count", "1"])
+                    .output()
+                    .unwrap()
+            }
+        });
+        let sent = d.kiln(&[
+            "exec",
+            "a",
+            "--",
+            "kiln-agent",
+            "udp",
+            "--to",
+            "10.77.0.50:68",
+            "--from",
+            from,
+            "--attempts",
+            "16",
+            "--message",
+            "dhcp-offer",
+        ]);
+        let heard = listener.join().unwrap();
+        (sent.status.success(), heard.status.success())
+    };
+    assert_eq!(udp_to_b("6868"), (true, true), "from another port b hears a");
+    assert_eq!(udp_to_b("67"), (false, false), "b observes nothing of a's DHCP answers");
+
     // kilnd SIGKILLed: the restart rebuilds the same host state, and the VMs still talk.
     let (bridges, rules, servers) = host_state(&ns);
-    assert_eq!(servers, 2, "one dnsmasq per network");
+    assert_eq!(servers, 3, "one dnsmasq per network");
     d.sigkill();
     d.spawn();
     let after = host_state(&ns);
     assert_eq!((after.0.as_str(), after.2), (bridges.as_str(), servers), "bridges and servers");
     assert_eq!(after.1, rules, "the same nftables rules");
     assert!(pings(&d, "a", "10.77.0.50"), "a reaches b after kilnd's restart");
+    let server = server_in(outside.name(), "192.0.2.2:7002");
+    sh(&d, "w", "echo again | nc 192.0.2.2 7002 > /dev/null");
+    assert_eq!(server.join().unwrap().1.trim(), "again", "w still reaches outside");
 
     // A network in use cannot go; once its VMs are gone it goes with its bridge and server.
     let (got, error) = status(c.delete("/v1/networks/lan"));
@@ -296,7 +396,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         "{}",
         error.message
     );
-    for vm in ["a", "b", "c"] {
+    for vm in ["a", "b", "c", "w"] {
         verb(&c, vm, "kill").unwrap();
         wait_state(&c, vm, kiln_api::VmState::Stopped, Duration::from_secs(60));
     }
@@ -304,10 +404,10 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         String::from_utf8_lossy(&ns.command("ip").args(["-br", "link"]).output().unwrap().stdout)
             .into_owned();
     assert!(!links.contains("kt-"), "no TAP once the VMs stopped: {links}");
-    for vm in ["a", "b", "c"] {
+    for vm in ["a", "b", "c", "w"] {
         c.delete(&format!("/v1/vms/{vm}")).unwrap();
     }
-    for name in [&lan.name, &other.name] {
+    for name in [lan.name.as_str(), other.name.as_str(), "wan"] {
         let out = d.kiln(&["network", "delete", name]);
         assert!(out.status.success(), "{}", text(&out));
     }
