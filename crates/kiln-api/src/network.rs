@@ -57,3 +57,49 @@ pub struct NetworkNic {
 fn default_project() -> String {
     "default".to_owned()
 }
+
+/// A transport protocol of a port forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `POST /v1/port-forwards`: connections to `host_port` on any of the host's addresses (not
+/// loopback) go to `guest_port` of the VM's first NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePortForward {
+    pub vm: String,
+    /// 1 to 65535; one forward per protocol and host port.
+    pub host_port: u16,
+    /// 1 to 65535.
+    pub guest_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A port forward (nftables DNAT to the VM's lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortForward {
+    pub id: i64,
+    pub vm: String,
+    pub protocol: Protocol,
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// The address it forwards to: the VM's first NIC's.
+    pub guest_ip: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}

@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub mod images;
 pub mod networks;
+pub mod port_forwards;
 pub mod volumes;
 
 /// Schema migrations; entry `i` takes the database from version `i` to `i + 1`.
@@ -152,6 +153,17 @@ UPDATE vm_nics SET mac = NULL WHERE rowid NOT IN (SELECT MIN(rowid) FROM vm_nics
 CREATE UNIQUE INDEX vm_nics_by_address ON vm_nics(network, ip);
 CREATE UNIQUE INDEX vm_nics_by_mac ON vm_nics(mac);
 "#,
+    r#"
+CREATE TABLE port_forwards (
+    id INTEGER PRIMARY KEY,
+    vm TEXT NOT NULL REFERENCES vms(name),
+    protocol TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    guest_port INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (protocol, host_port)
+);
+"#,
 ];
 
 /// `VM "a", VM "b"`.
@@ -247,6 +259,12 @@ pub enum DbError {
     MacInUse { mac: String, vm: String },
     #[error("network {0:?} has no free address left: use a larger subnet")]
     NetworkFull(String),
+    #[error("no port forward {0}")]
+    NoPortForward(String),
+    #[error("{protocol} port {port} of the host is forwarded to VM {vm:?} already")]
+    PortForwarded { protocol: &'static str, port: u16, vm: String },
+    #[error("VM {0:?} has no NIC on a network: a port forward needs one (kiln create --nic)")]
+    NoNic(String),
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
 }

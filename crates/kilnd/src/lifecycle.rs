@@ -670,8 +670,15 @@ impl Manager {
     /// Removes a VM at rest: its definition, events and logs.
     pub fn destroy(self: &Arc<Self>, name: &str) -> Result<()> {
         let vm = self.db.vm(name)?.vm;
+        let forwarded = !self.db.port_forwards(Some(name))?.is_empty();
         let root = self.db.delete_vm(name, &AT_REST)?;
         self.leases_changed(&vm);
+        if forwarded {
+            // Its port forwards went with it.
+            if let Err(e) = self.networks.refresh_rules(&self.db) {
+                eprintln!("kilnd: rules after destroying {name:?}: {}", crate::chain(&e));
+            }
+        }
         self.logs(name).remove()?;
         if let Some(root) = root {
             let file = crate::volumes::path(&self.settings.state_dir, &root);

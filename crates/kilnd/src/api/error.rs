@@ -89,7 +89,8 @@ impl From<DbError> for ApiFailure {
             | DbError::NoPrincipal(_)
             | DbError::NoVolume(_)
             | DbError::NoImage(_)
-            | DbError::NoNetwork(_) => ApiFailure::not_found(e.to_string()),
+            | DbError::NoNetwork(_)
+            | DbError::NoPortForward(_) => ApiFailure::not_found(e.to_string()),
             DbError::VolumeAttached { .. }
             | DbError::VolumeInUse { .. }
             | DbError::ImageInUse { .. }
@@ -97,7 +98,8 @@ impl From<DbError> for ApiFailure {
             | DbError::NetworkInUse { .. }
             | DbError::AddressInUse { .. }
             | DbError::MacInUse { .. }
-            | DbError::NetworkFull(_) => {
+            | DbError::NetworkFull(_)
+            | DbError::PortForwarded { .. } => {
                 ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             DbError::VolumeProject { .. } => {
@@ -106,6 +108,7 @@ impl From<DbError> for ApiFailure {
             DbError::NetworkProject { .. } | DbError::AddressRefused { .. } => {
                 ApiFailure::bad_request(Some("nics".to_owned()), e.to_string())
             }
+            DbError::NoNic(_) => ApiFailure::bad_request(Some("vm".to_owned()), e.to_string()),
             DbError::SubnetOverlap { .. } => {
                 ApiFailure::bad_request(Some("subnet".to_owned()), e.to_string())
             }

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod images;
 pub mod networks;
 pub mod openapi;
+pub mod port_forwards;
 pub mod vms;
 pub mod volumes;
 
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
         .route("/v1/networks", get(networks::list).post(networks::create))
         .route("/v1/networks/{name}", get(networks::show).delete(networks::delete))
+        .route("/v1/port-forwards", get(port_forwards::list).post(port_forwards::create))
+        .route("/v1/port-forwards/{id}", axum::routing::delete(port_forwards::delete))
         .route("/v1/users", get(admin::list_users).post(admin::create_user))
         .route("/v1/users/{name}/revoke", post(admin::revoke_user))
         .route("/v1/grants", get(admin::list_grants).post(admin::create_grant))

@@ -2,7 +2,7 @@
 //! `docs/openapi.json` is this document; a test fails when they differ
 //! (`UPDATE_OPENAPI=1 cargo test -p kilnd openapi` rewrites it, as does `kilnd --print-openapi`).
 
-use super::{admin, exec, images, networks, vms, volumes};
+use super::{admin, exec, images, networks, port_forwards, vms, volumes};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,
         images::list, images::build, images::import, images::show, images::delete,
         networks::list, networks::create, networks::show, networks::delete,
+        port_forwards::list, port_forwards::create, port_forwards::delete,
     ),
     modifiers(&Bearer, &CommonErrors),
     security(("bearer" = [])),

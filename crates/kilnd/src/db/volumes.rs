@@ -160,6 +160,7 @@ pub(super) fn load_devices(conn: &Connection, vm: &mut Vm) -> Result<()> {
 pub(super) fn delete_devices(conn: &Connection, vm: &str) -> Result<()> {
     conn.execute("DELETE FROM vm_disks WHERE vm = ?1", [vm])?;
     conn.execute("DELETE FROM vm_nics WHERE vm = ?1", [vm])?;
+    super::port_forwards::delete_forwards(conn, vm)?;
     Ok(())
 }
 

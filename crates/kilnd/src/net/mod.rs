@@ -370,7 +370,25 @@ impl Networks {
             })
             .filter(|p| netlink::index(&p.tap).is_some())
             .collect();
-        Ok(nft::apply(&nft::ruleset(&networks, &ports))?)
+        let forwards = db
+            .port_forwards(None)?
+            .into_iter()
+            .filter_map(|f| {
+                Some(nft::FilterForward {
+                    protocol: f.protocol.as_str(),
+                    host_port: f.host_port,
+                    ip: f.guest_ip.parse().ok()?,
+                    guest_port: f.guest_port,
+                })
+            })
+            .collect::<Vec<_>>();
+        Ok(nft::apply(&nft::ruleset(&networks, &ports, &forwards))?)
+    }
+
+    /// Rewrites Kiln's rules from the state store (after a port forward or a VM came or went).
+    pub fn refresh_rules(&self, db: &Db) -> Result<()> {
+        let _servers = self.lock();
+        self.apply_rules(db)
     }
 
     /// Rebuilds the host's side from the state store when kilnd starts: every network's

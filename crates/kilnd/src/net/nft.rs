@@ -29,8 +29,21 @@ fn set(names: &[&str]) -> String {
     format!("{{ {} }}", quoted.join(", "))
 }
 
-/// The transaction that replaces Kiln's tables with the rules for `networks` and `ports`.
-pub fn ruleset(networks: &[FilterNetwork], ports: &[FilterPort]) -> String {
+/// A port forward: the host's `host_port` to `ip:guest_port`.
+pub struct FilterForward {
+    pub protocol: &'static str,
+    pub host_port: u16,
+    pub ip: Ipv4Addr,
+    pub guest_port: u16,
+}
+
+/// The transaction that replaces Kiln's tables with the rules for `networks`, `ports` and
+/// `forwards`.
+pub fn ruleset(
+    networks: &[FilterNetwork],
+    ports: &[FilterPort],
+    forwards: &[FilterForward],
+) -> String {
     let mut out = String::new();
     // Declaring then deleting makes the deletion succeed whether or not the table exists.
     for family in ["inet", "bridge"] {
@@ -80,12 +93,35 @@ pub fn ruleset(networks: &[FilterNetwork], ports: &[FilterPort]) -> String {
         "    iifname @bridges oifname @bridges drop\n    \
          oifname @bridges ct state established,related accept\n    \
          oifname @bridges ct status dnat accept\n    \
+         iifname @bridges ct status dnat accept\n    \
          oifname @bridges drop\n    \
          iifname @nat_bridges accept\n    \
          iifname @bridges drop\n  }\n",
     );
+    // Port forwards: to any of the host's addresses, from outside (prerouting) or from the
+    // host itself (output); masqueraded into the network so the guest answers through its
+    // gateway whatever its routes.
+    // (-100 is dstnat's priority, which nft 1.0 names only for prerouting.)
+    for (chain, hook) in [("forwards-in", "prerouting"), ("forwards-local", "output")] {
+        let _ = writeln!(
+            out,
+            "  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;"
+        );
+        for f in forwards {
+            let _ = writeln!(
+                out,
+                "    iifname != @bridges fib daddr type local {proto} dport {} dnat ip to {}:{}",
+                f.host_port,
+                f.ip,
+                f.guest_port,
+                proto = f.protocol
+            );
+        }
+        out.push_str("  }\n");
+    }
     out.push_str(
-        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+         oifname @bridges ct status dnat masquerade\n",
     );
     for network in networks.iter().filter(|n| n.nat) {
         let _ = writeln!(
@@ -177,7 +213,14 @@ mod tests {
             mac: "52:54:00:01:02:03".into(),
             ip: Ipv4Addr::new(10, 77, 0, 2),
         }];
-        let rules = ruleset(&networks, &ports);
+        let forwards = [FilterForward {
+            protocol: "udp",
+            host_port: 5353,
+            ip: Ipv4Addr::new(10, 77, 0, 2),
+            guest_port: 53,
+        }];
+        let rules = ruleset(&networks, &ports, &forwards);
+        assert!(rules.contains("fib daddr type local udp dport 5353 dnat ip to 10.77.0.2:53"));
         assert!(rules.starts_with("table inet kiln {}\ndelete table inet kiln\n"));
         assert!(rules.contains("elements = { \"kb-1\", \"kb-2\" }"));
         assert!(rules.contains("set nat_bridges { type ifname; elements = { \"kb-1\" } }"));
@@ -189,7 +232,7 @@ mod tests {
         assert!(rules.contains("iifname \"kb-2\" oifname \"kb-2\" accept"));
         assert!(rules.contains("iifname @bridges meta pkttype { broadcast, multicast } accept"));
         assert!(rules.contains("iifname \"kb-1\" ip daddr 10.77.0.1 icmp type echo-request"));
-        let empty = ruleset(&[], &[]);
+        let empty = ruleset(&[], &[], &[]);
         assert!(empty.contains("set bridges { type ifname; }"));
     }
 }
