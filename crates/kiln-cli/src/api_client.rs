@@ -70,6 +70,9 @@ pub enum CliError {
     Api(#[from] ClientError),
     #[error("{0}")]
     Input(String),
+    /// What the command names does not exist (found out on this side).
+    #[error("{0}")]
+    NotFound(String),
     /// The request was served, and what it asked for failed (a build).
     #[error("{0}")]
     Failed(String),
@@ -91,6 +94,7 @@ impl CliError {
                 _ => exit::OTHER,
             },
             CliError::Input(_) => exit::BAD_INPUT,
+            CliError::NotFound(_) => exit::NOT_FOUND,
             _ => exit::OTHER,
         })
     }

@@ -19,6 +19,7 @@ mod console;
 mod exec;
 mod image;
 mod network;
+mod port_forward;
 mod sched;
 mod table;
 mod vm;
@@ -65,6 +66,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Networks: bridges with DHCP and DNS that VMs join with `kiln create --nic`.
     Network(network::NetworkArgs),
+    /// Port forwards: a host port to a VM's (nftables DNAT).
+    PortForward(port_forward::PortForwardArgs),
     /// Principals and their API tokens (admin).
     User(access::UserArgs),
     /// Roles given to principals, globally or per project or VM (admin).
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Vm(command) => vm::run(command, &api),
         Command::Volume(args) => volume::run(args, &api),
         Command::Network(args) => network::run(args, &api),
+        Command::PortForward(args) => port_forward::run(args, &api),
         Command::Image(args) => image::run(args, &api),
         Command::Bench(args) => bench::run(args, &api),
         Command::User(args) => access::user(args, &api),
