@@ -375,6 +375,65 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert_eq!(udp_to_b("6868"), (true, true), "from another port b hears a");
     assert_eq!(udp_to_b("67"), (false, false), "b observes nothing of a's DHCP answers");
 
+    // Port forwards: the host's port 18080 to b's 8000, from outside and from the host itself.
+    let agent = kiln_testguest::agent::static_agent(&bin_dir()).unwrap();
+    let serve_b = || {
+        let kiln = workspace_bin("kiln", "kiln-cli");
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            Command::new(kiln)
+                .arg("--socket")
+                .arg(socket)
+                .args(["exec", "b", "--", "timeout", "60", "kiln-agent", "bench", "tcp"])
+                .args(["--listen", "8000"])
+                .output()
+                .unwrap()
+        })
+    };
+    let send_from = |ns: &Namespace, wait: &str| {
+        ns.command(&agent)
+            .args(["bench", "tcp", "--connect", "192.0.2.1:18080", "--total", "1M"])
+            .args(["--wait", wait])
+            .output()
+            .unwrap()
+    };
+    let added = d.kiln(&["port-forward", "add", "b", "18080:8000"]);
+    assert!(added.status.success(), "{}", text(&added));
+    assert!(text(&added).contains("10.77.0.50:8000"), "{}", text(&added));
+    for (client, label) in [(&outside, "outside"), (&ns, "the host")] {
+        let server = serve_b();
+        let sent = send_from(client, "30");
+        assert!(sent.status.success(), "from {label} through the forward: {}", text(&sent));
+        let received = server.join().unwrap();
+        assert!(text(&received).contains("bytes=1048576"), "{}", text(&received));
+    }
+    for (args, code, needle) in [
+        (&["add", "a", "18080:22"][..], 6, "VM \"b\""),
+        (&["add", "b", "53:53/udp"][..], 6, "in use on the host"),
+        (&["add", "nowhere", "9000:80"][..], 3, "nowhere"),
+        (&["add", "b", "0:80"][..], 5, "1 to 65535"),
+        (&["add", "b", "9000:80/sctp"][..], 5, "/tcp or /udp"),
+        (&["remove", "b", "9999"][..], 3, "no tcp forward"),
+    ] {
+        let out = d.kiln(&[&["port-forward"][..], args].concat());
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+    let listed = d.kiln(&["port-forward", "list"]);
+    assert_eq!(text(&listed).lines().count(), 2, "one forward: {}", text(&listed));
+    let out = d.kiln(&["port-forward", "add", "b", "18081:8001/udp"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = d.kiln(&["port-forward", "remove", "b", "18080"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let refused = send_from(&outside, "2");
+    assert!(!refused.status.success(), "removed, the forward is gone: {}", text(&refused));
+    let rules = String::from_utf8_lossy(
+        &ns.command("nft").args(["list", "table", "inet", "kiln"]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(rules.contains("udp dport 18081 dnat ip to 10.77.0.50:8001"), "{rules}");
+    assert!(!rules.contains("18080"), "{rules}");
+
     // kilnd SIGKILLed: the restart rebuilds the same host state, and the VMs still talk.
     let (bridges, rules, servers) = host_state(&ns);
     assert_eq!(servers, 3, "one dnsmasq per network");
