@@ -482,6 +482,73 @@ pub fn tcp_send(to: SocketAddr, total: u64, wait: Duration) -> Result<Report, Be
     })
 }
 
+/// TCP request/response, the server side: accepts one connection on `port` and answers each
+/// byte it reads with one byte, until the client closes.
+pub fn rr_serve(port: u16) -> Result<Report, BenchError> {
+    let listener =
+        TcpListener::bind(("0.0.0.0", port)).map_err(tcp_error("listen on port", port))?;
+    let (mut stream, peer) = listener.accept().map_err(tcp_error("accept on", "listener"))?;
+    stream.set_nodelay(true).map_err(tcp_error("set TCP_NODELAY with", peer))?;
+    let start = Instant::now();
+    let mut byte = [0u8; 1];
+    let mut ops = 0u64;
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(tcp_error("receive from", peer)(e)),
+        }
+        stream.write_all(&byte).map_err(tcp_error("answer", peer))?;
+        ops += 1;
+    }
+    Ok(Report {
+        kind: "rr",
+        mode: "serve",
+        bytes: ops,
+        ops,
+        elapsed: start.elapsed(),
+        extra: vec![("peer", peer.to_string())],
+    })
+}
+
+/// TCP request/response, the client side: `count` one-byte requests to `to`, each waiting for
+/// its one-byte answer (the latency of a round trip through both stacks); retries the
+/// connection for up to `wait`.
+pub fn rr_client(to: SocketAddr, count: u64, wait: Duration) -> Result<Report, BenchError> {
+    let deadline = Instant::now() + wait;
+    let mut stream = loop {
+        match TcpStream::connect(to) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(tcp_error("connect to", to)(e)),
+        }
+    };
+    stream.set_nodelay(true).map_err(tcp_error("set TCP_NODELAY with", to))?;
+    let mut byte = [0u8; 1];
+    mark_start();
+    let start = Instant::now();
+    for i in 0..count {
+        byte[0] = i as u8;
+        stream.write_all(&byte).map_err(tcp_error("send to", to))?;
+        stream.read_exact(&mut byte).map_err(tcp_error("read the answer from", to))?;
+        if byte[0] != i as u8 {
+            return Err(BenchError::Invalid(format!("answer {} to request {}", byte[0], i as u8)));
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = stream.shutdown(Shutdown::Write);
+    let usec = elapsed.as_secs_f64() * 1e6 / count.max(1) as f64;
+    Ok(Report {
+        kind: "rr",
+        mode: "client",
+        bytes: count,
+        ops: count,
+        elapsed,
+        extra: vec![("peer", to.to_string()), ("usec_per_op", format!("{usec:.1}"))],
+    })
+}
+
 /// CPU: mixes `total` bytes of a 64 KiB buffer (which stays in cache) through a 64-bit
 /// multiply-xorshift hash, integer work only, and reports the hash so it cannot be elided.
 pub fn cpu(total: u64) -> Report {
@@ -554,6 +621,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_response_counts_each_answered_byte() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let server = std::thread::spawn(move || rr_serve(port));
+        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let client = rr_client(to, 300, Duration::from_secs(10)).unwrap();
+        let served = server.join().unwrap().unwrap();
+        assert_eq!((client.ops, served.ops), (300, 300));
+        assert!(client.to_string().contains("usec_per_op="), "{client}");
+    }
 
     fn spec(mode: DiskMode, block_size: usize, total: u64, span: u64) -> DiskSpec {
         DiskSpec { path: PathBuf::from("/nonexistent"), mode, block_size, total, span, seed: 7 }

@@ -130,6 +130,22 @@ enum BenchCmd {
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         wait: u64,
     },
+    /// TCP request/response latency: `--listen PORT` answers each byte of one connection,
+    /// `--connect ADDR:PORT` sends `--count` one-byte requests, each waiting for its answer.
+    Rr {
+        /// Answer one connection on this port.
+        #[arg(long, value_name = "PORT", conflicts_with_all = ["connect", "count"])]
+        listen: Option<u16>,
+        /// The server.
+        #[arg(long, value_name = "ADDR:PORT")]
+        connect: Option<std::net::SocketAddr>,
+        /// Requests to send.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Seconds to keep retrying the connection while the server is not listening yet.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
 }
 
 impl BenchCmd {
@@ -157,13 +173,18 @@ fn run_bench(cmd: &BenchCmd) -> ExitCode {
         (Ok(Some(spec)), _) => bench::disk(&spec),
         (Ok(None), BenchCmd::Cpu { total }) => Ok(bench::cpu(*total)),
         (Ok(None), BenchCmd::Memory { total }) => Ok(bench::memory(*total)),
+        (Ok(None), BenchCmd::Rr { listen: Some(port), .. }) => bench::rr_serve(*port),
+        (Ok(None), BenchCmd::Rr { connect: Some(to), count, wait, .. }) => {
+            bench::rr_client(*to, *count, Duration::from_secs(*wait))
+        }
         (Ok(None), BenchCmd::Tcp { listen: Some(port), .. }) => bench::tcp_receive(*port),
         (Ok(None), BenchCmd::Tcp { connect: Some(to), total: Some(total), wait, .. }) => {
             bench::tcp_send(*to, *total, Duration::from_secs(*wait))
         }
         (Ok(None), _) => {
             eprintln!(
-                "kiln-agent bench tcp: give --listen PORT or --connect ADDR:PORT --total BYTES"
+                "kiln-agent bench tcp|rr: give --listen PORT, or --connect ADDR:PORT (and \
+                 --total BYTES for tcp)"
             );
             return ExitCode::from(2);
         }

@@ -20,28 +20,6 @@ use std::time::Duration;
 
 const TEST: &str = "kilnd::vms_on_networks_talk_by_name_and_only_where_allowed";
 
-/// DHCP with busybox's udhcpc (its script sets the address, route and resolver), then the agent.
-const GUEST_INIT: &str = "#!/bin/sh
-mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-cat > /bin/dhcp-event <<'EOS'
-#!/bin/sh
-case \"$1\" in bound|renew)
-  ip addr flush dev \"$interface\"
-  ip addr add \"$ip/$mask\" dev \"$interface\"
-  [ -n \"$router\" ] && ip route add default via \"$router\"
-  : > /etc/resolv.conf
-  for d in $dns; do echo \"nameserver $d\" >> /etc/resolv.conf; done
-  echo \"KILN-DHCP $ip\";;
-esac
-EOS
-chmod +x /bin/dhcp-event
-ip link set lo up
-ip link set eth0 up
-udhcpc -i eth0 -s /bin/dhcp-event -q -n -t 20 -T 1 || echo KILN-DHCP-FAILED
-/bin/kiln-agent serve &
-while true; do sleep 1; done
-";
-
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -176,7 +154,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     let out = d.kiln(&["network", "create", "wan", "--subnet", "10.79.0.0/24", "--nat"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let base = agent_guest(&d, &inputs, GUEST_INIT);
+    let base = agent_guest(&d, &inputs, DHCP_GUEST_INIT);
     let with_nic = |name: &str, nic: NicSpec| {
         let mut s = base.clone();
         s.name = name.into();

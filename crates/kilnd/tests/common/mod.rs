@@ -375,3 +375,25 @@ pub fn agent_guest(d: &Daemon, inputs: &(PathBuf, PathBuf, PathBuf), script: &st
     s.vsock = true;
     s
 }
+
+/// DHCP with busybox's udhcpc (its script sets the address, route and resolver), then the agent.
+pub const DHCP_GUEST_INIT: &str = "#!/bin/sh
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+cat > /bin/dhcp-event <<'EOS'
+#!/bin/sh
+case \"$1\" in bound|renew)
+  ip addr flush dev \"$interface\"
+  ip addr add \"$ip/$mask\" dev \"$interface\"
+  [ -n \"$router\" ] && ip route add default via \"$router\"
+  : > /etc/resolv.conf
+  for d in $dns; do echo \"nameserver $d\" >> /etc/resolv.conf; done
+  echo \"KILN-DHCP $ip\";;
+esac
+EOS
+chmod +x /bin/dhcp-event
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -s /bin/dhcp-event -q -n -t 20 -T 1 || echo KILN-DHCP-FAILED
+/bin/kiln-agent serve &
+while true; do sleep 1; done
+";
