@@ -123,5 +123,36 @@ pub fn render(all: &[Vm], visible: &[Vm], requests: &Requests) -> String {
             );
         }
     }
+    network(&mut out, visible);
     out
+}
+
+/// A TAP's counter, from the guest's side of it (what the TAP transmits, the guest receives).
+fn tap_counter(tap: &str, counter: &str) -> Option<u64> {
+    let path = format!("/sys/class/net/{tap}/statistics/{counter}");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Per NIC of each running VM: the bytes its guest received and sent (the TAP's counters).
+fn network(out: &mut String, visible: &[Vm]) {
+    let families = [
+        ("kiln_vm_network_received_bytes_total", "Bytes the guest received on a NIC.", "tx_bytes"),
+        ("kiln_vm_network_sent_bytes_total", "Bytes the guest sent on a NIC.", "rx_bytes"),
+    ];
+    for (name, help, counter) in families {
+        family(out, name, "counter", help);
+        for vm in visible.iter().filter(|vm| vm.pid.is_some()) {
+            for (position, nic) in vm.nics.iter().enumerate() {
+                let tap = crate::net::ipam::tap_name(&vm.name, position);
+                let Some(value) = tap_counter(&tap, counter) else { continue };
+                let _ = writeln!(
+                    out,
+                    "{name}{{vm=\"{}\",project=\"{}\",nic=\"{position}\",network=\"{}\"}} {value}",
+                    label(&vm.name),
+                    label(&vm.project),
+                    label(&nic.network)
+                );
+            }
+        }
+    }
 }
