@@ -29,6 +29,13 @@ fn sh(d: &Daemon, vm: &str, script: &str) -> Output {
     d.kiln(&["exec", vm, "--", "sh", "-c", script])
 }
 
+/// `kiln exec VM -- ARGS` on a thread of its own (a server while the test plays the client).
+fn exec_in_thread(d: &Daemon, vm: &str, args: &[&str]) -> std::thread::JoinHandle<Output> {
+    let mut command = Command::new(workspace_bin("kiln", "kiln-cli"));
+    command.arg("--socket").arg(&d.socket).args(["exec", vm, "--"]).args(args);
+    std::thread::spawn(move || command.output().unwrap())
+}
+
 /// The address `name` resolves to in `vm` (busybox nslookup through the network's dnsmasq).
 fn resolve(d: &Daemon, vm: &str, name: &str) -> Option<String> {
     let out = sh(d, vm, &format!("nslookup {name} | awk '/^Address/ {{a=$NF}} END {{print a}}'"));
@@ -151,7 +158,15 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert_eq!(host_state(&ns), before, "no bridge, rule or server from refused networks");
     let other: Network =
         c.call("POST", "/v1/networks", Some(&network("other", Some("10.78.0.0/24")))).unwrap();
-    let out = d.kiln(&["network", "create", "wan", "--subnet", "10.79.0.0/24", "--nat"]);
+    let out = d.kiln(&[
+        "network",
+        "create",
+        "wan",
+        "--subnet",
+        "10.79.0.0/24",
+        "--nat",
+        "--isolated-ports",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 
     let base = agent_guest(&d, &inputs, DHCP_GUEST_INIT);
@@ -171,6 +186,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     create(&c, &with_nic("b", nic("lan", Some("10.77.0.50"), None)));
     create(&c, &with_nic("c", nic("other", None, None)));
     create(&c, &with_nic("w", nic("wan", None, None)));
+    create(&c, &with_nic("v", nic("wan", Some("10.79.0.20"), None)));
     let a_mac = c.get::<kiln_api::Vm>("/v1/vms/a").unwrap().nics[0].mac.clone().unwrap();
     for (spec, expected, needle) in [
         (with_nic("x", nic("nowhere", None, None)), 400, "no network named"),
@@ -184,16 +200,16 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         assert_eq!(got, expected, "{}", error.message);
         assert!(error.message.contains(needle), "{}", error.message);
     }
-    assert_eq!(c.get::<Vec<kiln_api::Vm>>("/v1/vms").unwrap().len(), 4, "no VM x");
+    assert_eq!(c.get::<Vec<kiln_api::Vm>>("/v1/vms").unwrap().len(), 5, "no VM x");
     let shown = c.get::<Network>("/v1/networks/lan").unwrap();
     let addresses: Vec<(&str, &str)> =
         shown.nics.iter().map(|n| (n.vm.as_str(), n.ip.as_str())).collect();
     assert_eq!(addresses, [("a", "10.77.0.2"), ("b", "10.77.0.50")]);
 
-    for vm in ["a", "b", "c", "w"] {
+    for vm in ["a", "b", "c", "w", "v"] {
         verb(&c, vm, "start").unwrap();
     }
-    for vm in ["a", "b", "c", "w"] {
+    for vm in ["a", "b", "c", "w", "v"] {
         let console = wait_console(&c, vm, "listening on vsock port 52", Duration::from_secs(600));
         assert!(console.contains("KILN-DHCP 10."), "{vm} got a lease: {console}");
     }
@@ -204,18 +220,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     // 3 MiB over one TCP stream; the receiver's count and SHA-256 go back and the sender
     // checks them (kiln-agent's network probe; busybox nc run through exec stopped after its
     // first 1 KiB here, not yet explained).
-    let receiver = std::thread::spawn({
-        let kiln = workspace_bin("kiln", "kiln-cli");
-        let socket = d.socket.clone();
-        move || {
-            Command::new(kiln)
-                .arg("--socket")
-                .arg(socket)
-                .args(["exec", "b", "--", "kiln-agent", "bench", "tcp", "--listen", "5000"])
-                .output()
-                .unwrap()
-        }
-    });
+    let receiver = exec_in_thread(&d, "b", &["kiln-agent", "bench", "tcp", "--listen", "5000"]);
     let sent = d.kiln(&[
         "exec",
         "a",
@@ -239,18 +244,13 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(digest(&sent).is_some(), "{}", text(&sent));
     assert_eq!(digest(&received), digest(&sent), "3 MiB arrive intact (the sender checked it too)");
     eprintln!("{TEST}: TCP a -> b: {}", String::from_utf8_lossy(&sent.stdout).trim());
-    let echo = std::thread::spawn({
-        let kiln = workspace_bin("kiln", "kiln-cli");
-        let socket = d.socket.clone();
-        move || {
-            Command::new(kiln)
-                .arg("--socket")
-                .arg(socket)
-                .args(["exec", "b", "--", "kiln-agent", "udp", "--listen", "6000", "--count", "1"])
-                .output()
-                .unwrap()
-        }
-    });
+    let metrics = c.raw("GET", "/metrics", None).unwrap().text();
+    let sent_by_a = metrics
+        .lines()
+        .find(|l| l.starts_with("kiln_vm_network_sent_bytes_total{vm=\"a\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(sent_by_a.is_some_and(|n| n > 3 << 20), "a's NIC counted the stream: {metrics}");
+    let echo = exec_in_thread(&d, "b", &["kiln-agent", "udp", "--listen", "6000", "--count", "1"]);
     let udp = d.kiln(&[
         "exec",
         "a",
@@ -298,6 +298,11 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(!closed.status.success(), "a network without --nat reaches nothing outside");
     assert!(!pings(&d, "a", "192.0.2.2"), "nor by ICMP");
 
+    // wan's ports are isolated: w and v reach their gateway and outside, not each other.
+    assert!(pings(&d, "v", "10.79.0.1") && pings(&d, "w", "10.79.0.1"), "both reach the gateway");
+    assert!(pings(&d, "v", "192.0.2.2"), "v reaches outside");
+    assert!(!pings(&d, "w", "10.79.0.20"), "w must not reach v on an isolated network");
+
     // Forged ARP: a claims b's address; the host keeps b's MAC for it.
     assert!(pings(&d, "b", "10.77.0.1"), "the gateway learns b");
     let b_mac = c.get::<kiln_api::Vm>("/v1/vms/b").unwrap().nics[0].mac.clone().unwrap();
@@ -319,19 +324,11 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     // A guest answering DHCP: what a sends from port 67 (a DHCP server's) never reaches b's
     // port 68, while the same datagram from another port does.
     let udp_to_b = |from: &str| {
-        let listener = std::thread::spawn({
-            let kiln = workspace_bin("kiln", "kiln-cli");
-            let socket = d.socket.clone();
-            move || {
-                Command::new(kiln)
-                    .arg("--socket")
-                    .arg(socket)
-                    .args(["exec", "b", "--", "timeout", "15", "kiln-agent", "udp"])
-                    .args(["--listen", "68", "--count", "1"])
-                    .output()
-                    .unwrap()
-            }
-        });
+        let listener = exec_in_thread(
+            &d,
+            "b",
+            &["timeout", "15", "kiln-agent", "udp", "--listen", "68", "--count", "1"],
+        );
         let sent = d.kiln(&[
             "exec",
             "a",
@@ -356,17 +353,11 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     // Port forwards: the host's port 18080 to b's 8000, from outside and from the host itself.
     let agent = kiln_testguest::agent::static_agent(&bin_dir()).unwrap();
     let serve_b = || {
-        let kiln = workspace_bin("kiln", "kiln-cli");
-        let socket = d.socket.clone();
-        std::thread::spawn(move || {
-            Command::new(kiln)
-                .arg("--socket")
-                .arg(socket)
-                .args(["exec", "b", "--", "timeout", "60", "kiln-agent", "bench", "tcp"])
-                .args(["--listen", "8000"])
-                .output()
-                .unwrap()
-        })
+        exec_in_thread(
+            &d,
+            "b",
+            &["timeout", "60", "kiln-agent", "bench", "tcp", "--listen", "8000"],
+        )
     };
     let send_from = |ns: &Namespace, wait: &str| {
         ns.command(&agent)
@@ -433,7 +424,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         "{}",
         error.message
     );
-    for vm in ["a", "b", "c", "w"] {
+    for vm in ["a", "b", "c", "w", "v"] {
         verb(&c, vm, "kill").unwrap();
         wait_state(&c, vm, kiln_api::VmState::Stopped, Duration::from_secs(60));
     }
@@ -441,7 +432,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         String::from_utf8_lossy(&ns.command("ip").args(["-br", "link"]).output().unwrap().stdout)
             .into_owned();
     assert!(!links.contains("kt-"), "no TAP once the VMs stopped: {links}");
-    for vm in ["a", "b", "c", "w"] {
+    for vm in ["a", "b", "c", "w", "v"] {
         c.delete(&format!("/v1/vms/{vm}")).unwrap();
     }
     for name in [lan.name.as_str(), other.name.as_str(), "wan"] {
