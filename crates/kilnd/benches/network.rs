@@ -6,8 +6,10 @@
 //!
 //! One probe measures both sides: `kiln-agent bench rr` (one-byte requests, each waiting for
 //! its one-byte answer, TCP_NODELAY) and `kiln-agent bench tcp` (one stream), the static binary
-//! the guests run, and busybox's `ping`. The VMs are Kiln
-//! guests on the engine `kiln_testguest`'s test engine picks (emu here); kilnd runs in a
+//! the guests run, and busybox's `ping`. The probes are timed by this host's clock, from their
+//! start marker to the end of their output (through `kiln exec` for the VMs, which adds its
+//! stream's last hop); ping's round trips are its own, by the guest's clock, which under emu
+//! can run ahead of the wall clock while the guest idles. The VMs are Kiln guests on the engine `kiln_testguest`'s test engine picks (emu here); kilnd runs in a
 //! namespace of its own, as in `tests/networks.rs`. Sizes: `KILN_NET_RR` requests (default
 //! 2000), `KILN_NET_TCP` bytes (default 8388608), `KILN_NET_PINGS` (default 20).
 
@@ -17,10 +19,11 @@
 mod common;
 
 use common::*;
+use kiln_agent::bench::START_MARKER;
 use kiln_api::{CreateNetwork, NicSpec};
 use kiln_testguest::netns::Namespace;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const RR_PORT: u16 = 7100;
 const TCP_PORT: u16 = 7101;
@@ -54,30 +57,71 @@ struct Figures {
     tcp_mib_s: f64,
 }
 
-/// Runs the probes with `server(args)` and `client(args)` running a command on each side.
+/// Runs `command` and times it by this host's clock from the probe's start marker to the end
+/// of its output: a software CPU's guest clock can run ahead of the wall clock while it idles.
+fn timed(mut command: Command) -> (Output, Option<f64>) {
+    use std::io::Read;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut seen, mut chunk, mut started) = (Vec::new(), [0u8; 4096], None);
+    loop {
+        let n = stdout.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        if started.is_none() && String::from_utf8_lossy(&seen).contains(START_MARKER) {
+            started = Some(Instant::now());
+        }
+    }
+    let secs = started.map(|t| t.elapsed().as_secs_f64());
+    let mut output = child.wait_with_output().unwrap();
+    output.stdout = seen;
+    (output, secs)
+}
+
+/// Runs the probes with `server(args)` running a command on the server's side and
+/// `client(args)` making one for the client's.
 fn measure(
     server: &(dyn Fn(Vec<String>) -> std::thread::JoinHandle<Output> + Sync),
-    client: &dyn Fn(Vec<String>) -> Output,
+    client: &dyn Fn(Vec<String>) -> Command,
     server_ip: &str,
     sizes: (u64, u64, u64),
 ) -> Result<Figures, String> {
     let (rr, tcp, pings) = sizes;
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-    let ping = client(s(&["ping", "-c", &pings.to_string(), "-i", "0.2", "-q", server_ip]));
+    let ping = client(s(&["ping", "-c", &pings.to_string(), "-i", "0.2", "-q", server_ip]))
+        .output()
+        .unwrap();
     let ping_ms = ping_avg_ms(&text(&ping)).ok_or_else(|| format!("ping: {}", text(&ping)))?;
     let served = server(s(&["kiln-agent", "bench", "rr", "--listen", &RR_PORT.to_string()]));
     let to = format!("{server_ip}:{RR_PORT}");
-    let asked =
-        client(s(&["kiln-agent", "bench", "rr", "--connect", &to, "--count", &rr.to_string()]));
+    let (asked, secs) = timed(client(s(&[
+        "kiln-agent",
+        "bench",
+        "rr",
+        "--connect",
+        &to,
+        "--count",
+        &rr.to_string(),
+    ])));
     let _ = served.join();
-    let rr_usec =
-        field(&text(&asked), "usec_per_op").ok_or_else(|| format!("rr: {}", text(&asked)))?;
+    field(&text(&asked), "usec_per_op").ok_or_else(|| format!("rr: {}", text(&asked)))?;
+    let rr_usec = secs.ok_or("rr printed no start marker")? * 1e6 / rr as f64;
     let received = server(s(&["kiln-agent", "bench", "tcp", "--listen", &TCP_PORT.to_string()]));
     let to = format!("{server_ip}:{TCP_PORT}");
-    let sent =
-        client(s(&["kiln-agent", "bench", "tcp", "--connect", &to, "--total", &tcp.to_string()]));
+    let (sent, secs) = timed(client(s(&[
+        "kiln-agent",
+        "bench",
+        "tcp",
+        "--connect",
+        &to,
+        "--total",
+        &tcp.to_string(),
+    ])));
     let _ = received.join();
-    let tcp_mib_s = field(&text(&sent), "mib_s").ok_or_else(|| format!("tcp: {}", text(&sent)))?;
+    field(&text(&sent), "mib_s").ok_or_else(|| format!("tcp: {}", text(&sent)))?;
+    let tcp_mib_s = tcp as f64 / (1 << 20) as f64 / secs.ok_or("tcp printed no start marker")?;
     Ok(Figures { ping_ms, rr_usec, tcp_mib_s })
 }
 
@@ -102,7 +146,9 @@ fn host_side(agent: &std::path::Path, sizes: (u64, u64, u64)) -> Result<Figures,
             }
             _ => "busybox".into(),
         };
-        ns.command(program).args(args).output().unwrap()
+        let mut command = ns.command(program);
+        command.args(args);
+        command
     };
     let server_ns = two.name().to_owned();
     let agent_path = agent.to_path_buf();
@@ -151,6 +197,14 @@ fn vm_side(sizes: (u64, u64, u64)) -> Result<(Figures, String), String> {
     }
     let kiln = workspace_bin("kiln", "kiln-cli");
     let socket = d.socket.clone();
+    let command = {
+        let (kiln, socket) = (kiln.clone(), socket.clone());
+        move |vm: &str, args: Vec<String>| {
+            let mut c = Command::new(&kiln);
+            c.arg("--socket").arg(&socket).args(["exec", vm, "--"]).args(args);
+            c
+        }
+    };
     let exec = move |vm: &str, args: Vec<String>| {
         Command::new(&kiln)
             .arg("--socket")
@@ -165,7 +219,7 @@ fn vm_side(sizes: (u64, u64, u64)) -> Result<(Figures, String), String> {
         let exec = exec_b.clone();
         std::thread::spawn(move || exec("b", args))
     };
-    let figures = measure(&server, &|args| exec("a", args), "10.202.0.11", sizes)?;
+    let figures = measure(&server, &|args| command("a", args), "10.202.0.11", sizes)?;
     for vm in ["a", "b"] {
         let _ = verb(&c, vm, "kill");
     }
@@ -203,7 +257,7 @@ fn main() {
     println!("| measure | host (veth) | VMs | P = T_native / T_virtual |");
     println!("|---|---|---|---|");
     println!(
-        "| ping round trip | {:.3} ms | {:.3} ms | {:.3} |",
+        "| ping round trip (each side's own clock) | {:.3} ms | {:.3} ms | {:.3} |",
         host.ping_ms,
         vm.ping_ms,
         host.ping_ms / vm.ping_ms
