@@ -398,8 +398,17 @@ fn an_image_with_cloud_init_applies_the_same_user_data() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(seen, "runcmd ran\nci-host\nfrom user-data");
-    let log = String::from_utf8_lossy(&d.kiln(&["logs", "ci"]).stdout).into_owned();
-    assert!(log.contains("DataSourceNoCloud"), "cloud-init found the seed itself");
+    // cloud-init names its data source in its last line, after runcmd: a loaded machine can
+    // be seconds between the two.
+    let until = Instant::now() + Duration::from_secs(120);
+    let log = loop {
+        let log = String::from_utf8_lossy(&d.kiln(&["logs", "ci"]).stdout).into_owned();
+        if log.contains("DataSourceNoCloud") || Instant::now() > until {
+            break log;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(log.contains("DataSourceNoCloud"), "cloud-init found the seed itself: {log}");
     assert!(log.contains("cloud-init is installed and applies it"), "the agent left it alone");
     assert!(d.kiln(&["kill", "ci"]).status.success());
 }
