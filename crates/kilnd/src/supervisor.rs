@@ -268,16 +268,17 @@ fn finish(mgr: &Arc<Manager>, name: &str, monitor: &Monitor, exit: Exit, tx: wat
         pid: Some(None),
         ..Change::default()
     };
+    // Only this run's own record: a newer run (a start after this VMM was recorded gone) has
+    // its own TAPs, which unplugging now would take from it. They go before the state
+    // changes, so no start can come between.
     let recorded = match &current {
         Some(vm) if vm.pid == Some(monitor.pid) => {
+            mgr.networks.unplug(&mgr.db, vm);
             mgr.db.transition(name, &ACTIVE, to, change).ok()
         }
         _ => None,
     };
     mgr.remove_monitor(name, monitor.pid);
-    if let Some(vm) = &current {
-        mgr.networks.unplug(&mgr.db, vm);
-    }
     let _ = tx.send(true);
     if let Some(vm) = recorded {
         if vm.state == VmState::Crashed
