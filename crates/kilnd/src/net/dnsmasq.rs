@@ -40,7 +40,10 @@ impl Files {
     pub fn write_leases(&self, leases: &[Lease]) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let dhcp: String =
-            leases.iter().map(|l| format!("{},{},{}\n", l.mac, l.ip, l.hostname)).collect();
+            // No host name here: dnsmasq reads words of a dhcp-host line as keywords, lease
+            // times or addresses, and a VM may be named `ignore` or `10.77.0.9`. Names come
+            // from the hosts file.
+            leases.iter().map(|l| format!("{},{}\n", l.mac, l.ip)).collect();
         let hosts: String = leases.iter().map(|l| format!("{} {}\n", l.ip, l.hostname)).collect();
         replace(&self.dhcp_hosts(), &dhcp)?;
         replace(&self.hosts(), &hosts)
@@ -119,7 +122,7 @@ mod tests {
         files.write_leases(&[lease]).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("dhcp-hosts")).unwrap(),
-            "52:54:00:00:00:01,10.77.0.2,web\n"
+            "52:54:00:00:00:01,10.77.0.2\n"
         );
         assert_eq!(std::fs::read_to_string(dir.join("hosts")).unwrap(), "10.77.0.2 web\n");
         let args = files.args("kb-1", &Subnet::parse("10.77.0.0/24").unwrap(), false);
