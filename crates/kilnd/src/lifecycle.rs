@@ -670,11 +670,10 @@ impl Manager {
     /// Removes a VM at rest: its definition, events and logs.
     pub fn destroy(self: &Arc<Self>, name: &str) -> Result<()> {
         let vm = self.db.vm(name)?.vm;
-        let forwarded = !self.db.port_forwards(Some(name))?.is_empty();
         let root = self.db.delete_vm(name, &AT_REST)?;
         self.leases_changed(&vm);
-        if forwarded {
-            // Its port forwards went with it.
+        if !vm.nics.is_empty() {
+            // Its port forwards (only a VM with a NIC has any) went with it.
             if let Err(e) = self.networks.refresh_rules(&self.db) {
                 eprintln!("kilnd: rules after destroying {name:?}: {}", crate::chain(&e));
             }

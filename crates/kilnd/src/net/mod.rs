@@ -398,7 +398,11 @@ impl Networks {
         let mut servers = self.lock();
         let rows = db.networks()?;
         for row in &rows {
-            self.bring_up(&mut servers, db, row)?;
+            // One network that cannot come up (say its dnsmasq fails) must not keep kilnd and
+            // every other network down: it is logged, and its VMs fail at start saying why.
+            if let Err(e) = self.bring_up(&mut servers, db, row) {
+                eprintln!("kilnd: network {:?} did not come up: {}", row.name, crate::chain(&e));
+            }
         }
         let bridges: Vec<&str> = rows.iter().map(|r| r.bridge.as_str()).collect();
         for stray in
