@@ -334,6 +334,13 @@ impl Client {
         Ok(response)
     }
 
+    /// `PUT path` with `body` as JSON, expecting no body back.
+    pub fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
+        let bytes = serde_json::to_vec(body)?;
+        let response = self.raw("PUT", path, Some(&bytes))?;
+        check(&response)
+    }
+
     /// `DELETE path`, expecting no body.
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
         let response = self.raw("DELETE", path, None)?;

@@ -9,12 +9,14 @@
 //! * [`network`]: virtual networks.
 //! * [`paths`]: where the daemon listens and keeps its state by default.
 
+pub mod acl;
 pub mod client;
 pub mod network;
 pub mod paths;
 pub mod storage;
 pub mod types;
 
+pub use acl::*;
 pub use client::{Client, ClientError, Connection, Response};
 pub use network::*;
 pub use storage::*;

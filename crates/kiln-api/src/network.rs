@@ -40,6 +40,8 @@ pub struct Network {
     pub bridge: String,
     pub nat: bool,
     pub isolated_ports: bool,
+    /// The ACL its NICs use (those with an ACL of their own use that).
+    pub acl: Option<String>,
     /// The NICs on it: VM, address and MAC.
     pub nics: Vec<NetworkNic>,
     /// RFC 3339 UTC.

@@ -177,4 +177,7 @@ pub struct NicSpec {
     /// A unicast MAC address like `02:00:00:00:00:01`; absent: a stable one kilnd picks.
     #[serde(default)]
     pub mac: Option<String>,
+    /// An ACL of the VM's project for this NIC, used instead of its network's.
+    #[serde(default)]
+    pub acl: Option<String>,
 }
