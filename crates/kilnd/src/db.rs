@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+pub mod acls;
 pub mod images;
 pub mod networks;
 pub mod port_forwards;
@@ -164,6 +165,26 @@ CREATE TABLE port_forwards (
     UNIQUE (protocol, host_port)
 );
 "#,
+    r#"
+CREATE TABLE acls (
+    name TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE acl_rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    acl TEXT NOT NULL REFERENCES acls(name),
+    direction TEXT NOT NULL,
+    action TEXT NOT NULL,
+    protocol TEXT,
+    port_first INTEGER,
+    port_last INTEGER,
+    peer TEXT,
+    created_ms INTEGER NOT NULL
+);
+ALTER TABLE networks ADD COLUMN acl TEXT REFERENCES acls(name);
+ALTER TABLE vm_nics ADD COLUMN acl TEXT REFERENCES acls(name);
+"#,
 ];
 
 /// `VM "a", VM "b"`.
@@ -265,6 +286,21 @@ pub enum DbError {
     PortForwarded { protocol: &'static str, port: u16, vm: String },
     #[error("VM {0:?} has no NIC on a network: a port forward needs one (kiln create --nic)")]
     NoNic(String),
+    #[error("no ACL named {0:?}")]
+    NoAcl(String),
+    #[error("an ACL named {0:?} exists already")]
+    AclExists(String),
+    #[error("ACL {acl:?} has no rule {id}")]
+    NoAclRule { acl: String, id: i64 },
+    #[error("ACL {acl:?} is attached to {}: detach it first", users.join(", "))]
+    AclInUse { acl: String, users: Vec<String> },
+    #[error(
+        "ACL {acl:?} belongs to project {project:?}, not {user}'s project {user_project:?}: \
+         attach ACLs of the same project"
+    )]
+    AclProject { acl: String, project: String, user: String, user_project: String },
+    #[error("VM {vm:?} has no NIC {position}")]
+    NoSuchNic { vm: String, position: usize },
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
 }

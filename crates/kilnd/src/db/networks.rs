@@ -19,6 +19,8 @@ pub struct NetworkRow {
     pub nat: bool,
     pub isolated_ports: bool,
     pub created_ms: i64,
+    /// The ACL its NICs use unless they have their own.
+    pub acl: Option<String>,
 }
 
 impl NetworkRow {
@@ -36,9 +38,11 @@ pub struct NicRow {
     pub network: String,
     pub ip: Ipv4Addr,
     pub mac: String,
+    /// The NIC's own ACL (used instead of its network's).
+    pub acl: Option<String>,
 }
 
-const COLUMNS: &str = "name, project, subnet, bridge, nat, isolated_ports, created_ms";
+const COLUMNS: &str = "name, project, subnet, bridge, nat, isolated_ports, created_ms, acl";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NetworkRow> {
     Ok(NetworkRow {
@@ -49,10 +53,11 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NetworkRow> {
         nat: r.get(4)?,
         isolated_ports: r.get(5)?,
         created_ms: r.get(6)?,
+        acl: r.get(7)?,
     })
 }
 
-fn get_network(conn: &Connection, name: &str) -> Result<NetworkRow> {
+pub(super) fn get_network(conn: &Connection, name: &str) -> Result<NetworkRow> {
     conn.query_row(&format!("SELECT {COLUMNS} FROM networks WHERE name = ?1"), [name], read_row)
         .optional()?
         .ok_or_else(|| DbError::NoNetwork(name.to_owned()))
@@ -100,7 +105,7 @@ impl Db {
             });
         }
         tx.execute(
-            &format!("INSERT INTO networks ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            &format!("INSERT INTO networks ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"),
             params![
                 name,
                 project,
@@ -147,7 +152,7 @@ impl Db {
     pub fn nics(&self, network: Option<&str>) -> Result<Vec<NicRow>> {
         let conn = self.lock();
         let mut statement = conn.prepare(
-            "SELECT vm, position, network, ip, mac FROM vm_nics
+            "SELECT vm, position, network, ip, mac, acl FROM vm_nics
              WHERE (?1 IS NULL OR network = ?1) AND ip IS NOT NULL AND mac IS NOT NULL
              ORDER BY vm, position",
         )?;
@@ -158,12 +163,13 @@ impl Db {
                 r.get(2)?,
                 r.get::<_, String>(3)?,
                 r.get(4)?,
+                r.get(5)?,
             ))
         })?;
         rows.map(|row| {
-            let (vm, position, network, ip, mac) = row?;
+            let (vm, position, network, ip, mac, acl) = row?;
             let ip = ip.parse().map_err(|_| DbError::Corrupt(format!("NIC address {ip:?}")))?;
-            Ok(NicRow { vm, position: position as usize, network, ip, mac })
+            Ok(NicRow { vm, position: position as usize, network, ip, mac, acl })
         })
         .collect()
     }
@@ -242,9 +248,12 @@ pub(super) fn insert_nic(
             }
         }
     };
+    if let Some(acl) = &nic.acl {
+        super::acls::check_attachable(conn, acl, project, &format!("VM {vm:?}"))?;
+    }
     conn.execute(
-        "INSERT INTO vm_nics (vm, position, network, ip, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![vm, position as i64, network.name, ip.to_string(), mac],
+        "INSERT INTO vm_nics (vm, position, network, ip, mac, acl) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![vm, position as i64, network.name, ip.to_string(), mac, nic.acl],
     )?;
     Ok(())
 }

@@ -148,9 +148,9 @@ pub(super) fn load_devices(conn: &Connection, vm: &mut Vm) -> Result<()> {
         .query_map([&vm.name], |r| Ok(DiskSpec { volume: r.get(0)?, read_only: r.get(1)? }))?
         .collect::<rusqlite::Result<_>>()?;
     vm.nics = conn
-        .prepare("SELECT network, ip, mac FROM vm_nics WHERE vm = ?1 ORDER BY position")?
+        .prepare("SELECT network, ip, mac, acl FROM vm_nics WHERE vm = ?1 ORDER BY position")?
         .query_map([&vm.name], |r| {
-            Ok(NicSpec { network: r.get(0)?, ip: r.get(1)?, mac: r.get(2)? })
+            Ok(NicSpec { network: r.get(0)?, ip: r.get(1)?, mac: r.get(2)?, acl: r.get(3)? })
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(())
