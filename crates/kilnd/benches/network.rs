@@ -188,7 +188,8 @@ fn vm_side(sizes: (u64, u64, u64)) -> Result<(Figures, String), String> {
     for (vm, ip) in [("a", "10.202.0.10"), ("b", "10.202.0.11")] {
         let mut s = base.clone();
         s.name = vm.into();
-        s.nics = vec![NicSpec { network: "bench".into(), ip: Some(ip.into()), mac: None }];
+        s.nics =
+            vec![NicSpec { network: "bench".into(), ip: Some(ip.into()), mac: None, acl: None }];
         create(&c, &s);
         verb(&c, vm, "start").map_err(|e| e.to_string())?;
     }

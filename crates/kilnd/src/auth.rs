@@ -68,6 +68,8 @@ pub enum Target<'a> {
     Volume { name: &'a str, project: &'a str },
     /// A network of a project.
     Network { name: &'a str, project: &'a str },
+    /// An ACL of a project.
+    Acl { name: &'a str, project: &'a str },
 }
 
 impl std::fmt::Display for Target<'_> {
@@ -82,6 +84,7 @@ impl std::fmt::Display for Target<'_> {
             Target::Network { name, project } => {
                 write!(f, "network {name:?} (project {project:?})")
             }
+            Target::Acl { name, project } => write!(f, "ACL {name:?} (project {project:?})"),
         }
     }
 }
@@ -94,7 +97,8 @@ fn covers(scope: &Scope, target: Target<'_>) -> bool {
             Scope::Project(p),
             Target::Vm { project, .. }
             | Target::Volume { project, .. }
-            | Target::Network { project, .. },
+            | Target::Network { project, .. }
+            | Target::Acl { project, .. },
         ) => p == project,
         (Scope::Vm(v), Target::Vm { name, .. }) => v == name,
         (Scope::Volume(v), Target::Volume { name, .. }) => v == name,

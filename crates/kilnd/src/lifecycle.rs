@@ -191,6 +191,12 @@ impl Manager {
     pub fn create(&self, spec: &CreateVm, principal: Option<&str>, reader: Reader) -> Result<Vm> {
         let vm = self.define(spec, principal, reader)?;
         self.leases_changed(&vm);
+        if !vm.nics.is_empty() {
+            // ACL rules naming it (vm:NAME) match its addresses now.
+            if let Err(e) = self.networks.refresh_rules(&self.db) {
+                eprintln!("kilnd: rules after defining {:?}: {}", vm.name, crate::chain(&e));
+            }
+        }
         Ok(vm)
     }
 

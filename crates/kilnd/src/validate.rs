@@ -159,6 +159,9 @@ pub fn nics(nics: &[NicSpec]) -> Result<(), Invalid> {
     }
     for (i, nic) in nics.iter().enumerate() {
         name("nics", &nic.network)?;
+        if let Some(acl) = &nic.acl {
+            name("nics", acl)?;
+        }
         if let Some(ip) = &nic.ip {
             let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| {
                 invalid("nics", format!("ip {ip:?} is not an IPv4 address like 10.0.0.5"))

@@ -181,6 +181,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         network: network.into(),
         ip: ip.map(str::to_owned),
         mac: mac.map(str::to_owned),
+        acl: None,
     };
     create(&c, &with_nic("a", nic("lan", None, None)));
     create(&c, &with_nic("b", nic("lan", Some("10.77.0.50"), None)));

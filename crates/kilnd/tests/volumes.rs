@@ -183,7 +183,8 @@ fn disks_are_checked_listed_in_order_and_outlive_their_vm() {
     // A NIC on a network that does not exist is refused naming it (tests/networks.rs has the
     // rest of NICs: they need a network, so root and a namespace).
     let mut s = spec("nic", &k.idle);
-    s.nics = vec![NicSpec { network: "lan".into(), ip: Some("10.0.0.5".into()), mac: None }];
+    s.nics =
+        vec![NicSpec { network: "lan".into(), ip: Some("10.0.0.5".into()), mac: None, acl: None }];
     let (code, body) = status(c.call::<_, kiln_api::Vm>("POST", "/v1/vms", Some(&s)));
     assert_eq!((code, body.field.as_deref()), (400, Some("nics")), "{}", body.message);
     assert!(body.message.contains("no network named \"lan\""), "{}", body.message);

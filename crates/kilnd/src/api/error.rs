@@ -90,6 +90,9 @@ impl From<DbError> for ApiFailure {
             | DbError::NoVolume(_)
             | DbError::NoImage(_)
             | DbError::NoNetwork(_)
+            | DbError::NoAcl(_)
+            | DbError::NoAclRule { .. }
+            | DbError::NoSuchNic { .. }
             | DbError::NoPortForward(_) => ApiFailure::not_found(e.to_string()),
             DbError::VolumeAttached { .. }
             | DbError::VolumeInUse { .. }
@@ -99,6 +102,7 @@ impl From<DbError> for ApiFailure {
             | DbError::AddressInUse { .. }
             | DbError::MacInUse { .. }
             | DbError::NetworkFull(_)
+            | DbError::AclInUse { .. }
             | DbError::PortForwarded { .. } => {
                 ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
             }
@@ -108,6 +112,9 @@ impl From<DbError> for ApiFailure {
             DbError::NetworkProject { .. } | DbError::AddressRefused { .. } => {
                 ApiFailure::bad_request(Some("nics".to_owned()), e.to_string())
             }
+            DbError::AclProject { .. } => {
+                ApiFailure::bad_request(Some("acl".to_owned()), e.to_string())
+            }
             DbError::NoNic(_) => ApiFailure::bad_request(Some("vm".to_owned()), e.to_string()),
             DbError::SubnetOverlap { .. } => {
                 ApiFailure::bad_request(Some("subnet".to_owned()), e.to_string())
@@ -116,7 +123,8 @@ impl From<DbError> for ApiFailure {
             | DbError::PrincipalExists(..)
             | DbError::VolumeExists(_)
             | DbError::ImageExists(_)
-            | DbError::NetworkExists(_) => {
+            | DbError::NetworkExists(_)
+            | DbError::AclExists(_) => {
                 let mut body = body("conflict", e.to_string());
                 body.field = Some("name".to_owned());
                 ApiFailure { status: StatusCode::CONFLICT, body }
@@ -137,6 +145,9 @@ impl From<crate::net::NetError> for ApiFailure {
             NetError::Db(db) => db.into(),
             NetError::NoLease { .. } => {
                 ApiFailure::status(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            NetError::Unavailable(message) => {
+                ApiFailure::status(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
             other => ApiFailure::internal(&other),
         }

@@ -5,6 +5,7 @@
 //! and status in the audit log once the handler has answered. Handlers check the permission they
 //! need on their target and answer 403 naming it.
 
+pub mod acls;
 pub mod admin;
 pub mod error;
 pub mod exec;
@@ -64,6 +65,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
         .route("/v1/networks", get(networks::list).post(networks::create))
         .route("/v1/networks/{name}", get(networks::show).delete(networks::delete))
+        .route("/v1/networks/{name}/acl", axum::routing::put(networks::set_acl))
+        .route("/v1/acls", get(acls::list).post(acls::create))
+        .route("/v1/acls/{name}", get(acls::show).delete(acls::delete))
+        .route("/v1/acls/{name}/rules", get(acls::rules).post(acls::add_rule))
+        .route("/v1/acls/{name}/rules/{id}", axum::routing::delete(acls::remove_rule))
+        .route("/v1/vms/{name}/nics/{position}/acl", axum::routing::put(acls::set_nic_acl))
         .route("/v1/port-forwards", get(port_forwards::list).post(port_forwards::create))
         .route("/v1/port-forwards/{id}", axum::routing::delete(port_forwards::delete))
         .route("/v1/users", get(admin::list_users).post(admin::create_user))

@@ -9,7 +9,7 @@ use crate::db::DbError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_api::{ApiError, CreateNetwork, Network, Permission};
+use kiln_api::{ApiError, CreateNetwork, Network, Permission, SetAcl};
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
@@ -91,5 +91,39 @@ pub async fn delete(
     tokio::task::spawn_blocking(move || made.networks.delete(&made.db, &name))
         .await
         .map_err(|e| ApiFailure::internal(&e))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The ACL of a network's NICs (those with an ACL of their own keep it); null detaches it.
+/// Applied to the running VMs before this answers.
+#[utoipa::path(put, path = "/v1/networks/{name}/acl", tag = "networks",
+    params(("name" = String, Path)), request_body = SetAcl,
+    responses((status = 204), (status = 400, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, body = ApiError)))]
+pub async fn set_acl(
+    State(mgr): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(body): JsonBody<SetAcl>,
+) -> ApiResult<StatusCode> {
+    let row = network_for(&mgr, &p, &name, Permission::Network)?;
+    if let Some(acl) = &body.acl {
+        let acl_row = mgr.db.acl(acl)?;
+        let target = Target::Acl { name: &acl_row.name, project: &acl_row.project };
+        if !p.may(Permission::Read, target) {
+            return Err(DbError::NoAcl(acl.clone()).into());
+        }
+    }
+    super::acls::applied(
+        &mgr,
+        {
+            let name = name.clone();
+            move |mgr| Ok(mgr.db.set_network_acl(&name, body.acl.as_deref())?)
+        },
+        move |mgr, ()| {
+            let _ = mgr.db.set_network_acl(&name, row.acl.as_deref());
+        },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

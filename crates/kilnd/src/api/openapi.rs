@@ -2,7 +2,7 @@
 //! `docs/openapi.json` is this document; a test fails when they differ
 //! (`UPDATE_OPENAPI=1 cargo test -p kilnd openapi` rewrites it, as does `kilnd --print-openapi`).
 
-use super::{admin, exec, images, networks, port_forwards, vms, volumes};
+use super::{acls, admin, exec, images, networks, port_forwards, vms, volumes};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -19,7 +19,9 @@ use utoipa::{Modify, OpenApi};
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami, admin::metrics,
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,
         images::list, images::build, images::import, images::show, images::delete,
-        networks::list, networks::create, networks::show, networks::delete,
+        networks::list, networks::create, networks::show, networks::delete, networks::set_acl,
+        acls::list, acls::create, acls::show, acls::delete, acls::rules, acls::add_rule,
+        acls::remove_rule, acls::set_nic_acl,
         port_forwards::list, port_forwards::create, port_forwards::delete,
     ),
     modifiers(&Bearer, &CommonErrors),

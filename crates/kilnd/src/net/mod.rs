@@ -6,11 +6,13 @@
 //! starts and removes what no longer belongs to it (bridges named `kb-*`, TAPs `kt-*`, stray
 //! dnsmasq processes, Kiln's own nftables tables); nothing else on the host is touched.
 //!
+//! * [`acl`]: checking ACL rules and resolving their peers.
 //! * [`ipam`]: subnets, addresses, MACs and interface names.
 //! * [`netlink`]: bridges, addresses and bridge ports through rtnetlink.
 //! * [`dnsmasq`]: the DHCP and DNS server's files and arguments.
 //! * [`nft`]: the rule set.
 
+pub mod acl;
 pub mod dnsmasq;
 pub mod ipam;
 pub mod netlink;
@@ -51,6 +53,8 @@ pub enum NetError {
     Nft(#[from] nft::NftError),
     #[error("{0}")]
     Server(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("NIC {position} of VM {vm:?} has no address (defined before kilnd managed networks): define the VM again")]
     NoLease { vm: String, position: usize },
 }
@@ -138,6 +142,7 @@ impl Networks {
             bridge: row.bridge,
             nat: row.nat,
             isolated_ports: row.isolated_ports,
+            acl: row.acl,
             nics,
             created_at: kiln_api::rfc3339_ms(row.created_ms),
         })
@@ -157,6 +162,10 @@ impl Networks {
             netlink::create_bridge(bridge).map_err(host(format!("creating bridge {bridge}")))?;
         }
         netlink::set_up(bridge, None).map_err(host(format!("setting bridge {bridge} up")))?;
+        // Frames bridged between two NICs pass the inet hooks, where ACLs are enforced (with
+        // conntrack for established traffic); only with br_netfilter loaded.
+        netlink::set_bridge_nf_call_iptables(bridge)
+            .map_err(host(format!("turning on nf_call_iptables of bridge {bridge}")))?;
         netlink::add_address(bridge, subnet.gateway(), subnet.prefix())
             .map_err(host(format!("giving bridge {bridge} the address {}", subnet.gateway())))?;
         if row.nat {
@@ -360,16 +369,39 @@ impl Networks {
                 Ok(nft::FilterNetwork { bridge: r.bridge.clone(), subnet: r.subnet()?, nat: r.nat })
             })
             .collect::<Result<Vec<_>>>()?;
-        let ports: Vec<nft::FilterPort> = db
-            .nics(None)?
-            .into_iter()
-            .map(|n| nft::FilterPort {
-                tap: ipam::tap_name(&n.vm, n.position),
-                mac: n.mac,
-                ip: n.ip,
-            })
-            .filter(|p| netlink::index(&p.tap).is_some())
-            .collect();
+        let nics = db.nics(None)?;
+        let mut ports = Vec::new();
+        for nic in &nics {
+            let tap = ipam::tap_name(&nic.vm, nic.position);
+            if netlink::index(&tap).is_none() {
+                continue;
+            }
+            let Some((row, filter)) =
+                rows.iter().zip(&networks).find(|(r, _)| r.name == nic.network)
+            else {
+                continue;
+            };
+            let acl = match nic.acl.as_ref().or(row.acl.as_ref()) {
+                None => None,
+                Some(acl) => Some(
+                    db.acl_rules(Some(acl))?
+                        .iter()
+                        .map(|rule| acl::resolve(db, rule, &nics))
+                        .collect::<std::result::Result<Vec<_>, DbError>>()?,
+                ),
+            };
+            ports.push(nft::FilterPort {
+                tap,
+                mac: nic.mac.clone(),
+                ip: nic.ip,
+                bridge: row.bridge.clone(),
+                gateway: filter.subnet.gateway(),
+                acl,
+            });
+        }
+        if ports.iter().any(|p| p.acl.is_some()) {
+            ensure_br_netfilter()?;
+        }
         let forwards = db
             .port_forwards(None)?
             .into_iter()
@@ -451,6 +483,23 @@ impl Networks {
         drop(servers);
         self.apply_rules(db)
     }
+}
+
+/// Loads br_netfilter if it is not (it makes bridged frames pass the inet hooks, where ACLs
+/// are enforced); an error says why ACLs cannot work on this host.
+fn ensure_br_netfilter() -> Result<()> {
+    if Path::new("/proc/sys/net/bridge").exists() {
+        return Ok(());
+    }
+    let _ = Command::new("modprobe").arg("br_netfilter").status();
+    if Path::new("/proc/sys/net/bridge").exists() {
+        return Ok(());
+    }
+    Err(NetError::Unavailable(
+        "ACLs need the kernel's br_netfilter (modprobe br_netfilter failed): \
+         use a kernel with CONFIG_BRIDGE_NETFILTER, or detach the ACL"
+            .to_owned(),
+    ))
 }
 
 fn stop_server(server: &Server) {

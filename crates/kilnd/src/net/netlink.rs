@@ -114,3 +114,10 @@ pub fn set_port_isolated(name: &str, isolated: bool) -> io::Result<()> {
     let flag = Path::new("/sys/class/net").join(name).join("brport/isolated");
     std::fs::write(flag, if isolated { "1" } else { "0" })
 }
+
+/// Makes bridge `name` pass its bridged IPv4 frames through the inet netfilter hooks (a
+/// bridge option; it acts where br_netfilter is loaded).
+pub fn set_bridge_nf_call_iptables(name: &str) -> io::Result<()> {
+    let flag = Path::new("/sys/class/net").join(name).join("bridge/nf_call_iptables");
+    std::fs::write(flag, "1")
+}

@@ -5,6 +5,7 @@
 //! never touched.
 
 use super::ipam::Subnet;
+use kiln_api::AclAction;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
@@ -22,6 +23,117 @@ pub struct FilterPort {
     pub tap: String,
     pub mac: String,
     pub ip: Ipv4Addr,
+    /// The bridge of its network and the host's address there.
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    /// The rules of the ACL it uses, in the order they are evaluated (drop, reject, allow);
+    /// `None` without an ACL.
+    pub acl: Option<Vec<FilterRule>>,
+}
+
+/// An ACL rule, its peer resolved to addresses.
+pub struct FilterRule {
+    pub ingress: bool,
+    pub action: AclAction,
+    /// `tcp`, `udp` or `icmp`.
+    pub protocol: Option<&'static str>,
+    pub ports: Option<(u16, u16)>,
+    pub peer: Peer,
+}
+
+/// What a rule's source (ingress) or destination (egress) is.
+pub enum Peer {
+    Any,
+    /// A CIDR like `10.0.0.0/8`.
+    Cidr(String),
+    /// A VM's addresses; none (a VM without NICs, or gone) matches nothing.
+    Addresses(Vec<Ipv4Addr>),
+}
+
+/// The match of `rule`, or `None` if it can match nothing.
+fn rule_match(rule: &FilterRule) -> Option<String> {
+    let mut parts = Vec::new();
+    let side = if rule.ingress { "saddr" } else { "daddr" };
+    match &rule.peer {
+        Peer::Any => {}
+        Peer::Cidr(cidr) => parts.push(format!("ip {side} {cidr}")),
+        Peer::Addresses(ips) if ips.is_empty() => return None,
+        Peer::Addresses(ips) => {
+            let ips: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+            parts.push(format!("ip {side} {{ {} }}", ips.join(", ")));
+        }
+    }
+    if let Some(protocol) = rule.protocol {
+        parts.push(format!("meta l4proto {protocol}"));
+    }
+    match rule.ports {
+        Some((first, last)) if first == last => parts.push(format!("th dport {first}")),
+        Some((first, last)) => parts.push(format!("th dport {first}-{last}")),
+        None => {}
+    }
+    Some(parts.join(" "))
+}
+
+/// The verdict lines of `rule` (`return` is allow: the caller's chain goes on as without an
+/// ACL); a reject answers TCP with a reset and the rest with ICMP.
+fn rule_lines(out: &mut String, rule: &FilterRule) {
+    let Some(matched) = rule_match(rule) else { return };
+    let m = if matched.is_empty() { String::new() } else { format!("{matched} ") };
+    match rule.action {
+        AclAction::Drop => {
+            let _ = writeln!(out, "    {m}drop");
+        }
+        AclAction::Allow => {
+            let _ = writeln!(out, "    {m}return");
+        }
+        AclAction::Reject => reject_lines(out, &m, rule.protocol),
+    }
+}
+
+fn reject_lines(out: &mut String, m: &str, protocol: Option<&str>) {
+    if protocol.is_none() || protocol == Some("tcp") {
+        let tcp = if protocol.is_none() { "meta l4proto tcp " } else { "" };
+        let _ = writeln!(out, "    {m}{tcp}reject with tcp reset");
+    }
+    if protocol != Some("tcp") {
+        let _ = writeln!(out, "    {m}reject with icmpx admin-prohibited");
+    }
+}
+
+/// The two chains of a NIC with an ACL: `acl-in-TAP` for traffic to it, `acl-out-TAP` for
+/// traffic from it. Each returns for what may pass (the caller's rules then apply as without
+/// an ACL) and rejects the rest.
+fn acl_chains(out: &mut String, port: &FilterPort, rules: &[FilterRule]) {
+    let (tap, gateway) = (&port.tap, port.gateway);
+    for ingress in [true, false] {
+        let chain = if ingress { "acl-in" } else { "acl-out" };
+        let _ = writeln!(out, "  chain {chain}-{tap} {{\n    ct state established,related return");
+        if ingress {
+            let _ = writeln!(out, "    ip saddr {gateway} udp sport 67 udp dport 68 return");
+        } else {
+            let _ = writeln!(out, "    ip daddr {gateway} udp dport {{ 53, 67 }} return");
+            let _ = writeln!(out, "    ip daddr {gateway} tcp dport 53 return");
+        }
+        for rule in rules.iter().filter(|r| r.ingress == ingress) {
+            rule_lines(out, rule);
+        }
+        reject_lines(out, "", None);
+        out.push_str("  }\n");
+    }
+}
+
+/// Jumps to the ACL chains of the ports that have one: `from` for traffic a guest sends,
+/// `to` for traffic to it.
+fn acl_jumps(out: &mut String, ports: &[FilterPort], from: bool, to: bool) {
+    for port in ports.iter().filter(|p| p.acl.is_some()) {
+        let (bridge, ip, tap) = (&port.bridge, port.ip, &port.tap);
+        if from {
+            let _ = writeln!(out, "    iifname \"{bridge}\" ip saddr {ip} jump acl-out-{tap}");
+        }
+        if to {
+            let _ = writeln!(out, "    oifname \"{bridge}\" ip daddr {ip} jump acl-in-{tap}");
+        }
+    }
 }
 
 fn set(names: &[&str]) -> String {
@@ -64,8 +176,11 @@ pub fn ruleset(
     }
     out.push_str(
         "  chain input {\n    type filter hook input priority filter; policy accept;\n    \
-         iifname @bridges ct state established,related accept\n    \
-         iifname @bridges udp dport { 53, 67 } accept\n    \
+         iifname @bridges ct state established,related accept\n",
+    );
+    acl_jumps(&mut out, ports, true, false);
+    out.push_str(
+        "    iifname @bridges udp dport { 53, 67 } accept\n    \
          iifname @bridges tcp dport 53 accept\n",
     );
     // A guest may ping its own gateway, not another network's (the host answers for every
@@ -82,6 +197,9 @@ pub fn ruleset(
     out.push_str(
         "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
     );
+    // ACLs first, for bridged traffic too (kilnd turns on nf_call_iptables on its bridges):
+    // a guest's address identifies its NIC, as the bridge table lets no other NIC send it.
+    acl_jumps(&mut out, ports, true, true);
     // Where br_netfilter is loaded, frames bridged between two ports of one network pass this
     // hook too (in and out the same bridge; flooded broadcasts and multicasts with no bridge
     // as their way out, and the host never routes those): the bridge table has guarded them.
@@ -98,6 +216,16 @@ pub fn ruleset(
          iifname @nat_bridges accept\n    \
          iifname @bridges drop\n  }\n",
     );
+    // What the host itself sends a guest (DHCP replies, its own connections, forwards from
+    // the host).
+    out.push_str("  chain output {\n    type filter hook output priority filter; policy accept;\n");
+    acl_jumps(&mut out, ports, false, true);
+    out.push_str("  }\n");
+    for port in ports {
+        if let Some(rules) = &port.acl {
+            acl_chains(&mut out, port, rules);
+        }
+    }
     // Port forwards: to any of the host's addresses, from outside (prerouting) or from the
     // host itself (output); masqueraded into the network so the guest answers through its
     // gateway whatever its routes.
@@ -218,6 +346,31 @@ mod tests {
             tap: "kt-a-0".into(),
             mac: "52:54:00:01:02:03".into(),
             ip: Ipv4Addr::new(10, 77, 0, 2),
+            bridge: "kb-1".into(),
+            gateway: Ipv4Addr::new(10, 77, 0, 1),
+            acl: Some(vec![
+                FilterRule {
+                    ingress: true,
+                    action: AclAction::Drop,
+                    protocol: Some("tcp"),
+                    ports: Some((8000, 8080)),
+                    peer: Peer::Addresses(vec![Ipv4Addr::new(10, 77, 0, 3)]),
+                },
+                FilterRule {
+                    ingress: true,
+                    action: AclAction::Reject,
+                    protocol: None,
+                    ports: None,
+                    peer: Peer::Addresses(Vec::new()),
+                },
+                FilterRule {
+                    ingress: false,
+                    action: AclAction::Allow,
+                    protocol: Some("udp"),
+                    ports: Some((53, 53)),
+                    peer: Peer::Cidr("10.0.0.0/8".into()),
+                },
+            ]),
         }];
         let forwards = [FilterForward {
             protocol: "udp",
@@ -238,6 +391,18 @@ mod tests {
         assert!(rules.contains("iifname \"kb-2\" oifname \"kb-2\" accept"));
         assert!(rules.contains("iifname @bridges meta pkttype { broadcast, multicast } accept"));
         assert!(rules.contains("iifname \"kb-1\" ip daddr 10.77.0.1 icmp type echo-request"));
+        assert!(rules.contains("oifname \"kb-1\" ip daddr 10.77.0.2 jump acl-in-kt-a-0"));
+        assert!(rules.contains("iifname \"kb-1\" ip saddr 10.77.0.2 jump acl-out-kt-a-0"));
+        assert!(
+            rules.contains("    ip saddr { 10.77.0.3 } meta l4proto tcp th dport 8000-8080 drop\n")
+        );
+        assert!(rules.contains("    ip daddr 10.0.0.0/8 meta l4proto udp th dport 53 return\n"));
+        assert!(
+            !rules.contains(
+                "reject with tcp reset\n    reject with icmpx admin-prohibited\n    reject"
+            ),
+            "a rule naming no address is left out"
+        );
         let empty = ruleset(&[], &[], &[]);
         assert!(empty.contains("set bridges { type ifname; }"));
     }
