@@ -13,6 +13,7 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 mod access;
+mod acl;
 mod api_client;
 mod bench;
 mod console;
@@ -68,6 +69,10 @@ enum Command {
     Network(network::NetworkArgs),
     /// Port forwards: a host port to a VM's (nftables DNAT).
     PortForward(port_forward::PortForwardArgs),
+    /// Access-control lists between VMs, attached to networks or NICs.
+    Acl(acl::AclArgs),
+    /// A VM's network interfaces: `kiln nic set VM N --acl NAME|--no-acl`.
+    Nic(acl::NicArgs),
     /// Principals and their API tokens (admin).
     User(access::UserArgs),
     /// Roles given to principals, globally or per project or VM (admin).
@@ -122,6 +127,8 @@ fn main() -> ExitCode {
         Command::Volume(args) => volume::run(args, &api),
         Command::Network(args) => network::run(args, &api),
         Command::PortForward(args) => port_forward::run(args, &api),
+        Command::Acl(args) => acl::run(args, &api),
+        Command::Nic(args) => acl::nic(args, &api),
         Command::Image(args) => image::run(args, &api),
         Command::Bench(args) => bench::run(args, &api),
         Command::User(args) => access::user(args, &api),

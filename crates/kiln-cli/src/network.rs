@@ -24,6 +24,17 @@ pub enum NetworkCommand {
     /// Delete a network (its bridge, DHCP and DNS server and rules); refused while a VM
     /// definition has a NIC on it.
     Delete(NameArg),
+    /// Change a network: attach an ACL to its NICs (those with their own keep theirs) or
+    /// detach it; running VMs follow at once.
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The network's name.
+    pub name: String,
+    #[command(flatten)]
+    pub acl: crate::acl::AclChoice,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +97,10 @@ pub fn run(args: NetworkArgs, api: &ApiArgs) -> Result<(), CliError> {
             t.print()
         }
         NetworkCommand::Show(a) => print_network(out, &client.get(&path(&a.name))?),
+        NetworkCommand::Set(a) => {
+            client.put(&format!("{}/acl", path(&a.name)), &a.acl.body())?;
+            a.acl.report(out, &format!("network {}", a.name))
+        }
         NetworkCommand::Delete(a) => {
             client.delete(&path(&a.name))?;
             if out == Output::Json {
@@ -111,6 +126,7 @@ fn print_network(out: Output, n: &Network) -> Result<(), CliError> {
         ("bridge", n.bridge.clone()),
         ("nat", yes_no(n.nat)),
         ("isolated", yes_no(n.isolated_ports)),
+        ("acl", n.acl.clone().unwrap_or_else(|| "-".to_owned())),
         ("created", n.created_at.clone()),
     ]
     .iter()

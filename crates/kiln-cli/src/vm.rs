@@ -138,7 +138,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "VOLUME[,ro]", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// A network interface on NETWORK, with a static address and a MAC if given. Repeatable.
-    #[arg(long, value_name = "NETWORK[,ip=ADDR][,mac=MAC]", value_parser = parse_nic)]
+    #[arg(long, value_name = "NETWORK[,ip=ADDR][,mac=MAC][,acl=ACL]", value_parser = parse_nic)]
     pub nic: Vec<NicSpec>,
 }
 
@@ -155,19 +155,24 @@ fn parse_disk(text: &str) -> Result<DiskSpec, String> {
     }
 }
 
-/// `NETWORK[,ip=ADDR][,mac=MAC]`.
+/// `NETWORK[,ip=ADDR][,mac=MAC][,acl=ACL]`.
 fn parse_nic(text: &str) -> Result<NicSpec, String> {
     let mut parts = text.split(',');
     let network = parts.next().filter(|n| !n.is_empty() && !n.contains('='));
     let network = network.ok_or_else(|| {
-        format!("{text:?}: give the network's name first (NETWORK[,ip=ADDR][,mac=MAC])")
+        format!("{text:?}: give the network's name first (NETWORK[,ip=ADDR][,mac=MAC][,acl=ACL])")
     })?;
-    let mut nic = NicSpec { network: network.to_owned(), ip: None, mac: None };
+    let mut nic = NicSpec { network: network.to_owned(), ip: None, mac: None, acl: None };
     for part in parts {
         match part.split_once('=') {
             Some(("ip", ip)) if nic.ip.is_none() => nic.ip = Some(ip.to_owned()),
             Some(("mac", mac)) if nic.mac.is_none() => nic.mac = Some(mac.to_owned()),
-            _ => return Err(format!("{text:?}: {part:?} is not ip=ADDR or mac=MAC (each once)")),
+            Some(("acl", acl)) if nic.acl.is_none() => nic.acl = Some(acl.to_owned()),
+            _ => {
+                return Err(format!(
+                    "{text:?}: {part:?} is not ip=ADDR, mac=MAC or acl=ACL (each once)"
+                ))
+            }
         }
     }
     Ok(nic)
@@ -478,6 +483,9 @@ fn nics(vm: &Vm) -> String {
         }
         if let Some(mac) = &n.mac {
             text.push_str(&format!(" mac={mac}"));
+        }
+        if let Some(acl) = &n.acl {
+            text.push_str(&format!(" acl={acl}"));
         }
         text
     };
