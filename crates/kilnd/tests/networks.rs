@@ -404,6 +404,122 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(rules.contains("udp dport 18081 dnat ip to 10.77.0.50:8001"), "{rules}");
     assert!(!rules.contains("18080"), "{rules}");
 
+    // ACLs: web on lan allows everything, then rejects a port range; strict on b's NIC alone
+    // allows nothing. Every change applies to the running VMs as soon as the API answers.
+    let ok = |args: &[&str]| {
+        let out = d.kiln(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    };
+    ok(&["acl", "create", "web"]);
+    ok(&["acl", "rule", "add", "web", "--direction", "ingress", "--action", "allow"]);
+    ok(&["acl", "rule", "add", "web", "--direction", "egress", "--action", "allow"]);
+    ok(&["network", "set", "lan", "--acl", "web"]);
+    assert!(pings(&d, "a", "10.77.0.50"), "web allows a to reach b");
+    let listener = exec_in_thread(
+        &d,
+        "b",
+        &["timeout", "60", "kiln-agent", "bench", "tcp", "--listen", "7101"],
+    );
+    let connect = |wait: &str| {
+        let target = "10.77.0.50:7101";
+        let args = ["kiln-agent", "bench", "tcp", "--connect", target, "--total", "64K"];
+        d.kiln(&[&["exec", "a", "--"][..], &args, &["--wait", wait]].concat())
+    };
+    let added = ok(&[
+        "acl",
+        "rule",
+        "add",
+        "web",
+        "--direction",
+        "ingress",
+        "--action",
+        "reject",
+        "--protocol",
+        "tcp",
+        "--port",
+        "7100-7199",
+    ]);
+    let id = added
+        .strip_prefix("added rule ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no rule id in {added:?}"))
+        .to_owned();
+    let rules = String::from_utf8_lossy(
+        &ns.command("nft").args(["list", "table", "inet", "kiln"]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(rules.contains("tcp dport 7100-7199") && rules.contains("acl-in-"), "{rules}");
+    let refused = connect("3");
+    assert!(!refused.status.success(), "the reject rule holds: {}", text(&refused));
+    ok(&["acl", "rule", "remove", "web", &id]);
+    let sent = connect("20");
+    assert!(sent.status.success(), "the rule removed, b is reachable: {}", text(&sent));
+    assert!(text(&listener.join().unwrap()).contains("bytes=65536"), "b received it all");
+    ok(&["acl", "create", "strict"]);
+    ok(&["nic", "set", "b", "0", "--acl", "strict"]);
+    assert!(!pings(&d, "a", "10.77.0.50"), "strict on b's NIC overrides lan's web");
+    // Only egress allowed: b reaches a and a's replies come back (established), a cannot start.
+    ok(&["acl", "create", "outonly"]);
+    ok(&["acl", "rule", "add", "outonly", "--direction", "egress", "--action", "allow"]);
+    ok(&["nic", "set", "b", "0", "--acl", "outonly"]);
+    assert!(pings(&d, "b", "10.77.0.2"), "b's pings go out and their replies come back");
+    assert!(!pings(&d, "a", "10.77.0.50"), "a cannot start a connection to b");
+    ok(&["nic", "set", "b", "0", "--no-acl"]);
+    assert!(pings(&d, "a", "10.77.0.50"), "without its own ACL b's NIC follows lan's");
+    for (args, code, needle) in [
+        (
+            &[
+                "rule",
+                "add",
+                "web",
+                "--direction",
+                "ingress",
+                "--action",
+                "allow",
+                "--source",
+                "vm:nowhere",
+            ][..],
+            5,
+            "nowhere",
+        ),
+        (
+            &["rule", "add", "web", "--direction", "ingress", "--action", "allow", "--port", "80"]
+                [..],
+            5,
+            "protocol",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "web",
+                "--direction",
+                "egress",
+                "--action",
+                "drop",
+                "--destination",
+                "10.77.0.1/16",
+            ][..],
+            5,
+            "10.77.0.1/16",
+        ),
+        (
+            &["rule", "add", "missing", "--direction", "egress", "--action", "drop"][..],
+            3,
+            "missing",
+        ),
+        (&["delete", "web"][..], 6, "lan"),
+    ] {
+        let out = d.kiln(&[&["acl"][..], args].concat());
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+    let out = d.kiln(&["network", "set", "lan", "--acl", "missing"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(ok(&["acl", "rule", "list", "web"]).lines().count() >= 2, "two rules left");
+    assert!(ok(&["audit"]).contains("/v1/acls/web/rules"), "ACL changes are audited");
+
     // kilnd SIGKILLed: the restart rebuilds the same host state, and the VMs still talk.
     let (bridges, rules, servers) = host_state(&ns);
     assert_eq!(servers, 3, "one dnsmasq per network");
@@ -438,6 +554,10 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     }
     for name in [lan.name.as_str(), other.name.as_str(), "wan"] {
         let out = d.kiln(&["network", "delete", name]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for acl in ["web", "strict", "outonly"] {
+        let out = d.kiln(&["acl", "delete", acl]);
         assert!(out.status.success(), "{}", text(&out));
     }
     let (bridges, rules, servers) = host_state(&ns);
