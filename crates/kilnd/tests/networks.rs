@@ -48,6 +48,15 @@ fn pings(d: &Daemon, vm: &str, ip: &str) -> bool {
     sh(d, vm, &format!("ping -c 2 -W 2 {ip} >/dev/null")).status.success()
 }
 
+/// The id in `kiln acl rule add`'s "added rule ID to ACL ...".
+fn rule_id(added: &str) -> String {
+    added
+        .strip_prefix("added rule ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no rule id in {added:?}"))
+        .to_owned()
+}
+
 fn network(name: &str, subnet: Option<&str>) -> CreateNetwork {
     CreateNetwork {
         name: name.into(),
@@ -416,16 +425,65 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     ok(&["acl", "rule", "add", "web", "--direction", "egress", "--action", "allow"]);
     ok(&["network", "set", "lan", "--acl", "web"]);
     assert!(pings(&d, "a", "10.77.0.50"), "web allows a to reach b");
+    // A drop rule stops new connections as soon as the API has answered; removed, they pass.
     let listener = exec_in_thread(
         &d,
         "b",
-        &["timeout", "60", "kiln-agent", "bench", "tcp", "--listen", "7101"],
+        &["timeout", "90", "kiln-agent", "bench", "tcp", "--listen", "7101"],
     );
-    let connect = |wait: &str| {
+    // A check is only worth something once b listens: its /proc/net/tcp has port 7101 (1BBD)
+    // in state 0A.
+    let listening = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < deadline {
+            let table = text(&sh(&d, "b", "cat /proc/net/tcp"));
+            if table.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[1].ends_with(":1BBD") && fields[3] == "0A"
+            }) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    };
+    assert!(listening(), "b's server never listened");
+    let connect = |limit: &str, wait: &str| {
         let target = "10.77.0.50:7101";
         let args = ["kiln-agent", "bench", "tcp", "--connect", target, "--total", "64K"];
-        d.kiln(&[&["exec", "a", "--"][..], &args, &["--wait", wait]].concat())
+        d.kiln(&[&["exec", "a", "--", "timeout", limit][..], &args, &["--wait", wait]].concat())
     };
+    let added = ok(&[
+        "acl",
+        "rule",
+        "add",
+        "web",
+        "--direction",
+        "ingress",
+        "--action",
+        "drop",
+        "--protocol",
+        "tcp",
+        "--port",
+        "7100-7199",
+    ]);
+    let rules = String::from_utf8_lossy(
+        &ns.command("nft").args(["list", "table", "inet", "kiln"]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(rules.contains("tcp dport 7100-7199 drop") && rules.contains("acl-in-"), "{rules}");
+    let dropped = connect("3", "1");
+    assert!(!dropped.status.success(), "the drop rule holds at once: {}", text(&dropped));
+    ok(&["acl", "rule", "remove", "web", &rule_id(&added)]);
+    let sent = connect("40", "20");
+    assert!(sent.status.success(), "the rule removed, b is reachable: {}", text(&sent));
+    assert!(text(&listener.join().unwrap()).contains("bytes=65536"), "b received it all");
+    // A reject rule answers at once: the connection is refused, not left waiting.
+    let listener = exec_in_thread(
+        &d,
+        "b",
+        &["timeout", "90", "kiln-agent", "bench", "tcp", "--listen", "7101"],
+    );
     let added = ok(&[
         "acl",
         "rule",
@@ -438,23 +496,18 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         "--protocol",
         "tcp",
         "--port",
-        "7100-7199",
+        "7101",
     ]);
-    let id = added
-        .strip_prefix("added rule ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no rule id in {added:?}"))
-        .to_owned();
-    let rules = String::from_utf8_lossy(
-        &ns.command("nft").args(["list", "table", "inet", "kiln"]).output().unwrap().stdout,
-    )
-    .into_owned();
-    assert!(rules.contains("tcp dport 7100-7199") && rules.contains("acl-in-"), "{rules}");
-    let refused = connect("3");
-    assert!(!refused.status.success(), "the reject rule holds: {}", text(&refused));
-    ok(&["acl", "rule", "remove", "web", &id]);
-    let sent = connect("20");
-    assert!(sent.status.success(), "the rule removed, b is reachable: {}", text(&sent));
+    assert!(listening(), "b's second server never listened");
+    let refused = connect("20", "3");
+    assert!(
+        !refused.status.success() && text(&refused).contains("refused"),
+        "reject refuses: {}",
+        text(&refused)
+    );
+    ok(&["acl", "rule", "remove", "web", &rule_id(&added)]);
+    let sent = connect("40", "20");
+    assert!(sent.status.success(), "the reject rule removed: {}", text(&sent));
     assert!(text(&listener.join().unwrap()).contains("bytes=65536"), "b received it all");
     ok(&["acl", "create", "strict"]);
     ok(&["nic", "set", "b", "0", "--acl", "strict"]);
