@@ -562,7 +562,10 @@ mod tests {
             (Some("10.0.0.5"), Some("02:00:00:00:00:01"))
         );
         assert_eq!(parse_nic("lan").unwrap().network, "lan");
-        for bad in ["", "ip=1.2.3.4", "lan,ip=1.2.3.4,ip=1.2.3.5", "lan,speed=10"] {
+        assert_eq!(parse_nic("lan,acl=web").unwrap().acl.as_deref(), Some("web"));
+        for bad in
+            ["", "ip=1.2.3.4", "lan,ip=1.2.3.4,ip=1.2.3.5", "lan,speed=10", "lan,acl=a,acl=b"]
+        {
             assert!(parse_nic(bad).is_err(), "{bad:?}");
         }
     }
