@@ -207,7 +207,7 @@ fn disks_are_checked_listed_in_order_and_outlive_their_vm() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no network named"));
     let out = d.kiln(&["create", "bad", "--kernel", &k.idle, "--nic", "lan,speed=10"]);
     assert_eq!(out.status.code(), Some(2), "a usage error, as clap reports them");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not ip=ADDR or mac=MAC"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not ip=ADDR, mac=MAC or acl=ACL"));
 }
 
 #[test]
