@@ -2,11 +2,13 @@
 //! so that what `kiln exec` sees first is the configured system.
 //!
 //! Every boot sets the host name. The rest (users and their keys, root's keys, `write_files`,
-//! `runcmd` or a user-data script) is applied once per `instance-id`, which is recorded in
+//! `runcmd` or a user-data script, the network configuration as systemd-networkd files) is
+//! applied once per `instance-id`, which is recorded in
 //! [`STATE_DIR`]`/instance-id` after it was applied, as cloud-init does it. An image with
 //! cloud-init installed is left to cloud-init. What was done, and what failed, goes to the
 //! agent's log (the journal and the console); a failed step does not stop the next ones.
 
+use crate::netconfig;
 use crate::nocloud::{self, CloudConfig, NoCloudError, User, UserData, UserEntry, WriteFile};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,9 @@ pub fn apply(device: &Path, state_dir: &Path) -> Result<Vec<String>> {
         done.push(format!("instance {} was configured before", meta.instance_id));
         return Ok(done);
     }
+    if let Some(text) = &seed.network_config {
+        done.push(outcome("network-config", apply_network(text)));
+    }
     match &user_data {
         UserData::CloudConfig(c) => apply_config(c, &mut done),
         UserData::Script(text) => {
@@ -112,6 +117,47 @@ fn apply_config(config: &CloudConfig, done: &mut Vec<String>) {
     for (i, cmd) in config.runcmd.iter().enumerate() {
         done.push(outcome(&format!("runcmd {}", i + 1), run(&cmd.argv())));
     }
+}
+
+/// Where systemd-networkd reads its configuration.
+const NETWORKD_DIR: &str = "/etc/systemd/network";
+
+/// Replaces the agent's systemd-networkd files with those of `text` (a `network-config`),
+/// writes `/etc/resolv.conf` from its name servers, and enables and (re)starts
+/// systemd-networkd without waiting for it (the agent runs before the network is up).
+fn apply_network(text: &str) -> Result<()> {
+    let config = netconfig::parse(text).map_err(|e| FirstBootError::Step(e.to_string()))?;
+    let files = netconfig::render(&config).map_err(|e| FirstBootError::Step(e.to_string()))?;
+    let dir = Path::new(NETWORKD_DIR);
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    for entry in std::fs::read_dir(dir).map_err(io("cannot read", dir))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(netconfig::FILE_PREFIX) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(io("cannot remove", &path))?;
+        }
+    }
+    for file in &files {
+        let path = dir.join(&file.name);
+        std::fs::write(&path, &file.text).map_err(io("cannot write", &path))?;
+    }
+    if let Some(resolv) = netconfig::resolv_conf(&config) {
+        let path = Path::new("/etc/resolv.conf");
+        // Often a link to a resolver's file; replaced by a file of our own.
+        let _ = std::fs::remove_file(path);
+        std::fs::write(path, resolv).map_err(io("cannot write", path))?;
+    }
+    let mut enable = Command::new("systemctl");
+    enable.args(["enable", "--quiet", "systemd-networkd.service"]);
+    check(enable, "systemctl enable systemd-networkd")?;
+    if files.iter().any(|f| f.name.ends_with(".link")) {
+        // A .link file names an interface when udev adds it: they are here already.
+        let mut trigger = Command::new("udevadm");
+        trigger.args(["trigger", "--action=add", "--subsystem-match=net"]);
+        check(trigger, "udevadm trigger")?;
+    }
+    let mut restart = Command::new("systemctl");
+    restart.args(["restart", "--no-block", "systemd-networkd.service"]);
+    check(restart, "systemctl restart systemd-networkd")
 }
 
 fn set_hostname(name: &str) -> Result<()> {

@@ -5,11 +5,12 @@
 //! [`client::exec`] reaches it through the VMM's vsock Unix socket (Firecracker's
 //! `CONNECT <port>` convention, see `kiln_virtio::vsock`), which is also what
 //! `kiln-agent exec --uds PATH -- CMD...` does. At boot it applies a NoCloud seed
-//! ([`nocloud`], [`firstboot`]) before it serves.
+//! ([`nocloud`], [`netconfig`], [`firstboot`]) before it serves.
 
 pub mod bench;
 pub mod client;
 pub mod firstboot;
+pub mod netconfig;
 pub mod nocloud;
 pub mod protocol;
 pub mod pty;

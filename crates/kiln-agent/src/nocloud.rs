@@ -1,6 +1,7 @@
 //! First-boot configuration in cloud-init's NoCloud format: a small FAT volume labelled `CIDATA`
 //! holding `meta-data` (`instance-id`, `local-hostname`), `user-data` (`#cloud-config` YAML, or
-//! a script starting with `#!`) and optionally `network-config` (version 2).
+//! a script starting with `#!`) and optionally `network-config` (version 2, see
+//! [`crate::netconfig`]).
 //!
 //! kilnd writes the volume ([`write_image`]) and attaches it to the VM as a read-only disk with
 //! the serial [`SEED_SERIAL`]; cloud-init finds it by its label, Kiln's agent by its serial
