@@ -303,6 +303,9 @@ pub enum DbError {
     NoSuchNic { vm: String, position: usize },
     #[error("the database holds a value this kilnd cannot read: {0}")]
     Corrupt(String),
+    /// What [`Db::create_vm_then`]'s `finish` said went wrong.
+    #[error("{0}")]
+    Unfinished(String),
 }
 
 type Result<T> = std::result::Result<T, DbError>;
@@ -434,6 +437,19 @@ impl Db {
         principal: Option<&str>,
         boot_ids: Option<(u32, u32)>,
     ) -> Result<Vm> {
+        self.create_vm_then(spec, principal, boot_ids, |_| Ok(()))
+    }
+
+    /// [`Db::create_vm`], with `finish` run on the new record (its NICs' leases chosen) before
+    /// it is committed: an error of `finish` undoes the insert and is returned as
+    /// [`DbError::Unfinished`]. `finish` must not use the database.
+    pub fn create_vm_then(
+        &self,
+        spec: &CreateVm,
+        principal: Option<&str>,
+        boot_ids: Option<(u32, u32)>,
+        finish: impl FnOnce(&Vm) -> std::result::Result<(), String>,
+    ) -> Result<Vm> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let now = now_ms();
@@ -478,6 +494,7 @@ impl Db {
         }
         insert_event(&tx, &spec.name, now, None, VmState::Defined, "defined", principal)?;
         let record = get_vm(&tx, &spec.name)?;
+        finish(&record.vm).map_err(DbError::Unfinished)?;
         tx.commit()?;
         Ok(record.vm)
     }

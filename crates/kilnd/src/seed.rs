@@ -2,11 +2,14 @@
 //! ([`kiln_agent::nocloud`]): `meta-data` with a fresh `instance-id` and the host name, and
 //! `user-data` from the definition. A `#cloud-config` document given by the user is kept as
 //! it is, with `hostname` added where it has none and the definition's SSH keys added to its
-//! `ssh_authorized_keys`; without one, kilnd writes one of those two keys.
+//! `ssh_authorized_keys`; without one, kilnd writes one of those two keys. A VM with NICs also
+//! gets a `network-config` ([`network_config`]).
 
+use crate::db::networks::NetworkRow;
 use crate::validate::Invalid;
+use kiln_agent::netconfig::{Ethernet, Match, Nameservers, NetworkConfig, Route};
 use kiln_agent::nocloud::{self, MetaData, Seed, UserData};
-use kiln_api::CreateVm;
+use kiln_api::{CreateVm, NicSpec};
 use serde_yaml::{Mapping, Value};
 
 /// Largest user-data accepted.
@@ -75,6 +78,46 @@ pub fn for_vm(spec: &CreateVm, instance_id: &str) -> Result<Seed, Invalid> {
     let meta = MetaData { instance_id: instance_id.to_owned(), local_hostname: Some(hostname) };
     let meta_data = serde_yaml::to_string(&meta).map_err(|e| invalid("hostname", e.to_string()))?;
     Ok(Seed { meta_data, user_data, network_config: None })
+}
+
+/// The `network-config` (version 2) of NICs whose leases are chosen (`ip` and `mac` set), on
+/// `networks`: each NIC matched by its MAC, its lease as a static address (what the network's
+/// dnsmasq would hand out, without waiting for DHCP), the gateway as DNS server (dnsmasq, which
+/// resolves the VMs' names in the domain `kiln`) and, on a network with NAT, as the default
+/// route. `None` without NICs.
+pub fn network_config(nics: &[NicSpec], networks: &[NetworkRow]) -> Result<Option<String>, String> {
+    if nics.is_empty() {
+        return Ok(None);
+    }
+    let mut config = NetworkConfig { version: 2, ..NetworkConfig::default() };
+    for (position, nic) in nics.iter().enumerate() {
+        let (Some(ip), Some(mac)) = (&nic.ip, &nic.mac) else {
+            return Err(format!("NIC {position} has no lease yet"));
+        };
+        let network = networks
+            .iter()
+            .find(|n| n.name == nic.network)
+            .ok_or_else(|| format!("NIC {position}: no network {:?}", nic.network))?;
+        let subnet = network.subnet().map_err(|e| e.to_string())?;
+        let gateway = subnet.gateway().to_string();
+        let routes = if network.nat {
+            vec![Route { to: "0.0.0.0/0".into(), via: gateway.clone() }]
+        } else {
+            Vec::new()
+        };
+        let eth = Ethernet {
+            matches: Some(Match { macaddress: Some(mac.clone()), name: None }),
+            addresses: vec![format!("{ip}/{}", subnet.prefix())],
+            routes,
+            nameservers: Some(Nameservers {
+                addresses: vec![gateway],
+                search: vec![crate::net::dnsmasq::DOMAIN.to_owned()],
+            }),
+            ..Ethernet::default()
+        };
+        config.ethernets.insert(format!("nic{position}"), eth);
+    }
+    Ok(Some(config.to_yaml()))
 }
 
 fn add_defaults(map: &mut Mapping, hostname: &str, keys: &[String]) {
@@ -153,6 +196,50 @@ mod tests {
         assert_eq!(for_vm(&script, "i").err().map(|e| e.field), Some("ssh_authorized_keys"));
         let script = CreateVm { ssh_authorized_keys: vec![], ..script };
         assert_eq!(for_vm(&script, "i").expect("script").user_data, "#!/bin/sh\necho\n");
+    }
+
+    #[test]
+    fn nics_become_static_addresses_matched_by_mac() {
+        let row = |name: &str, subnet: &str, nat: bool| NetworkRow {
+            name: name.into(),
+            project: "default".into(),
+            subnet: subnet.into(),
+            bridge: format!("kb-{name}"),
+            nat,
+            isolated_ports: false,
+            created_ms: 0,
+            acl: None,
+        };
+        let networks = [row("lan", "10.77.0.0/24", false), row("wan", "10.79.0.0/16", true)];
+        let nic = |network: &str, ip: &str, mac: &str| NicSpec {
+            network: network.into(),
+            ip: Some(ip.into()),
+            mac: Some(mac.into()),
+            acl: None,
+        };
+        let nics = [
+            nic("lan", "10.77.0.2", "52:54:00:00:00:01"),
+            nic("wan", "10.79.3.4", "52:54:00:00:00:02"),
+        ];
+        let text = network_config(&nics, &networks).expect("config").expect("some");
+        let config = kiln_agent::netconfig::parse(&text).expect("parses");
+        let lan = &config.ethernets["nic0"];
+        assert_eq!(lan.addresses, ["10.77.0.2/24"]);
+        assert_eq!(
+            lan.matches.as_ref().and_then(|m| m.macaddress.as_deref()),
+            Some("52:54:00:00:00:01")
+        );
+        assert!(lan.routes.is_empty(), "no way out without NAT");
+        assert_eq!(
+            lan.nameservers.as_ref().map(|n| n.addresses.clone()),
+            Some(vec!["10.77.0.1".to_owned()])
+        );
+        let wan = &config.ethernets["nic1"];
+        assert_eq!(wan.addresses, ["10.79.3.4/16"]);
+        assert_eq!(wan.routes, [Route { to: "0.0.0.0/0".into(), via: "10.79.0.1".into() }]);
+        assert_eq!(network_config(&[], &networks), Ok(None));
+        let unleased = NicSpec { ip: None, ..nics[0].clone() };
+        assert!(network_config(&[unleased], &networks).is_err());
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! (`<state>/vms/<name>/seed.img`, read-only, serial `cidata`) carries its first-boot
 //! configuration ([`crate::seed`]).
 //!
-//! Order, so that a failure or a crash leaves nothing usable behind: the seed is written, the
-//! root volume is made and recorded as the root of the VM, then the VM is recorded. A failure
-//! removes what was made; after a crash, kilnd's start removes a root volume whose VM was
-//! never recorded ([`crate::volumes::recover`]), and a seed goes with the VM's directory.
+//! Order, so that a failure or a crash leaves nothing usable behind: the seed is checked, the
+//! root volume is made and recorded as the root of the VM, then the VM is recorded, and before
+//! that record is committed the seed is written (its network-config holds the leases the
+//! record chose). A failure removes what was made; after a crash, kilnd's start removes a root
+//! volume whose VM was never recorded ([`crate::volumes::recover`]), and a seed without its VM
+//! is replaced by the next create of that name.
 
 use crate::bootfiles::Reader;
 use crate::images;
@@ -82,24 +84,18 @@ pub(crate) fn create(
     mgr.image_boot_files(&full)?;
     // One image create at a time: between the check below and the VM's record, a second create
     // of the same name must not write (or undo) the same seed.
+    // The networks of its NICs, read now: the seed is written while the VM's record, which
+    // chooses the NICs' leases, holds the database.
+    let networks: Vec<_> =
+        spec.nics.iter().filter_map(|nic| mgr.db.network(&nic.network).ok()).collect();
+    // One image create at a time: between the check below and the VM's record, a second create
+    // of the same name must not write (or undo) the same seed.
     let _one_at_a_time = CREATING.lock().unwrap_or_else(|p| p.into_inner());
     let logs = mgr.logs(&spec.name);
     if mgr.db.vm(&spec.name).is_ok() {
         return Err(crate::db::DbError::VmExists(spec.name.clone()).into());
     }
     let seed_path = logs.seed_image();
-    let _ = std::fs::remove_file(&seed_path);
-    logs.ensure_dir()?;
-    kiln_agent::nocloud::write_image(&seed_path, &seed)
-        .map_err(|e| LifecycleError::Devices(format!("writing the first-boot seed: {e}")))?;
-    // Only what this create made: the seed, and the VM's directory if nothing else is in it
-    // (a VM of that name defined meanwhile without an image keeps its own files).
-    let undo_seed = || {
-        let _ = std::fs::remove_file(&seed_path);
-        if let Some(dir) = seed_path.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    };
     let volume_spec = CreateVolume {
         name: root.clone(),
         size_bytes: spec.disk_size_bytes.unwrap_or(0),
@@ -107,7 +103,6 @@ pub(crate) fn create(
         from_image: Some(image.clone()),
     };
     if let Err(e) = volumes::create_for(&mgr.db, state_dir, &volume_spec, Some(&spec.name)) {
-        undo_seed();
         return Err(match e {
             VolumeError::Invalid(Invalid { field: "size_bytes", message }) => {
                 Invalid { field: "disk_size_bytes", message }.into()
@@ -122,12 +117,36 @@ pub(crate) fn create(
             other => other.into(),
         });
     }
-    match mgr.db.create_vm(&full, principal, Reader::Kilnd.ids()) {
+    // Only what this create made: the seed, and the VM's directory if nothing else is in it
+    // (a VM of that name defined meanwhile without an image keeps its own files).
+    let written = std::cell::Cell::new(false);
+    let undo_seed = || {
+        if written.get() {
+            let _ = std::fs::remove_file(&seed_path);
+            if let Some(dir) = seed_path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    };
+    let write_seed = |vm: &Vm| -> Result<(), String> {
+        let mut seed = seed;
+        seed.network_config = crate::seed::network_config(&vm.nics, &networks)?;
+        let _ = std::fs::remove_file(&seed_path);
+        logs.ensure_dir().map_err(|e| e.to_string())?;
+        written.set(true);
+        kiln_agent::nocloud::write_image(&seed_path, &seed).map_err(|e| e.to_string())
+    };
+    match mgr.db.create_vm_then(&full, principal, Reader::Kilnd.ids(), write_seed) {
         Ok(vm) => Ok(vm),
         Err(e) => {
             let _ = volumes::delete(&mgr.db, state_dir, &root);
             undo_seed();
-            Err(crate::lifecycle::definition_error(e))
+            Err(match e {
+                crate::db::DbError::Unfinished(why) => {
+                    LifecycleError::Devices(format!("writing the first-boot seed: {why}"))
+                }
+                other => crate::lifecycle::definition_error(other),
+            })
         }
     }
 }

@@ -412,3 +412,114 @@ fn an_image_with_cloud_init_applies_the_same_user_data() {
     assert!(log.contains("cloud-init is installed and applies it"), "the agent left it alone");
     assert!(d.kiln(&["kill", "ci"]).status.success());
 }
+
+/// A VM from an image with a NIC configures it from the seed's network-config (the agent
+/// writes systemd-networkd files): its lease as its address, the network's dnsmasq as its
+/// name server, its own name resolved over the network. kilnd runs in a network namespace of
+/// the test (its bridge and rules never touch the host's), so the image is built outside it
+/// (`kiln-image debian-system --agent`, cached) and imported.
+#[test]
+fn a_vm_from_an_image_configures_its_nic_from_the_seed() {
+    const TEST: &str = "kilnd::a_vm_from_an_image_configures_its_nic_from_the_seed";
+    let (kiln_image, agent) = match (test_engine(), inputs()) {
+        (kiln_api::Engine::Emu, Ok(inputs)) => inputs,
+        (kiln_api::Engine::Emu, Err(why)) => return skip::skip(TEST, &why),
+        _ => return skip::skip(TEST, "the nested kvm host has no Debian archive or dnsmasq"),
+    };
+    for tool in ["dnsmasq", "nft"] {
+        if std::process::Command::new(tool).arg("--version").output().is_err() {
+            let why = format!("{tool} is missing (apt-get install dnsmasq-base nftables)");
+            return skip::skip(TEST, &why);
+        }
+    }
+    let out = std::process::Command::new(&kiln_image)
+        .arg("debian-system")
+        .arg("--agent")
+        .arg(&agent)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kiln-image debian-system: {}", text(&out));
+    let system = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or(""));
+    let Some(ns) =
+        kiln_testguest::netns::Namespace::create(&format!("kiln-img-{}", std::process::id()))
+    else {
+        return skip::skip(TEST, "cannot create a network namespace here (ip netns add failed)");
+    };
+    ns.ip("link set lo up").unwrap();
+    let d = Daemon::start_in(
+        "images-network",
+        workspace_bin("kiln-vmm", "kiln-vmm"),
+        &[],
+        Some(ns.name()),
+    );
+    let c = d.admin();
+    let file = |name: &str| system.join(name).display().to_string();
+    let out = d.kiln(&[
+        "image",
+        "import",
+        "deb",
+        "--rootfs",
+        &file("rootfs.ext4"),
+        "--kernel",
+        &file("vmlinuz"),
+        "--initrd",
+        &file("initrd.img"),
+    ]);
+    assert!(out.status.success(), "image import: {}", text(&out));
+    let out = d.kiln(&["network", "create", "lan", "--subnet", "10.81.0.0/24"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = d.kiln(&[
+        "create", "web", "--image", "deb", "--nic", "lan", "--engine", "emu", "--memory", "1024",
+    ]);
+    assert!(out.status.success(), "create --image --nic: {}", text(&out));
+    let vm: Vm = c.get("/v1/vms/web").unwrap();
+    let (ip, mac) = (vm.nics[0].ip.clone().unwrap(), vm.nics[0].mac.clone().unwrap());
+
+    // The seed on the host holds the lease, matched by the NIC's MAC.
+    let seed = kiln_agent::nocloud::read_image(&d.dir.join("state/vms/web/seed.img")).unwrap();
+    let config = kiln_agent::netconfig::parse(&seed.network_config.unwrap_or_default()).unwrap();
+    let nic = &config.ethernets["nic0"];
+    assert_eq!(nic.addresses, [format!("{ip}/24")]);
+    assert_eq!(nic.matches.as_ref().and_then(|m| m.macaddress.clone()), Some(mac.clone()));
+
+    assert!(d.kiln(&["start", "web"]).status.success());
+    let started = Instant::now();
+    exec_when_up(&d, "web", "true");
+    // systemd-networkd is started without the agent waiting for it: poll for the address.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        let out = d.kiln(&[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -o addr show | grep -v ' lo ' && cat /sys/class/net/*/address | grep -v 00:00:00:00:00:00 && \
+             cat /etc/resolv.conf && getent hosts web.kiln",
+        ]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "the NIC never came up: {}", text(&out));
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    println!(
+        "KILN-FIGURE image VM with a NIC: start to address and name resolved {:.0} s (emu)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(seen.contains(&format!("inet {ip}/24")), "the lease is the address: {seen}");
+    assert!(seen.contains(&mac), "on the NIC with the MAC kilnd chose: {seen}");
+    assert!(seen.contains("nameserver 10.81.0.1\nsearch kiln"), "dnsmasq resolves: {seen}");
+    let resolved = seen.lines().last().unwrap_or("");
+    assert!(
+        resolved.starts_with(&ip) && resolved.ends_with("web.kiln"),
+        "its name resolves to its lease through the network's dnsmasq: {seen}"
+    );
+    let log = String::from_utf8_lossy(&d.kiln(&["logs", "web"]).stdout).into_owned();
+    assert!(log.contains("seed: network-config: done"), "the agent says what it did: {log}");
+    assert!(d.kiln(&["kill", "web"]).status.success());
+    assert!(d.kiln(&["destroy", "web"]).status.success());
+    assert!(d.kiln(&["network", "delete", "lan"]).status.success());
+    assert!(d.kiln(&["image", "delete", "deb"]).status.success());
+}

@@ -14,6 +14,9 @@ pub struct Lease {
     pub hostname: String,
 }
 
+/// The DNS domain of every network's VMs (`web.kiln`); dnsmasq answers it itself.
+pub const DOMAIN: &str = "kiln";
+
 /// The files of one network's dnsmasq.
 pub struct Files {
     dir: PathBuf,
@@ -73,8 +76,8 @@ impl Files {
             format!("--dhcp-leasefile={}", self.dir.join("leases").display()),
             "--dhcp-authoritative".to_owned(),
             format!("--dhcp-option=option:dns-server,{gateway}"),
-            "--domain=kiln".to_owned(),
-            "--local=/kiln/".to_owned(),
+            format!("--domain={DOMAIN}"),
+            format!("--local=/{DOMAIN}/"),
             "--expand-hosts".to_owned(),
         ];
         if nat {
