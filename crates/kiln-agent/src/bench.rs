@@ -482,6 +482,19 @@ pub fn tcp_send(to: SocketAddr, total: u64, wait: Duration) -> Result<Report, Be
     })
 }
 
+/// One TCP stream of `total` bytes over this machine's loopback (a receiver thread and
+/// [`tcp_send`]): the native figure next to a guest's.
+pub fn tcp_loopback(total: u64) -> Result<Report, BenchError> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(tcp_error("listen on", "127.0.0.1"))?;
+    let to = listener.local_addr().map_err(tcp_error("name", "the listener"))?;
+    let receiver = std::thread::spawn(move || receive_on(&listener));
+    let sent = tcp_send(to, total, Duration::from_secs(5));
+    let received = receiver.join().unwrap_or(Err(BenchError::Short { sent: total, received: 0 }));
+    received?;
+    sent
+}
+
 /// TCP request/response, the server side: accepts one connection on `port` and answers each
 /// byte it reads with one byte, until the client closes.
 pub fn rr_serve(port: u16) -> Result<Report, BenchError> {

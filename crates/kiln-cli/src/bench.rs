@@ -1,8 +1,12 @@
-//! `kiln bench VM [--cpu] [--memory] [--disk]`: the overhead meter. The same probe
-//! (`kiln_agent::bench`) runs here and in the guest (through `kiln exec`, as
+//! `kiln bench VM [--cpu] [--memory] [--disk] [--net --peer VM2]`: the overhead meter. The same
+//! probe (`kiln_agent::bench`) runs here and in the guest (through `kiln exec`, as
 //! `kiln-agent bench ...`), both timed by this host's clock: in the guest from the probe's
 //! start marker to its exit, so a software CPU's guest time does not count. Prints, per
 //! resource, both throughputs and P = T_native / T_virtual (the guest's share of native speed).
+//!
+//! The network probe is one TCP stream: natively over this host's loopback, virtually from
+//! the peer VM to VM over a network both have NICs on (the host itself is out of a guest's
+//! reach by design, so a second VM is the other end).
 
 use crate::api_client::{ApiArgs, CliError, Output};
 use crate::table::Table;
@@ -24,6 +28,12 @@ pub struct BenchArgs {
     /// Disk: a sequential write then read of --size bytes, O_DIRECT where allowed.
     #[arg(long)]
     pub disk: bool,
+    /// Network: one TCP stream from --peer to this VM over a network they share.
+    #[arg(long, requires = "peer")]
+    pub net: bool,
+    /// The other end of the network probe: a running VM with a NIC on one of VM's networks.
+    #[arg(long, value_name = "VM")]
+    pub peer: Option<String>,
     /// Bytes each probe moves (the disk probe in 1 MiB blocks).
     #[arg(long, value_parser = bench::parse_size, default_value = "256M")]
     pub size: u64,
@@ -45,7 +55,7 @@ struct Figure {
 /// Runs `kiln bench`.
 pub fn run(args: BenchArgs, api: &ApiArgs) -> Result<(), CliError> {
     bench::quiet();
-    let all = !(args.cpu || args.memory || args.disk);
+    let all = !(args.cpu || args.memory || args.disk || args.net);
     let size = args.size.max(1 << 20) / (1 << 20) * (1 << 20);
     let total = format!("{size}");
     let mut figures = Vec::new();
@@ -95,6 +105,12 @@ pub fn run(args: BenchArgs, api: &ApiArgs) -> Result<(), CliError> {
         removed?;
         figures.push(figure("disk", 2 * size, host, guest));
     }
+    if let Some(peer) = args.peer.as_deref().filter(|_| all || args.net) {
+        let host = bench::tcp_loopback(size)
+            .map_err(|e| CliError::Input(format!("the host's TCP probe: {e}")))?;
+        let guest = over_network(api, &args.name, peer, &total)?;
+        figures.push(figure("net", size, host.elapsed, guest));
+    }
     if api.output == Output::Json {
         return crate::api_client::print_json(&figures);
     }
@@ -120,6 +136,47 @@ fn figure(resource: &'static str, bytes: u64, host: Duration, guest: Duration) -
     }
 }
 
+/// The guest port the network probe's receiver listens on.
+pub const NET_PORT: u16 = 5201;
+
+/// One TCP stream of `total` bytes from `peer` to `vm`'s address on the first of `vm`'s
+/// networks that `peer` is on too, timed at the sender.
+fn over_network(api: &ApiArgs, vm: &str, peer: &str, total: &str) -> Result<Duration, CliError> {
+    if peer == vm {
+        return Err(CliError::Input(format!("--peer {peer}: give another VM than {vm}")));
+    }
+    let client = api.client()?;
+    let path = |name: &str| format!("/v1/vms/{}", crate::api_client::encode(name));
+    let receiver: kiln_api::Vm = client.get(&path(vm))?;
+    let sender: kiln_api::Vm = client.get(&path(peer))?;
+    let shared = receiver
+        .nics
+        .iter()
+        .find(|nic| sender.nics.iter().any(|other| other.network == nic.network))
+        .and_then(|nic| Some((nic.network.clone(), nic.ip.clone()?)))
+        .ok_or_else(|| {
+            CliError::Input(format!(
+                "--peer {peer}: it shares no network with {vm} (give both a NIC on one network)"
+            ))
+        })?;
+    let (network, ip) = shared;
+    let to = format!("{ip}:{NET_PORT}");
+    let port = NET_PORT.to_string();
+    std::thread::scope(|scope| {
+        let listening = scope.spawn(|| {
+            let argv = ["timeout", "60", "kiln-agent", "bench", "tcp", "--listen", &port];
+            run_in_guest(api, vm, &argv)
+        });
+        let argv = ["kiln-agent", "bench", "tcp", "--connect", &to, "--total", total];
+        let sent = in_guest(api, peer, &[&argv[..], &["--wait", "30"]].concat());
+        let received = listening.join().map_err(|_| {
+            CliError::Input(format!("the receiver in {vm} on network {network} failed"))
+        })?;
+        received?;
+        sent
+    })
+}
+
 /// Stdout of a probe in the guest, watched for its start marker.
 struct Watch {
     seen: Vec<u8>,
@@ -142,22 +199,27 @@ impl Write for Watch {
 
 /// Runs a probe in the guest; its time by this host's clock, from its start marker to its end.
 fn in_guest(api: &ApiArgs, vm: &str, argv: &[&str]) -> Result<Duration, CliError> {
+    let (out, ended) = run_in_guest(api, vm, argv)?;
+    let started = out.started.ok_or_else(|| {
+        CliError::Input(format!("in {vm}: {} printed no {START_MARKER}", argv.join(" ")))
+    })?;
+    Ok(ended - started)
+}
+
+/// Runs `argv` in the guest: what it printed, and when it ended; an error if it failed.
+fn run_in_guest(api: &ApiArgs, vm: &str, argv: &[&str]) -> Result<(Watch, Instant), CliError> {
     let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
     let mut out = Watch { seen: Vec::new(), started: None };
     let mut errors = Vec::new();
     let status =
         crate::exec::run(api, vm, &argv, None, Box::new(std::io::empty()), &mut out, &mut errors)?;
     let ended = Instant::now();
-    let said = || String::from_utf8_lossy(&errors).trim().to_owned();
     if status != 0 {
         return Err(CliError::Input(format!(
             "in {vm}: {} failed (status {status}): {}",
             argv.join(" "),
-            said()
+            String::from_utf8_lossy(&errors).trim()
         )));
     }
-    let started = out.started.ok_or_else(|| {
-        CliError::Input(format!("in {vm}: {} printed no {START_MARKER}", argv.join(" ")))
-    })?;
-    Ok(ended - started)
+    Ok((out, ended))
 }

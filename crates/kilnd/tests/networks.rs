@@ -254,6 +254,25 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(digest(&sent).is_some(), "{}", text(&sent));
     assert_eq!(digest(&received), digest(&sent), "3 MiB arrive intact (the sender checked it too)");
     eprintln!("{TEST}: TCP a -> b: {}", String::from_utf8_lossy(&sent.stdout).trim());
+    // The overhead meter's network probe: the same stream natively on the host's loopback and
+    // from a to b, with P.
+    let out = d.kiln(&["bench", "b", "--net", "--peer", "a", "--size", "2M"]);
+    assert!(out.status.success(), "kiln bench --net: {}", text(&out));
+    let row = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("net "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let figures: Vec<f64> = row.iter().skip(1).filter_map(|f| f.parse().ok()).collect();
+    assert!(
+        figures.len() == 3 && figures.iter().all(|f| *f > 0.0) && figures[2] < 1.0,
+        "host MiB/s, guest MiB/s and P (below 1 under emu): {}",
+        text(&out)
+    );
+    eprintln!("{TEST}: kiln bench b --net --peer a: {}", row.join(" "));
+    let out = d.kiln(&["bench", "a", "--net", "--peer", "c", "--size", "1M"]);
+    assert_eq!(out.status.code(), Some(5), "c shares no network with a: {}", text(&out));
+    assert!(text(&out).contains("shares no network"), "{}", text(&out));
     let metrics = c.raw("GET", "/metrics", None).unwrap().text();
     let sent_by_a = metrics
         .lines()
