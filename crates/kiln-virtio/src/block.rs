@@ -3,8 +3,10 @@
 //! Requests are served synchronously: reads and writes with `pread`/`pwrite` at the request's
 //! sector, FLUSH with `fsync` (so data the guest synced survives a kill of the VMM), GET_ID with
 //! the disk's serial. The device advertises its request limits (`size_max`, `seg_max`) and
-//! answers IOERR for a request larger than it serves: a request is done whole or not at all. The image is locked with `flock`: exclusively when writable, shared when
-//! read-only, so an image in use by one VM cannot be opened writable by a second.
+//! answers IOERR for a request larger than it serves: a request is done whole or not at all.
+//! The image is locked with `flock`: exclusively when writable, shared when read-only, so an
+//! image in use by one VM cannot be opened writable by a second. Each device counts the
+//! requests it served and their bytes ([`DiskCounters`]), for the VMM's statistics.
 
 use crate::{device_type, drain_queue, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::{File, OpenOptions};
@@ -12,6 +14,8 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
@@ -82,9 +86,43 @@ struct RequestHeader {
 // SAFETY: RequestHeader is repr(C) plain integers without padding; every bit pattern is valid.
 unsafe impl ByteValued for RequestHeader {}
 
+/// What a disk served since the VM started: requests completed OK by kind, their bytes, and
+/// requests that failed. Updated by the device, read by any thread.
+#[derive(Debug, Default)]
+pub struct DiskCounters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl DiskCounters {
+    fn count(&self, kind: u32, code: u8, bytes: usize) {
+        let add = |counter: &AtomicU64, n: u64| {
+            counter.fetch_add(n, Ordering::Relaxed);
+        };
+        match (kind, code) {
+            (_, VIRTIO_BLK_S_IOERR) => add(&self.errors, 1),
+            (VIRTIO_BLK_T_IN, VIRTIO_BLK_S_OK) => {
+                add(&self.reads, 1);
+                add(&self.read_bytes, bytes as u64);
+            }
+            (VIRTIO_BLK_T_OUT, VIRTIO_BLK_S_OK) => {
+                add(&self.writes, 1);
+                add(&self.written_bytes, bytes as u64);
+            }
+            (VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK) => add(&self.flushes, 1),
+            _ => {}
+        }
+    }
+}
+
 /// A virtio block device.
 pub struct Block {
     file: File,
+    counters: Arc<DiskCounters>,
     read_only: bool,
     capacity_bytes: u64,
     serial: [u8; SERIAL_LEN],
@@ -118,7 +156,13 @@ impl Block {
         config[..8].copy_from_slice(&(capacity_bytes / SECTOR_SIZE).to_le_bytes());
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
-        Ok(Block { file, read_only, capacity_bytes, serial: id, config })
+        let counters = Arc::default();
+        Ok(Block { file, counters, read_only, capacity_bytes, serial: id, config })
+    }
+
+    /// The device's counters, shared.
+    pub fn counters(&self) -> Arc<DiskCounters> {
+        self.counters.clone()
     }
 
     /// Serves one request; returns the status byte and the bytes written to the driver.
@@ -195,9 +239,16 @@ impl Block {
         let (code, written) = match reader.read_obj::<RequestHeader>() {
             Ok(header) => {
                 let in_len = reader.available_bytes();
-                self.serve(header, &mut reader, in_len, &mut writer, data_len)
+                let (code, written) =
+                    self.serve(header, &mut reader, in_len, &mut writer, data_len);
+                let bytes = if header.kind == VIRTIO_BLK_T_OUT { in_len } else { written };
+                self.counters.count(header.kind, code, bytes);
+                (code, written)
             }
-            Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+            Err(_) => {
+                self.counters.count(0, VIRTIO_BLK_S_IOERR, 0);
+                (VIRTIO_BLK_S_IOERR, 0)
+            }
         };
         let _ = status.write_all(&[code]);
         written as u32 + 1

@@ -130,6 +130,7 @@ fn block_writes_flushes_reads_back_and_reports_its_serial() {
     let image = Image::new("rw", &vec![0u8; 8192]);
     let mem = memory();
     let disk = Block::open(&image.0, false, "kiln-disk-1").unwrap();
+    let counters = disk.counters();
     let (mut t, _) = transport(Box::new(disk), &mem);
     initialise(&mut t);
     let mut config = [0u8; 8];
@@ -158,6 +159,13 @@ fn block_writes_flushes_reads_back_and_reports_its_serial() {
     assert_eq!(block_request(&mut t, &mem, 0, 16, 512, true, 4), 1, "read past the end fails");
     assert_eq!(block_request(&mut t, &mem, 0, u64::MAX, 512, true, 5), 1, "sector overflow fails");
     assert_eq!(block_request(&mut t, &mem, 99, 0, 512, true, 6), 2, "unknown type unsupported");
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        [n(&counters.reads), n(&counters.writes), n(&counters.flushes), n(&counters.errors)],
+        [1, 1, 1, 2],
+        "what the device served is counted; the failed reads as errors"
+    );
+    assert_eq!((n(&counters.read_bytes), n(&counters.written_bytes)), (512, 512));
 }
 
 /// A request larger than the device serves fails whole: IOERR, nothing written, nothing read

@@ -54,6 +54,10 @@ pub struct Args {
     /// `message`), for a supervisor that is not kiln-vmm's parent (kilnd after a restart).
     #[arg(long, value_name = "PATH")]
     pub exit_record: Option<PathBuf>,
+    /// Write what the devices served (per disk: requests by kind, bytes, errors) as JSON to
+    /// PATH every second and when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    pub stats: Option<PathBuf>,
     /// A virtio-blk disk backed by a raw image or a block device: PATH[,ro][,serial=ID]. Repeat;
     /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]

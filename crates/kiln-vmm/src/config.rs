@@ -226,6 +226,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockSpec>,
     /// Stop the VM after this long.
     pub timeout: Option<std::time::Duration>,
+    /// Where the device statistics go.
+    pub stats: Option<PathBuf>,
     /// The console socket, bound (the last check, so nothing is bound for a config that fails).
     pub console: Option<crate::console::Console>,
 }
@@ -275,6 +277,7 @@ impl VmConfig {
             rng: args.rng,
             vsock,
             timeout: args.timeout.map(std::time::Duration::from_secs),
+            stats: args.stats,
             console,
         })
     }

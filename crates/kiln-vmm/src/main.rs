@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod engine_select;
 mod signals;
+mod stats;
 mod vm;
 
 use clap::Parser;

@@ -97,9 +97,13 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     if config.rng {
         virtio.push(Box::new(Rng));
     }
+    let mut disk_counters = Vec::new();
     for disk in &config.disks {
-        virtio.push(Box::new(Block::open(&disk.path, disk.read_only, &disk.serial)?));
+        let block = Block::open(&disk.path, disk.read_only, &disk.serial)?;
+        disk_counters.push((disk.serial.clone(), block.counters()));
+        virtio.push(Box::new(block));
     }
+    let stats = config.stats.as_deref().map(|path| crate::stats::Stats::new(path, disk_counters));
     for net in &config.nets {
         let tap = Tap::open(&net.tap)?;
         let mac = net.mac.unwrap_or_else(random_mac);
@@ -185,6 +189,11 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     }
     crate::signals::spawn_stop_watcher(exit.clone())
         .map_err(|source| VmError::Thread { name: "kiln-signals".into(), source })?;
+    if let Some(stats) = &stats {
+        stats
+            .spawn(exit.clone())
+            .map_err(|source| VmError::Thread { name: "kiln-stats".into(), source })?;
+    }
 
     let reason = match config.timeout {
         Some(limit) => exit.wait_for(limit),
@@ -198,6 +207,10 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
         let _ = thread.join();
     }
     drop(vm);
+    if let Some(stats) = &stats {
+        // The final figures, after every vCPU stopped.
+        let _ = stats.write();
+    }
     if let Some(vsock) = &config.vsock {
         // The device lives on in the backend thread until the process exits: remove its
         // socket now so no host process connects to a VM that is gone.

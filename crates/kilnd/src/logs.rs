@@ -176,6 +176,11 @@ impl VmLogs {
         self.dir.join("console.sock")
     }
 
+    /// Where the VMM writes what its devices served (`kiln-vmm --stats`).
+    pub fn stats(&self) -> PathBuf {
+        self.dir.join("stats.json")
+    }
+
     /// Where the VMM writes how it ended (`kiln-vmm --exit-record`).
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")

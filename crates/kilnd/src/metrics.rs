@@ -5,12 +5,14 @@
 //! reports it: the CPU time of its vCPU threads and of all its threads, its resident memory,
 //! the bytes it caused to be read from and written to the host's storage (its disks' traffic
 //! that reached the host's disks; page-cache hits are not counted) and its read and write
-//! system calls. Network bytes come with managed networks.
+//! system calls; per NIC the bytes its guest sent and received (its TAP's counters); per disk
+//! what the VMM itself served (`kiln-vmm --stats`): requests by kind, bytes and errors.
 
 use crate::procfs::Usage;
 use kiln_api::{Vm, VmState};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// API requests answered, by route template, method and status.
@@ -45,8 +47,13 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The metrics page: `all` VMs count in the totals by state; `visible` are those whose own
-/// series the caller may read.
-pub fn render(all: &[Vm], visible: &[Vm], requests: &Requests) -> String {
+/// series the caller may read; `stats` names a VM's `kiln-vmm --stats` file.
+pub fn render(
+    all: &[Vm],
+    visible: &[Vm],
+    requests: &Requests,
+    stats: &dyn Fn(&str) -> PathBuf,
+) -> String {
     let mut out = String::new();
     family(&mut out, "kiln_vms", "gauge", "VMs by state.");
     for state in VmState::ALL {
@@ -124,7 +131,69 @@ pub fn render(all: &[Vm], visible: &[Vm], requests: &Requests) -> String {
         }
     }
     network(&mut out, visible);
+    disks(&mut out, visible, stats);
     out
+}
+
+/// One disk's figures in a `kiln-vmm --stats` file.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DiskStats {
+    reads: u64,
+    writes: u64,
+    flushes: u64,
+    read_bytes: u64,
+    written_bytes: u64,
+    errors: u64,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct VmmStats {
+    disks: Vec<DiskStats>,
+}
+
+/// Per disk of each running VM, what its VMM served: requests by kind, bytes, errors. The
+/// disks are labelled by guest name and volume (the seed disk, last, as `seed`).
+fn disks(out: &mut String, visible: &[Vm], stats: &dyn Fn(&str) -> PathBuf) {
+    let read = |vm: &Vm| -> Option<VmmStats> {
+        vm.pid?;
+        serde_json::from_str(&std::fs::read_to_string(stats(&vm.name)).ok()?).ok()
+    };
+    let running: Vec<(&Vm, VmmStats)> =
+        visible.iter().filter_map(|vm| Some((vm, read(vm)?))).collect();
+    let families: [(&str, &str, fn(&DiskStats) -> Vec<(&'static str, u64)>); 4] = [
+        ("kiln_vm_disk_requests_total", "Requests a disk served, by kind.", |d| {
+            vec![("read", d.reads), ("write", d.writes), ("flush", d.flushes)]
+        }),
+        ("kiln_vm_disk_read_bytes_total", "Bytes the guest read from a disk.", |d| {
+            vec![("", d.read_bytes)]
+        }),
+        ("kiln_vm_disk_written_bytes_total", "Bytes the guest wrote to a disk.", |d| {
+            vec![("", d.written_bytes)]
+        }),
+        ("kiln_vm_disk_errors_total", "Requests a disk answered with an error.", |d| {
+            vec![("", d.errors)]
+        }),
+    ];
+    for (name, help, values) in families {
+        family(out, name, "counter", help);
+        for (vm, stats) in &running {
+            for (position, disk) in stats.disks.iter().enumerate() {
+                let volume = vm.disks.get(position).map_or("seed", |d| d.volume.as_str());
+                let device = format!("vd{}", char::from(b'a' + (position % 26) as u8));
+                for (op, value) in values(disk) {
+                    let op = if op.is_empty() { String::new() } else { format!(",op=\"{op}\"") };
+                    let _ = writeln!(
+                        out,
+                        "{name}{{vm=\"{}\",project=\"{}\",disk=\"{device}\",volume=\"{}\"{op}}} \
+                         {value}",
+                        label(&vm.name),
+                        label(&vm.project),
+                        label(volume)
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// A TAP's counter, from the guest's side of it (what the TAP transmits, the guest receives).

@@ -79,6 +79,10 @@ pub(crate) fn spawn(mgr: &Arc<Manager>, vm: &Vm, files: BootFiles) -> Result<Vm,
     let record = logs.exit_record();
     let _ = std::fs::remove_file(&record);
     cmd.arg("--exit-record").arg(&record);
+    // Its device statistics for /metrics; a previous run's must not be read as this one's.
+    let stats = logs.stats();
+    let _ = std::fs::remove_file(&stats);
+    cmd.arg("--stats").arg(&stats);
     cmd.arg("--kernel")
         .arg(format!("/proc/self/fd/{KERNEL_FD}"))
         .args(["--vcpus", &vm.vcpus.to_string()])

@@ -149,6 +149,32 @@ fn exec_and_cp_through_the_guest_agent() {
         let p = numbers[1] / numbers[0];
         assert!((numbers[2] - p).abs() < 0.001 + 0.02 * p, "P is host time / guest time: {row}");
     }
+    if ext4 {
+        // What the VMM served on the data volume: at least the probe's 16 MiB, written and
+        // flushed, then read back (the VMM rewrites its figures every second: polled).
+        let series = |page: &str, name: &str, op: &str| -> u64 {
+            let labels =
+                format!("{{vm=\"guest\",project=\"default\",disk=\"vda\",volume=\"data\"{op}}}");
+            page.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}{labels} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}{labels} in {page}"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let page = loop {
+            let page = c.raw("GET", "/metrics", None).unwrap().text();
+            let read = series(&page, "kiln_vm_disk_read_bytes_total", "");
+            if read >= 16 << 20 || Instant::now() > deadline {
+                break page;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert!(series(&page, "kiln_vm_disk_written_bytes_total", "") >= 16 << 20, "{page}");
+        assert!(series(&page, "kiln_vm_disk_read_bytes_total", "") >= 16 << 20, "{page}");
+        assert!(series(&page, "kiln_vm_disk_requests_total", ",op=\"write\"") >= 16);
+        assert!(series(&page, "kiln_vm_disk_requests_total", ",op=\"flush\"") >= 1);
+        assert_eq!(series(&page, "kiln_vm_disk_errors_total", ""), 0);
+    }
     let leftover = d.kiln(&["exec", "guest", "--", "ls", "/data"]);
     assert!(
         !String::from_utf8_lossy(&leftover.stdout).contains("bench"),

@@ -159,6 +159,7 @@ pub async fn metrics(
         .filter(|vm| p.may(Permission::Read, Target::Vm { name: &vm.name, project: &vm.project }))
         .cloned()
         .collect();
-    let text = crate::metrics::render(&all, &visible, &mgr.requests);
+    let stats = |vm: &str| mgr.logs(vm).stats();
+    let text = crate::metrics::render(&all, &visible, &mgr.requests, &stats);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
