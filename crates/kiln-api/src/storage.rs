@@ -154,6 +154,19 @@ pub struct Volume {
     pub created_at: String,
 }
 
+/// A copy of an image into a new volume, while it runs (`GET /v1/volumes/{name}/copy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeCopy {
+    /// The volume being made.
+    pub volume: String,
+    /// The image it is made from.
+    pub image: String,
+    /// How far into the image's file system the copy has come.
+    pub copied_bytes: u64,
+    /// The image's size.
+    pub total_bytes: u64,
+}
+
 /// A disk of a VM: a volume, in the order of the list (`/dev/vda`, `/dev/vdb`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -211,6 +211,11 @@ pub(crate) fn absolute(path: &std::path::Path) -> Result<String, CliError> {
         .ok_or_else(|| CliError::Input(format!("{} is not valid UTF-8", abs.display())))
 }
 
+/// The root volume kilnd makes for VM `name` from its image.
+fn root_volume(name: &str) -> String {
+    format!("{name}-root")
+}
+
 /// Runs one VM command.
 pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
     if let VmCommand::Console(a) = &command {
@@ -276,7 +281,14 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
                 user_data,
                 ssh_authorized_keys: keys,
             };
-            one(client.call("POST", "/v1/vms", Some(&spec))?)
+            let root = spec.image.as_ref().map(|_| root_volume(&spec.name));
+            let vm = match &root {
+                Some(root) => crate::volume::with_copy_progress(&client, root, || {
+                    client.call("POST", "/v1/vms", Some(&spec))
+                })?,
+                None => client.call("POST", "/v1/vms", Some(&spec))?,
+            };
+            one(vm)
         }
         VmCommand::List => {
             let vms: Vec<Vm> = client.get("/v1/vms")?;
@@ -332,7 +344,7 @@ pub fn run(command: VmCommand, api: &ApiArgs) -> Result<(), CliError> {
             let vm: Vm = client.get(&vm_path(&a.name, ""))?;
             client.delete(&vm_path(&a.name, ""))?;
             // The root volume of a VM made from an image goes with it; data volumes stay.
-            let root = vm.image.as_ref().map(|_| format!("{}-root", vm.name));
+            let root = vm.image.as_ref().map(|_| root_volume(&vm.name));
             let kept: Vec<&str> = vm
                 .disks
                 .iter()

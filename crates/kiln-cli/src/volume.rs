@@ -4,8 +4,9 @@
 use crate::api_client::{encode, print_json, ApiArgs, CliError, Output};
 use crate::table::Table;
 use clap::{Args, Subcommand};
-use kiln_api::{CreateVolume, ResizeVolume, Volume};
-use std::io::Write;
+use kiln_api::{Client, CreateVolume, ResizeVolume, Volume, VolumeCopy};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
@@ -66,6 +67,47 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// `10 GiB`, `512 MiB`, or bytes when not a whole number of MiB.
+/// Runs `request`, which makes volume `volume` from an image, while showing on stderr how far
+/// kilnd's copy of the image has come (`GET /v1/volumes/{name}/copy`): one line redrawn on a
+/// terminal, a line per quarter otherwise.
+pub fn with_copy_progress<T: Send>(
+    client: &Client,
+    volume: &str,
+    request: impl FnOnce() -> Result<T, kiln_api::ClientError> + Send,
+) -> Result<T, CliError> {
+    let path = format!("/v1/volumes/{}/copy", encode(volume));
+    let terminal = std::io::stderr().is_terminal();
+    std::thread::scope(|scope| {
+        let answer = scope.spawn(request);
+        let (mut shown, mut quarter) = (false, 0);
+        while !answer.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            let Ok(copy) = client.get::<VolumeCopy>(&path) else { continue };
+            let percent = copy.copied_bytes.saturating_mul(100) / copy.total_bytes.max(1);
+            let line = format!(
+                "copying image {} into volume {}: {percent}% ({} of {})",
+                copy.image,
+                copy.volume,
+                human(copy.copied_bytes),
+                human(copy.total_bytes)
+            );
+            if terminal {
+                eprint!("\r{line}\x1b[K");
+            } else if !shown || percent / 25 > quarter {
+                eprintln!("{line}");
+            }
+            (shown, quarter) = (true, percent / 25);
+        }
+        if shown && terminal {
+            eprintln!();
+        }
+        match answer.join() {
+            Ok(result) => result.map_err(CliError::from),
+            Err(_) => Err(CliError::Input("the request thread failed".into())),
+        }
+    })
+}
+
 pub fn human(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB")] {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
@@ -91,7 +133,13 @@ pub fn run(args: VolumeArgs, api: &ApiArgs) -> Result<(), CliError> {
                 project: a.project,
                 from_image: a.from_image,
             };
-            print_volume(out, &client.call("POST", "/v1/volumes", Some(&spec))?)
+            let volume = match &spec.from_image {
+                Some(_) => with_copy_progress(&client, &spec.name, || {
+                    client.call("POST", "/v1/volumes", Some(&spec))
+                })?,
+                None => client.call("POST", "/v1/volumes", Some(&spec))?,
+            };
+            print_volume(out, &volume)
         }
         VolumeCommand::List => {
             let volumes: Vec<Volume> = client.get("/v1/volumes")?;

@@ -1,7 +1,7 @@
 //! Copies of large, mostly empty files (images into volumes): a reflink (`FICLONE`) where the
 //! file system shares blocks between files, else a copy of only the data regions
 //! (`SEEK_DATA`/`SEEK_HOLE`), so holes stay holes. The destination is created new and synced;
-//! on failure it is removed.
+//! on failure it is removed. [`clone_file_reporting`] says how far a copy has come.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -29,14 +29,34 @@ const FICLONE: libc::c_ulong = 0x4004_9409;
 
 /// Copies `from` to the new file `to`, then sizes it to at least `min_len`.
 pub fn clone_file(from: &Path, to: &Path, min_len: u64) -> std::io::Result<CopyKind> {
-    clone_open_file(&File::open(from)?, to, min_len)
+    clone_file_reporting(from, to, min_len, &mut |_| {})
+}
+
+/// As [`clone_file`], calling `progress` with the offset of the source the copy has reached,
+/// after every MiB of data and once at the end with the source's length.
+pub fn clone_file_reporting(
+    from: &Path,
+    to: &Path,
+    min_len: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<CopyKind> {
+    copy_new(&File::open(from)?, to, min_len, progress)
 }
 
 /// As [`clone_file`], from a file already open.
 pub fn clone_open_file(source: &File, to: &Path, min_len: u64) -> std::io::Result<CopyKind> {
+    copy_new(source, to, min_len, &mut |_| {})
+}
+
+fn copy_new(
+    source: &File,
+    to: &Path,
+    min_len: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<CopyKind> {
     let mut dest = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
     let result = (|| {
-        let kind = copy_into(source, &mut dest)?;
+        let kind = copy_into(source, &mut dest, progress)?;
         let len = source.metadata()?.len();
         dest.set_len(len.max(min_len))?;
         dest.sync_all()?;
@@ -48,14 +68,19 @@ pub fn clone_open_file(source: &File, to: &Path, min_len: u64) -> std::io::Resul
     result
 }
 
-fn copy_into(source: &File, dest: &mut File) -> std::io::Result<CopyKind> {
+fn copy_into(
+    source: &File,
+    dest: &mut File,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<CopyKind> {
+    let len = source.metadata()?.len();
     // SAFETY: FICLONE takes the source descriptor as its argument and touches no memory of
     // ours; both descriptors are open for the call.
     let rc = unsafe { libc::ioctl(dest.as_raw_fd(), FICLONE, source.as_raw_fd()) };
     if rc == 0 {
+        progress(len);
         return Ok(CopyKind::Reflink);
     }
-    let len = source.metadata()?.len();
     let mut reader = source;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
@@ -76,9 +101,11 @@ fn copy_into(source: &File, dest: &mut File) -> std::io::Result<CopyKind> {
             }
             dest.write_all(&buf[..n])?;
             left -= n as u64;
+            progress(end - left);
         }
         at = end;
     }
+    progress(len);
     Ok(CopyKind::Sparse)
 }
 
@@ -112,7 +139,10 @@ mod tests {
         file.write_all(b"end!").expect("write");
         drop(file);
         let to = dir.join("to");
-        clone_file(&from, &to, 128 << 20).expect("copies");
+        let mut seen = Vec::new();
+        clone_file_reporting(&from, &to, 128 << 20, &mut |at| seen.push(at)).expect("copies");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {seen:?}");
+        assert_eq!(seen.last(), Some(&(64 << 20)), "and ends at the source's length");
         let copy = std::fs::read(&to).expect("read");
         assert_eq!(copy.len(), 128 << 20, "grown to the minimum length");
         assert_eq!(&copy[10 << 20..(10 << 20) + 13], b"in the middle");

@@ -5,14 +5,58 @@
 //! and synced), then recorded, then renamed into place. [`recover`] runs at kilnd's start and
 //! finishes what a crash interrupted: a recorded volume whose file is still `.creating` is
 //! renamed into place (it was complete before it was recorded), and every file no row names
-//! is removed. Deleting forgets the row first, then removes the file.
+//! is removed. Deleting forgets the row first, then removes the file. While an image is copied
+//! into a new volume, [`copy_progress`] says how far it has come.
 
 use crate::db::volumes::VolumeRow;
 use crate::db::{Db, DbError};
 use crate::validate::{self, Invalid};
-use kiln_api::{rfc3339_ms, CreateVolume, Volume};
+use kiln_api::{rfc3339_ms, CreateVolume, Volume, VolumeCopy};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The copies of images into volumes under way, by volume name, with the volume's project.
+static COPIES: Mutex<BTreeMap<String, (String, VolumeCopy)>> = Mutex::new(BTreeMap::new());
+
+fn copies() -> std::sync::MutexGuard<'static, BTreeMap<String, (String, VolumeCopy)>> {
+    COPIES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How far the copy of an image into the new volume `name` has come, with the volume's
+/// project; `None` when no copy into it is under way.
+pub fn copy_progress(name: &str) -> Option<(String, VolumeCopy)> {
+    copies().get(name).cloned()
+}
+
+/// A copy's entry in [`COPIES`], removed when the copy ends however it ends.
+struct CopyEntry(String);
+
+impl CopyEntry {
+    fn start(volume: &str, project: &str, image: &str, total_bytes: u64) -> CopyEntry {
+        let copy = VolumeCopy {
+            volume: volume.to_owned(),
+            image: image.to_owned(),
+            copied_bytes: 0,
+            total_bytes,
+        };
+        copies().insert(volume.to_owned(), (project.to_owned(), copy));
+        CopyEntry(volume.to_owned())
+    }
+
+    fn reached(&self, copied_bytes: u64) {
+        if let Some((_, copy)) = copies().get_mut(&self.0) {
+            copy.copied_bytes = copied_bytes;
+        }
+    }
+}
+
+impl Drop for CopyEntry {
+    fn drop(&mut self) {
+        copies().remove(&self.0);
+    }
+}
 
 /// Smallest volume: 1 MiB.
 pub const MIN_SIZE: u64 = 1 << 20;
@@ -145,9 +189,12 @@ pub fn create_for(
     check_size(size)?;
     check_free(&dir, size)?;
     let temp = creating(state_dir, &spec.name);
-    let made = match &source {
-        Some((rootfs, image_size)) => clone_image(rootfs, &temp, *image_size, size),
-        None => (|| {
+    let made = match (&source, &spec.from_image) {
+        (Some((rootfs, image_size)), Some(image)) => {
+            let entry = CopyEntry::start(&spec.name, &spec.project, image, *image_size);
+            clone_image(rootfs, &temp, *image_size, size, &mut |at| entry.reached(at))
+        }
+        _ => (|| {
             let file = std::fs::File::create(&temp)?;
             file.set_len(size)?;
             file.sync_all()
@@ -207,8 +254,14 @@ fn image_source(db: &Db, state_dir: &Path, image: &str, project: &str) -> Result
 
 /// Copies an image's ext4 file system into `to` and, if the volume is larger, grows the file
 /// system to fill it (`resize2fs`, on the still private file).
-fn clone_image(rootfs: &Path, to: &Path, image_size: u64, size: u64) -> std::io::Result<()> {
-    let kind = crate::filecopy::clone_file(rootfs, to, size)?;
+fn clone_image(
+    rootfs: &Path,
+    to: &Path,
+    image_size: u64,
+    size: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    let kind = crate::filecopy::clone_file_reporting(rootfs, to, size, progress)?;
     eprintln!("kilnd: {} made from {} ({})", to.display(), rootfs.display(), kind.as_str());
     if size > image_size {
         let out = std::process::Command::new("resize2fs")

@@ -26,7 +26,9 @@ fn exec_and_cp_through_the_guest_agent() {
         Err(why) => return skip::skip(TEST, &why),
     };
     let d = Daemon::start("exec");
+    // /data is the data volume where there is one (the copies and the disk probe go to it).
     let script = "#!/bin/sh\nmkdir -p /data /dev/pts\nmount -t devpts devpts /dev/pts\n\
+         [ -b /dev/vda ] && mount -t ext4 /dev/vda /data\n\
          /bin/kiln-agent serve &\nwhile true; do sleep 1; done\n";
     let c = d.admin();
     let mut s = agent_guest(&d, &inputs, script);
@@ -40,7 +42,7 @@ fn exec_and_cp_through_the_guest_agent() {
             "/v1/volumes",
             Some(&kiln_api::CreateVolume {
                 name: "data".into(),
-                size_bytes: 32 << 20,
+                size_bytes: 64 << 20,
                 project: "default".into(),
                 from_image: None,
             }),

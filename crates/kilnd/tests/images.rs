@@ -154,6 +154,13 @@ fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
     ]);
     assert!(out.status.success(), "create --image: {}", text(&out));
     let volume_secs = t_create.elapsed().as_secs_f64();
+    // The copy of the image into the root volume (0.3 s or more here) is shown as it runs.
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        progress.contains("copying image deb into volume web-root: ") && progress.contains("%"),
+        "the copy's progress: {}",
+        text(&out)
+    );
     let root: Volume = c.get("/v1/volumes/web-root").unwrap();
     assert_eq!(root.size_bytes, 3 << 30);
     let out = d.kiln(&["image", "delete", "deb"]);

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route("/v1/volumes/{name}", get(volumes::show).delete(volumes::delete))
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
+        .route("/v1/volumes/{name}/copy", get(volumes::copy))
         .route("/v1/networks", get(networks::list).post(networks::create))
         .route("/v1/networks/{name}", get(networks::show).delete(networks::delete))
         .route("/v1/networks/{name}/acl", axum::routing::put(networks::set_acl))

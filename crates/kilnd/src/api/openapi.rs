@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         admin::list_users, admin::create_user, admin::revoke_user, admin::list_grants,
         admin::create_grant, admin::delete_grant, admin::audit, admin::whoami, admin::metrics,
         volumes::list, volumes::create, volumes::show, volumes::resize, volumes::delete,
+        volumes::copy,
         images::list, images::build, images::import, images::show, images::delete,
         networks::list, networks::create, networks::show, networks::delete, networks::set_acl,
         acls::list, acls::create, acls::show, acls::delete, acls::rules, acls::add_rule,

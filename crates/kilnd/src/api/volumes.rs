@@ -10,7 +10,7 @@ use crate::volumes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_api::{ApiError, CreateVolume, Permission, ResizeVolume, Volume};
+use kiln_api::{ApiError, CreateVolume, Permission, ResizeVolume, Volume, VolumeCopy};
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
@@ -79,6 +79,25 @@ pub async fn show(
 ) -> ApiResult<Json<Volume>> {
     let row = volume_for(&mgr, &p, &name, Permission::Read)?;
     Ok(Json(volumes::to_api(&mgr.settings.state_dir, row)))
+}
+
+/// How far the copy of an image into the new volume `name` has come (while `POST /v1/volumes`
+/// or `POST /v1/vms` with an image makes it); 404 when no copy into it is under way.
+#[utoipa::path(get, path = "/v1/volumes/{name}/copy", tag = "volumes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = VolumeCopy), (status = 404, body = ApiError)))]
+pub async fn copy(
+    Extension(p): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<VolumeCopy>> {
+    match volumes::copy_progress(&name) {
+        Some((project, copy))
+            if p.may(Permission::Read, Target::Volume { name: &name, project: &project }) =>
+        {
+            Ok(Json(copy))
+        }
+        _ => Err(ApiFailure::not_found(format!("no copy into volume {name:?} is under way"))),
+    }
 }
 
 /// Grows a volume (never shrinks it); refused with 409 while a VM that lists it is active.
