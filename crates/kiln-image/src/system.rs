@@ -30,7 +30,8 @@ pub const ROOT_LABEL: &str = "kiln-root";
 
 /// Changes to what the build does beyond its arguments change this, so old cache entries are
 /// not reused.
-const RECIPE: &str = "debian-system v1: mmdebstrap minbase, hostname kiln, fstab by label";
+const RECIPE: &str =
+    "debian-system v2: mmdebstrap minbase, hostname kiln, fstab by label, systemd-networkd enabled";
 
 /// What to build.
 pub struct SystemSpec {
@@ -207,8 +208,11 @@ fn build_into(out: &Path, spec: &SystemSpec, agent: Option<&[u8]>) -> Result<(),
     std::fs::write(&path, manifest).map_err(io_err("cannot write", &path))
 }
 
-/// The system's own settings: a host name, and an fstab that mounts the root by label (so the
-/// disk may be any /dev/vdX) and checks it at boot.
+/// The system's own settings: a host name, an fstab that mounts the root by label (so the
+/// disk may be any /dev/vdX) and checks it at boot, and systemd-networkd enabled (as
+/// `systemctl enable` would), so that the network configuration a first-boot seed brings
+/// (written by Kiln's agent or cloud-init as networkd files) is applied at boot. Without a
+/// `.network` file networkd configures nothing; its wait-online service stays off.
 fn configure(tree: &Path) -> Result<(), ImageToolError> {
     let write = |rel: &str, text: &str| {
         let path = tree.join(rel);
@@ -216,7 +220,23 @@ fn configure(tree: &Path) -> Result<(), ImageToolError> {
     };
     write("etc/hostname", "kiln\n")?;
     write("etc/hosts", "127.0.0.1 localhost\n127.0.1.1 kiln\n::1 localhost ip6-localhost\n")?;
-    write("etc/fstab", &format!("LABEL={ROOT_LABEL} / ext4 rw,errors=remount-ro 0 1\n"))
+    write("etc/fstab", &format!("LABEL={ROOT_LABEL} / ext4 rw,errors=remount-ro 0 1\n"))?;
+    for (wants, unit) in [
+        ("multi-user.target.wants", "systemd-networkd.service"),
+        ("sockets.target.wants", "systemd-networkd.socket"),
+    ] {
+        let target = Path::new("/lib/systemd/system").join(unit);
+        if !tree.join(target.strip_prefix("/").unwrap_or(&target)).exists() {
+            continue;
+        }
+        let dir = tree.join("etc/systemd/system").join(wants);
+        std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        let link = dir.join(unit);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(&target, &link).map_err(io_err("cannot link", &link))?;
+        }
+    }
+    Ok(())
 }
 
 /// Installs Kiln's guest agent as `/usr/local/bin/kiln-agent` and a systemd service that

@@ -347,16 +347,16 @@ fn images_are_imported_from_an_ext4_file_and_corrupt_files_are_refused() {
 }
 
 /// cloud-init, where the image has it, applies the seed kilnd writes (the agent leaves it to
-/// cloud-init): the host name, write_files and runcmd, seen through exec.
+/// cloud-init): the host name, write_files and runcmd, seen through exec, and the
+/// network-config (its NIC's lease, the network's dnsmasq as name server).
 #[test]
 fn an_image_with_cloud_init_applies_the_same_user_data() {
     const TEST: &str = "kilnd::an_image_with_cloud_init_applies_the_same_user_data";
-    let d = match image_daemon("images-cloud-init") {
-        Ok(d) => d,
+    let (d, _ns) = match netns_image_daemon("img-ci", Some("cloud-init,systemd-resolved")) {
+        Ok(daemon) => daemon,
         Err(why) => return skip::skip(TEST, &why),
     };
-    let out = d.kiln(&["image", "build", "ci", "--packages", "cloud-init"]);
-    assert!(out.status.success(), "image build: {}", text(&out));
+    let c = d.admin();
     let user_data = d.dir.join("user-data");
     std::fs::write(
         &user_data,
@@ -368,17 +368,21 @@ fn an_image_with_cloud_init_applies_the_same_user_data() {
         "create",
         "ci",
         "--image",
-        "ci",
+        "deb",
         "--hostname",
         "ci-host",
         "--user-data",
         user_data.to_str().unwrap(),
+        "--nic",
+        "lan",
         "--engine",
         "emu",
         "--memory",
         "1024",
     ]);
     assert!(out.status.success(), "{}", text(&out));
+    let vm: Vm = c.get("/v1/vms/ci").unwrap();
+    let (ip, mac) = (vm.nics[0].ip.clone().unwrap(), vm.nics[0].mac.clone().unwrap());
     assert!(d.kiln(&["start", "ci"]).status.success());
     let started = Instant::now();
     // cloud-init runs runcmd late in the boot (its final stage), after the agent is up.
@@ -417,50 +421,41 @@ fn an_image_with_cloud_init_applies_the_same_user_data() {
     };
     assert!(log.contains("DataSourceNoCloud"), "cloud-init found the seed itself: {log}");
     assert!(log.contains("cloud-init is installed and applies it"), "the agent left it alone");
+    // The host name resolves to the lease: dnsmasq knows the VM as ci (its name, not ci-host).
+    check_network("ci", &network_seen(&d, "ci", &ip), &ip, &mac);
     assert!(d.kiln(&["kill", "ci"]).status.success());
 }
 
-/// A VM from an image with a NIC configures it from the seed's network-config (the agent
-/// writes systemd-networkd files): its lease as its address, the network's dnsmasq as its
-/// name server, its own name resolved over the network. kilnd runs in a network namespace of
-/// the test (its bridge and rules never touch the host's), so the image is built outside it
-/// (`kiln-image debian-system --agent`, cached) and imported.
-#[test]
-fn a_vm_from_an_image_configures_its_nic_from_the_seed() {
-    const TEST: &str = "kilnd::a_vm_from_an_image_configures_its_nic_from_the_seed";
-    let (kiln_image, agent) = match (test_engine(), inputs()) {
-        (kiln_api::Engine::Emu, Ok(inputs)) => inputs,
-        (kiln_api::Engine::Emu, Err(why)) => return skip::skip(TEST, &why),
-        _ => return skip::skip(TEST, "the nested kvm host has no Debian archive or dnsmasq"),
-    };
+/// A kilnd in a network namespace of the test (its bridge and rules never touch the host's)
+/// with image `deb` imported from a Debian system built outside it, where the archive is
+/// reachable (`kiln-image debian-system --agent`, cached; with `extra` packages), and a network
+/// `lan` (10.81.0.0/24). The namespace must outlive the daemon.
+fn netns_image_daemon(
+    test: &str,
+    extra: Option<&str>,
+) -> Result<(Daemon, kiln_testguest::netns::Namespace), String> {
+    if test_engine() != kiln_api::Engine::Emu {
+        return Err("the nested kvm host has no Debian archive or dnsmasq".into());
+    }
+    let (kiln_image, agent) = inputs()?;
     for tool in ["dnsmasq", "nft"] {
         if std::process::Command::new(tool).arg("--version").output().is_err() {
-            let why = format!("{tool} is missing (apt-get install dnsmasq-base nftables)");
-            return skip::skip(TEST, &why);
+            return Err(format!("{tool} is missing (apt-get install dnsmasq-base nftables)"));
         }
     }
-    let out = std::process::Command::new(&kiln_image)
-        .arg("debian-system")
-        .arg("--agent")
-        .arg(&agent)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let mut build = std::process::Command::new(&kiln_image);
+    build.arg("debian-system").arg("--agent").arg(&agent);
+    if let Some(extra) = extra {
+        build.args(["--packages", &format!("{},{extra}", kilnd::images::BASE_PACKAGES)]);
+    }
+    let out = build.stdin(std::process::Stdio::null()).output().expect("kiln-image runs");
     assert!(out.status.success(), "kiln-image debian-system: {}", text(&out));
     let system = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or(""));
-    let Some(ns) =
-        kiln_testguest::netns::Namespace::create(&format!("kiln-img-{}", std::process::id()))
-    else {
-        return skip::skip(TEST, "cannot create a network namespace here (ip netns add failed)");
-    };
-    ns.ip("link set lo up").unwrap();
-    let d = Daemon::start_in(
-        "images-network",
-        workspace_bin("kiln-vmm", "kiln-vmm"),
-        &[],
-        Some(ns.name()),
-    );
-    let c = d.admin();
+    let name = format!("kiln-{test}-{}", std::process::id());
+    let ns = kiln_testguest::netns::Namespace::create(&name)
+        .ok_or("cannot create a network namespace here (ip netns add failed)")?;
+    ns.ip("link set lo up")?;
+    let d = Daemon::start_in(test, workspace_bin("kiln-vmm", "kiln-vmm"), &[], Some(ns.name()));
     let file = |name: &str| system.join(name).display().to_string();
     let out = d.kiln(&[
         "image",
@@ -476,6 +471,51 @@ fn a_vm_from_an_image_configures_its_nic_from_the_seed() {
     assert!(out.status.success(), "image import: {}", text(&out));
     let out = d.kiln(&["network", "create", "lan", "--subnet", "10.81.0.0/24"]);
     assert!(out.status.success(), "{}", text(&out));
+    Ok((d, ns))
+}
+
+/// Polls `kiln exec vm` until the guest has `ip` on a NIC and resolves `vm.kiln` through the
+/// network's dnsmasq; returns what it showed: its IPv4 addresses, MACs, resolv.conf and the
+/// name's address (last line).
+fn network_seen(d: &Daemon, vm: &str, ip: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let script = format!(
+        "ip -4 -o addr show | grep -v ' lo ' && cat /sys/class/net/*/address && \
+         cat /etc/resolv.conf && getent hosts {vm}.kiln"
+    );
+    loop {
+        let out = d.kiln(&["exec", vm, "--", "sh", "-c", &script]);
+        let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && seen.contains(&format!("inet {ip}/")) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "the NIC of {vm} never came up: {}", text(&out));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// What [`network_seen`] must show for a NIC with lease `ip` and `mac` on `lan`.
+fn check_network(vm: &str, seen: &str, ip: &str, mac: &str) {
+    assert!(seen.contains(&format!("inet {ip}/24")), "the lease is the address: {seen}");
+    assert!(seen.contains(mac), "on the NIC with the MAC kilnd chose: {seen}");
+    let resolved = seen.lines().last().unwrap_or("");
+    assert!(
+        resolved.starts_with(ip) && resolved.ends_with(&format!("{vm}.kiln")),
+        "its name resolves to its lease through the network's dnsmasq: {seen}"
+    );
+}
+
+/// A VM from an image with a NIC configures it from the seed's network-config (the agent
+/// writes systemd-networkd files): its lease as its address, the network's dnsmasq as its
+/// name server, its own name resolved over the network.
+#[test]
+fn a_vm_from_an_image_configures_its_nic_from_the_seed() {
+    const TEST: &str = "kilnd::a_vm_from_an_image_configures_its_nic_from_the_seed";
+    let (d, _ns) = match netns_image_daemon("img-net", None) {
+        Ok(daemon) => daemon,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let c = d.admin();
     let out = d.kiln(&[
         "create", "web", "--image", "deb", "--nic", "lan", "--engine", "emu", "--memory", "1024",
     ]);
@@ -493,36 +533,13 @@ fn a_vm_from_an_image_configures_its_nic_from_the_seed() {
     assert!(d.kiln(&["start", "web"]).status.success());
     let started = Instant::now();
     exec_when_up(&d, "web", "true");
-    // systemd-networkd is started without the agent waiting for it: poll for the address.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let seen = loop {
-        let out = d.kiln(&[
-            "exec",
-            "web",
-            "--",
-            "sh",
-            "-c",
-            "ip -4 -o addr show | grep -v ' lo ' && cat /sys/class/net/*/address | grep -v 00:00:00:00:00:00 && \
-             cat /etc/resolv.conf && getent hosts web.kiln",
-        ]);
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(Instant::now() < deadline, "the NIC never came up: {}", text(&out));
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let seen = network_seen(&d, "web", &ip);
     println!(
         "KILN-FIGURE image VM with a NIC: start to address and name resolved {:.0} s (emu)",
         started.elapsed().as_secs_f64()
     );
-    assert!(seen.contains(&format!("inet {ip}/24")), "the lease is the address: {seen}");
-    assert!(seen.contains(&mac), "on the NIC with the MAC kilnd chose: {seen}");
-    assert!(seen.contains("nameserver 10.81.0.1\nsearch kiln"), "dnsmasq resolves: {seen}");
-    let resolved = seen.lines().last().unwrap_or("");
-    assert!(
-        resolved.starts_with(&ip) && resolved.ends_with("web.kiln"),
-        "its name resolves to its lease through the network's dnsmasq: {seen}"
-    );
+    check_network("web", &seen, &ip, &mac);
+    assert!(seen.contains("nameserver 10.81.0.1\nsearch kiln"), "the agent's resolv.conf: {seen}");
     let log = String::from_utf8_lossy(&d.kiln(&["logs", "web"]).stdout).into_owned();
     assert!(log.contains("seed: network-config: done"), "the agent says what it did: {log}");
     assert!(d.kiln(&["kill", "web"]).status.success());
