@@ -66,7 +66,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     kiln_agent::bench::parse_size(text)
 }
 
-/// `10 GiB`, `512 MiB`, or bytes when not a whole number of MiB.
 /// Runs `request`, which makes volume `volume` from an image, while showing on stderr how far
 /// kilnd's copy of the image has come (`GET /v1/volumes/{name}/copy`): one line redrawn on a
 /// terminal, a line per quarter otherwise.
@@ -85,11 +84,11 @@ pub fn with_copy_progress<T: Send>(
             let Ok(copy) = client.get::<VolumeCopy>(&path) else { continue };
             let percent = copy.copied_bytes.saturating_mul(100) / copy.total_bytes.max(1);
             let line = format!(
-                "copying image {} into volume {}: {percent}% ({} of {})",
+                "copying image {} into volume {}: {percent}% ({} of {} MiB)",
                 copy.image,
                 copy.volume,
-                human(copy.copied_bytes),
-                human(copy.total_bytes)
+                copy.copied_bytes >> 20,
+                copy.total_bytes >> 20
             );
             if terminal {
                 eprint!("\r{line}\x1b[K");
@@ -108,6 +107,7 @@ pub fn with_copy_progress<T: Send>(
     })
 }
 
+/// `10 GiB`, `512 MiB`, or bytes when not a whole number of MiB.
 pub fn human(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB")] {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {

@@ -151,6 +151,9 @@ struct VmmStats {
     disks: Vec<DiskStats>,
 }
 
+/// A disk family's values: `op` label (empty for none) and value.
+type DiskValues = fn(&DiskStats) -> Vec<(&'static str, u64)>;
+
 /// Per disk of each running VM, what its VMM served: requests by kind, bytes, errors. The
 /// disks are labelled by guest name and volume (the seed disk, last, as `seed`).
 fn disks(out: &mut String, visible: &[Vm], stats: &dyn Fn(&str) -> PathBuf) {
@@ -160,7 +163,7 @@ fn disks(out: &mut String, visible: &[Vm], stats: &dyn Fn(&str) -> PathBuf) {
     };
     let running: Vec<(&Vm, VmmStats)> =
         visible.iter().filter_map(|vm| Some((vm, read(vm)?))).collect();
-    let families: [(&str, &str, fn(&DiskStats) -> Vec<(&'static str, u64)>); 4] = [
+    let families: [(&str, &str, DiskValues); 4] = [
         ("kiln_vm_disk_requests_total", "Requests a disk served, by kind.", |d| {
             vec![("read", d.reads), ("write", d.writes), ("flush", d.flushes)]
         }),
