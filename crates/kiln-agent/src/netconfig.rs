@@ -134,29 +134,25 @@ pub fn render(config: &NetworkConfig) -> Result<Vec<NetworkdFile>> {
         };
         token("the id", id)?;
         let matches = eth.matches.clone().unwrap_or_default();
-        let mut select = String::from("[Match]\n");
-        match (&matches.macaddress, &matches.name) {
-            (Some(mac), _) => {
-                token("macaddress", mac)?;
-                select.push_str(&format!("MACAddress={mac}\n"));
-            }
-            (None, Some(name)) => {
-                token("match.name", name)?;
-                select.push_str(&format!("OriginalName={name}\n"));
-            }
-            // Without a match the id is the interface's name.
-            (None, None) => select.push_str(&format!("OriginalName={id}\n")),
+        // By MAC, else by name (without a match the id is the interface's name). A .network
+        // file matches the current name (`Name=`), a .link file the kernel's (`OriginalName=`).
+        let name = matches.name.as_deref().unwrap_or(id);
+        let select = |name_key: &str| match &matches.macaddress {
+            Some(mac) => format!("[Match]\nMACAddress={mac}\n"),
+            None => format!("[Match]\n{name_key}={name}\n"),
+        };
+        match &matches.macaddress {
+            Some(mac) => token("macaddress", mac)?,
+            None => token("match.name", name)?,
         }
-        let mut network =
-            format!("# Written by kiln-agent from the seed's network-config.\n{select}");
-        if let Some(name) = &eth.set_name {
-            token("set-name", name)?;
-            let link = format!("{select}\n[Link]\nName={name}\n");
+        const HEADER: &str = "# Written by kiln-agent from the seed's network-config.\n";
+        let mut network = format!("{HEADER}{}", select("Name"));
+        if let Some(new_name) = &eth.set_name {
+            token("set-name", new_name)?;
+            let link = format!("{HEADER}{}\n[Link]\nName={new_name}\n", select("OriginalName"));
             files.push(NetworkdFile { name: format!("{FILE_PREFIX}{id}.link"), text: link });
             // After the rename, the network file finds the interface by its new name.
-            network = format!(
-                "# Written by kiln-agent from the seed's network-config.\n[Match]\nName={name}\n"
-            );
+            network = format!("{HEADER}[Match]\nName={new_name}\n");
         }
         if let Some(mtu) = eth.mtu {
             network.push_str(&format!("\n[Link]\nMTUBytes={mtu}\n"));
@@ -278,10 +274,10 @@ mod tests {
         let files = render(&config).expect("renders");
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["10-kiln-eth0.network", "10-kiln-web.link", "10-kiln-web.network"]);
-        assert!(files[0].text.contains("OriginalName=eth0\n"));
+        assert!(files[0].text.contains("[Match]\nName=eth0\n"));
         assert!(files[0].text.contains("MTUBytes=1400\n") && files[0].text.contains("DHCP=ipv4"));
         assert!(files[0].text.contains("Gateway=192.0.2.1"));
-        assert!(files[1].text.contains("OriginalName=ens*\n\n[Link]\nName=web\n"));
+        assert!(files[1].text.contains("[Match]\nOriginalName=ens*\n\n[Link]\nName=web\n"));
         assert!(files[2].text.contains("[Match]\nName=web\n"));
         assert_eq!(resolv_conf(&config), None);
     }

@@ -1,4 +1,4 @@
-//! `kiln bench VM [--cpu] [--memory] [--disk] [--net --peer VM2]`: the overhead meter. The same
+//! `kiln bench VM [--cpu] [--memory] [--disk] [--net [--peer VM2]]`: the overhead meter. The same
 //! probe (`kiln_agent::bench`) runs here and in the guest (through `kiln exec`, as
 //! `kiln-agent bench ...`), both timed by this host's clock: in the guest from the probe's
 //! start marker to its exit, so a software CPU's guest time does not count. Prints, per
@@ -6,7 +6,8 @@
 //!
 //! The network probe is one TCP stream: natively over this host's loopback, virtually from
 //! the peer VM to VM over a network both have NICs on (the host itself is out of a guest's
-//! reach by design, so a second VM is the other end).
+//! reach by design, so a second VM is the other end): `--peer`, else the first other running VM
+//! with the agent on one of VM's networks.
 
 use crate::api_client::{ApiArgs, CliError, Output};
 use crate::table::Table;
@@ -28,10 +29,11 @@ pub struct BenchArgs {
     /// Disk: a sequential write then read of --size bytes, O_DIRECT where allowed.
     #[arg(long)]
     pub disk: bool,
-    /// Network: one TCP stream from --peer to this VM over a network they share.
-    #[arg(long, requires = "peer")]
+    /// Network: one TCP stream from a second VM to this one over a network they share.
+    #[arg(long)]
     pub net: bool,
-    /// The other end of the network probe: a running VM with a NIC on one of VM's networks.
+    /// The other end of the network probe: a running VM with a NIC on one of VM's networks
+    /// [default: the first other running VM with vsock on one of them].
     #[arg(long, value_name = "VM")]
     pub peer: Option<String>,
     /// Bytes each probe moves (the disk probe in 1 MiB blocks).
@@ -105,11 +107,26 @@ pub fn run(args: BenchArgs, api: &ApiArgs) -> Result<(), CliError> {
         removed?;
         figures.push(figure("disk", 2 * size, host, guest));
     }
-    if let Some(peer) = args.peer.as_deref().filter(|_| all || args.net) {
-        let host = bench::tcp_loopback(size)
-            .map_err(|e| CliError::Input(format!("the host's TCP probe: {e}")))?;
-        let guest = over_network(api, &args.name, peer, &total)?;
-        figures.push(figure("net", size, host.elapsed, guest));
+    if all || args.net || args.peer.is_some() {
+        match args.peer.clone().map_or_else(|| find_peer(api, &args.name), |p| Ok(Some(p)))? {
+            Some(peer) => {
+                let host = bench::tcp_loopback(size)
+                    .map_err(|e| CliError::Input(format!("the host's TCP probe: {e}")))?;
+                let guest = over_network(api, &args.name, &peer, &total)?;
+                figures.push(figure("net", size, host.elapsed, guest));
+            }
+            None if args.net => {
+                return Err(CliError::Input(format!(
+                    "--net needs a second running VM with the agent on one of {}'s networks \
+                     (start one, or give --peer VM)",
+                    args.name
+                )))
+            }
+            None => eprintln!(
+                "kiln bench: net left out: no other running VM on {}'s networks (--peer)",
+                args.name
+            ),
+        }
     }
     if api.output == Output::Json {
         return crate::api_client::print_json(&figures);
@@ -138,6 +155,25 @@ fn figure(resource: &'static str, bytes: u64, host: Duration, guest: Duration) -
 
 /// The guest port the network probe's receiver listens on.
 pub const NET_PORT: u16 = 5201;
+
+/// The first other running VM with vsock (its agent) and a NIC on one of `vm`'s networks.
+fn find_peer(api: &ApiArgs, vm: &str) -> Result<Option<String>, CliError> {
+    let client = api.client()?;
+    let target: kiln_api::Vm = client.get(&format!("/v1/vms/{}", crate::api_client::encode(vm)))?;
+    if target.nics.is_empty() {
+        return Ok(None);
+    }
+    let vms: Vec<kiln_api::Vm> = client.get("/v1/vms")?;
+    Ok(vms
+        .into_iter()
+        .find(|other| {
+            other.name != vm
+                && other.state == kiln_api::VmState::Running
+                && other.vsock
+                && other.nics.iter().any(|n| target.nics.iter().any(|t| t.network == n.network))
+        })
+        .map(|other| other.name))
+}
 
 /// One TCP stream of `total` bytes from `peer` to `vm`'s address on the first of `vm`'s
 /// networks that `peer` is on too, timed at the sender.

@@ -7,6 +7,8 @@
 //!    marks, as million guest instructions per second.
 //! 3. P = T_native / T_virtual of a CPU-bound workload (`seq 1 N | sha256sum` with Debian's
 //!    static busybox), natively on the host and inside each VM, timed between serial marks.
+//! 4. The same for `kiln bench`'s CPU probe (`kiln-agent bench cpu`, the static agent), where it
+//!    is built: its guest MiB/s and P are what `kiln bench VM --cpu` reports for an emu VM.
 //!
 //! Each is measured three times, Kiln and QEMU alternating, and the best is reported: the
 //! machines' CPUs are shared and their speed changes by up to 2x from minute to minute.
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant};
 
 const LOOP_ITERATIONS: u32 = 50_000_000;
 const WORKLOAD: &str = "seq 1 200000 | sha256sum";
+/// Bytes `kiln bench`'s CPU probe hashes here (what `kiln bench --size 16M` gives it).
+const PROBE_BYTES: u64 = 16 << 20;
 
 /// Times when each marker first appeared on the child's stdout, relative to spawning it.
 fn watch(mut child: Child, markers: &[&str], limit: Duration) -> Vec<Option<Duration>> {
@@ -59,17 +63,19 @@ fn best(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
-/// Keeps the run with the shortest ready time and work interval (markers: ready, work start,
-/// work end), each from its own run.
+/// Keeps the shortest ready time and, for each interval (markers: ready, then start and end
+/// pairs), the shortest, each from whichever run had it.
 fn best_run(kept: &mut [Option<Duration>], run: Vec<Option<Duration>>) {
     kept[0] = best(kept[0], run[0]);
-    let work = |t: &[Option<Duration>]| match (t[1], t[2]) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
-    if kept[1].is_none() || best(work(kept), work(&run)) != work(kept) {
-        kept[1] = run[1];
-        kept[2] = run[2];
+    for start in (1..kept.len().min(run.len())).step_by(2) {
+        let interval = |t: &[Option<Duration>]| match (t[start], t.get(start + 1).copied()?) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        if kept[start].is_none() || best(interval(kept), interval(&run)) != interval(kept) {
+            kept[start] = run[start];
+            kept[start + 1] = run[start + 1];
+        }
     }
 }
 
@@ -139,20 +145,23 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("kiln-emu-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let script = dir.join("work.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho KILN-WORK-START\n{WORKLOAD}\necho KILN-WORK-END\n"),
-    )
-    .expect("script");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln-vmm")).parent().unwrap_or(Path::new("."));
+    let agent = kiln_testguest::agent::static_agent(bin_dir);
+    let probe_cmd = format!("bench cpu --total {PROBE_BYTES}");
+    let mut work = format!("#!/bin/sh\necho KILN-WORK-START\n{WORKLOAD}\necho KILN-WORK-END\n");
+    if agent.is_ok() {
+        // The probe prints KILN-BENCH-START itself, as kiln bench times it.
+        work.push_str(&format!("/bin/kiln-agent {probe_cmd}\necho KILN-PROBE-END\n"));
+    }
+    std::fs::write(&script, work).expect("script");
     let initrd = dir.join("initramfs.cpio");
     let image_tool = env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image");
-    let built = Command::new(image_tool)
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&script)
-        .stdout(Stdio::null())
-        .status();
+    let mut build = Command::new(image_tool);
+    build.args(["initramfs", "--out"]).arg(&initrd).arg("--init").arg(&script);
+    if let Ok(agent) = &agent {
+        build.arg("--add").arg(format!("{}:/bin/kiln-agent", agent.display()));
+    }
+    let built = build.stdout(Stdio::null()).status();
     if !matches!(built, Ok(s) if s.success()) {
         println!("SKIPPED: emu benchmark: kiln-image is not built next to kiln-vmm");
         return;
@@ -163,24 +172,27 @@ fn main() {
     image.notes.push(ElfNote::pvh_entry(GUEST_BASE as u32));
     image.write(&probe).expect("write probe");
 
-    let markers = ["KILN-GUEST-READY", "KILN-WORK-START", "KILN-WORK-END"];
+    let mut markers = vec!["KILN-GUEST-READY", "KILN-WORK-START", "KILN-WORK-END"];
+    if agent.is_ok() {
+        markers.extend(["KILN-BENCH-START", "KILN-PROBE-END"]);
+    }
     let limit = Duration::from_secs(900);
     let k = kernel.to_string_lossy().into_owned();
     let i = initrd.to_string_lossy().into_owned();
     // The two CPUs of these machines are shared with other tenants and change speed by up to
     // 2x from one minute to the next, so each measurement runs ROUNDS times, Kiln and QEMU
     // alternating, and the best of each is reported.
-    let (mut kiln_boot, mut qemu_boot) = (vec![None; 3], vec![None; 3]);
+    let (mut kiln_boot, mut qemu_boot) = (vec![None; markers.len()], vec![None; markers.len()]);
     let (mut kiln_loop, mut qemu_loop) = (None, None);
     let p = probe.to_string_lossy().into_owned();
     for _ in 0..ROUNDS {
         let run = kiln(&["--kernel", &k, "--initrd", &i, "--memory", "256"])
             .map(|c| watch(c, &markers, limit))
-            .unwrap_or_else(|| vec![None; 3]);
+            .unwrap_or_else(|| vec![None; markers.len()]);
         best_run(&mut kiln_boot, run);
         let run = qemu(&kernel, Some(&initrd))
             .map(|c| watch(c, &markers, limit))
-            .unwrap_or_else(|| vec![None; 3]);
+            .unwrap_or_else(|| vec![None; markers.len()]);
         best_run(&mut qemu_boot, run);
         kiln_loop = best(kiln_loop, kiln(&["--kernel", &p]).and_then(|c| watch_bytes(c, limit)));
         qemu_loop = best(qemu_loop, qemu(&probe, None).and_then(|c| watch_bytes(c, limit)));
@@ -205,10 +217,26 @@ fn main() {
         native = best(native, run);
     }
 
-    let work = |t: &[Option<Duration>]| match (t[1], t[2]) {
-        (Some(a), Some(b)) => Some(b - a),
+    let mut native_probe = None;
+    if let Ok(agent) = &agent {
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            let run = Command::new(agent)
+                .args(probe_cmd.split(' '))
+                .stdout(Stdio::null())
+                .status()
+                .ok()
+                .filter(|s| s.success())
+                .map(|_| start.elapsed());
+            native_probe = best(native_probe, run);
+        }
+    }
+
+    let interval = |t: &[Option<Duration>], start: usize| match (t.get(start), t.get(start + 1)) {
+        (Some(Some(a)), Some(Some(b))) => Some(*b - *a),
         _ => None,
     };
+    let work = |t: &[Option<Duration>]| interval(t, 1);
     let mips = |d: Option<Duration>| {
         d.map_or("n/a".into(), |d| {
             format!("{:.1}", 2.0 * f64::from(LOOP_ITERATIONS) / d.as_secs_f64() / 1e6)
@@ -244,5 +272,24 @@ fn main() {
     };
     println!("{:<44} {:>12} {:>12}", "P = T_native / T_virtual of that workload", p(kw), p(qw));
     println!("native: {} s on the host with Debian's busybox", secs(native));
+    match &agent {
+        Ok(_) => {
+            let (kp, qp) = (interval(&kiln_boot, 3), interval(&qemu_boot, 3));
+            let mib_s = |d: Option<Duration>| {
+                d.map_or("n/a".into(), |d| {
+                    format!("{:.1}", PROBE_BYTES as f64 / f64::from(1 << 20) / d.as_secs_f64())
+                })
+            };
+            let label = format!("kiln bench's cpu probe, {} MiB: MiB/s", PROBE_BYTES >> 20);
+            println!("{label:<44} {:>12} {:>12} {:>12}", mib_s(kp), mib_s(qp), ratio(qp, kp));
+            let p = |v: Option<Duration>| match (native_probe, v) {
+                (Some(n), Some(v)) => format!("{:.4}", n.as_secs_f64() / v.as_secs_f64()),
+                _ => "n/a".into(),
+            };
+            println!("{:<44} {:>12} {:>12}", "P of that probe (kiln bench's cpu P)", p(kp), p(qp));
+            println!("native: that probe at {} MiB/s on the host", mib_s(native_probe));
+        }
+        Err(why) => println!("SKIPPED: kiln bench's cpu probe: {why}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
