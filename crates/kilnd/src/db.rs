@@ -1032,6 +1032,21 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_port_forward_is_restored_as_it_was() {
+        let db = Db::in_memory().expect("opens");
+        db.create_network("lan", "default", None, false, false).expect("network");
+        let mut vm = spec("web");
+        vm.nics = vec![kiln_api::NicSpec { network: "lan".into(), ip: None, mac: None, acl: None }];
+        db.create_vm(&vm, None, None).expect("vm");
+        let made = db.insert_port_forward("web", kiln_api::Protocol::Tcp, 8080, 80).expect("fwd");
+        let removed = db.delete_port_forward(made.id).expect("removed");
+        assert!(db.port_forward(made.id).is_err(), "gone");
+        assert!(matches!(db.delete_port_forward(made.id), Err(DbError::NoPortForward(_))));
+        db.restore_port_forward(&removed).expect("restored");
+        assert_eq!(db.port_forward(made.id).expect("back"), made, "the same id, fields and time");
+    }
+
+    #[test]
     fn fresh_database_is_at_the_latest_schema_version() {
         let db = Db::in_memory().expect("opens");
         assert_eq!(db.schema_version().expect("reads"), MIGRATIONS.len());

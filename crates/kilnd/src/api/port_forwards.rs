@@ -114,8 +114,13 @@ pub async fn delete(
     vm_for(&mgr, &p, &forward.vm, Permission::Network)?;
     let made = mgr.clone();
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
-        made.db.delete_port_forward(id)?;
-        Ok(made.networks.refresh_rules(&made.db)?)
+        let removed = made.db.delete_port_forward(id)?;
+        if let Err(e) = made.networks.refresh_rules(&made.db) {
+            // Its DNAT rule is still in place: so is its row.
+            let _ = made.db.restore_port_forward(&removed);
+            return Err(e.into());
+        }
+        Ok(())
     })
     .await
     .map_err(|e| ApiFailure::internal(&e))??;

@@ -117,14 +117,53 @@ impl Db {
         to_api(row)
     }
 
-    /// Removes a forward.
-    pub fn delete_port_forward(&self, id: i64) -> Result<()> {
-        let conn = self.lock();
-        match conn.execute("DELETE FROM port_forwards WHERE id = ?1", [id])? {
-            0 => Err(DbError::NoPortForward(id.to_string())),
-            _ => Ok(()),
-        }
+    /// Removes a forward; returns what it was, for [`Db::restore_port_forward`].
+    pub fn delete_port_forward(&self, id: i64) -> Result<RemovedForward> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let row: Option<RemovedForward> = tx
+            .query_row(
+                "SELECT id, vm, protocol, host_port, guest_port, created_ms FROM port_forwards
+                 WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(RemovedForward {
+                        id: r.get(0)?,
+                        vm: r.get(1)?,
+                        protocol: r.get(2)?,
+                        host_port: r.get(3)?,
+                        guest_port: r.get(4)?,
+                        created_ms: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?;
+        let row = row.ok_or_else(|| DbError::NoPortForward(id.to_string()))?;
+        tx.execute("DELETE FROM port_forwards WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(row)
     }
+
+    /// Puts a removed forward back as it was (its rules could not be rewritten without it).
+    pub fn restore_port_forward(&self, f: &RemovedForward) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO port_forwards (id, vm, protocol, host_port, guest_port, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![f.id, f.vm, f.protocol, f.host_port, f.guest_port, f.created_ms],
+        )?;
+        Ok(())
+    }
+}
+
+/// A forward's row as it was before [`Db::delete_port_forward`].
+#[derive(Debug, Clone)]
+pub struct RemovedForward {
+    id: i64,
+    vm: String,
+    protocol: String,
+    host_port: u16,
+    guest_port: u16,
+    created_ms: i64,
 }
 
 /// Removes the forwards of a VM being deleted.
