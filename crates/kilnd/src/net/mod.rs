@@ -253,13 +253,29 @@ impl Networks {
             "starting dnsmasq for network {:?} (install Debian's dnsmasq-base package)",
             row.name
         )))?;
-        // dnsmasq fails at once on a bad address or a port in use: give it a moment to say so.
-        std::thread::sleep(Duration::from_millis(100));
-        if let Ok(Some(status)) = child.try_wait() {
+        // Ready once its pid file names it: dnsmasq writes it after binding its DHCP and DNS
+        // sockets, so a bad address or a port in use ends it before that.
+        let deadline = std::time::Instant::now() + SERVER_READY_WITHIN;
+        let ready = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Err(format!("ended at once ({status})"));
+            }
+            let named = std::fs::read_to_string(files.pid_file()).unwrap_or_default();
+            if named.trim() == child.id().to_string() {
+                break Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(format!("not ready within {} s", SERVER_READY_WITHIN.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Err(why) = ready {
             let log = std::fs::read_to_string(self.dir(&row.name).join("dnsmasq.log"))
                 .unwrap_or_default();
             return Err(NetError::Server(format!(
-                "dnsmasq for network {:?} ended at once ({status}): {}",
+                "dnsmasq for network {:?} {why}: {}",
                 row.name,
                 log.trim()
             )));
@@ -275,17 +291,21 @@ impl Networks {
             }
             eprintln!("kilnd: dnsmasq of network {name:?} ended ({status:?}); starting it again");
             std::thread::sleep(Duration::from_secs(1));
+            // Checked and spawned under the pid's lock: stop_server clears `wanted` before it
+            // takes the lock to kill, so it either sees the new pid or stops this restart.
+            let mut slot = watched_pid.lock().unwrap_or_else(|p| p.into_inner());
             if !still_wanted.load(Ordering::SeqCst) {
                 return;
             }
             match spawn() {
                 Ok(next) => {
-                    *watched_pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.id());
+                    *slot = Some(next.id());
+                    drop(slot);
                     child = next;
                 }
                 Err(e) => {
                     eprintln!("kilnd: cannot start dnsmasq of network {name:?} again: {e}");
-                    *watched_pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *slot = None;
                     return;
                 }
             }
@@ -501,6 +521,9 @@ fn ensure_br_netfilter() -> Result<()> {
             .to_owned(),
     ))
 }
+
+/// How long a network's new dnsmasq has to bind its sockets.
+const SERVER_READY_WITHIN: Duration = Duration::from_secs(5);
 
 fn stop_server(server: &Server) {
     server.wanted.store(false, Ordering::SeqCst);
