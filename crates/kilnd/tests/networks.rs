@@ -624,10 +624,16 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     for vm in ["a", "b", "c", "w", "v"] {
         c.delete(&format!("/v1/vms/{vm}")).unwrap();
     }
+    let forwarding = || {
+        let out = ns.command("cat").arg("/proc/sys/net/ipv4/ip_forward").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(forwarding(), "1", "on for wan's NAT");
     for name in [lan.name.as_str(), other.name.as_str(), "wan"] {
         let out = d.kiln(&["network", "delete", name]);
         assert!(out.status.success(), "{}", text(&out));
     }
+    assert_eq!(forwarding(), "0", "off again with the last NAT network (kilnd turned it on)");
     for acl in ["web", "strict", "outonly"] {
         let out = d.kiln(&["acl", "delete", acl]);
         assert!(out.status.success(), "{}", text(&out));

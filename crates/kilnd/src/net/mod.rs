@@ -123,7 +123,36 @@ impl Networks {
         let row = db.network(name)?;
         db.delete_network(name)?;
         self.tear_down(&mut servers, &row);
-        self.apply_rules(db)
+        self.apply_rules(db)?;
+        self.forwarding_off_unless_nat(db)
+    }
+
+    /// The file that says kilnd turned IPv4 forwarding on (it was off before).
+    fn forwarding_marker(&self) -> std::path::PathBuf {
+        self.state_dir.join("networks/.ip_forward-turned-on")
+    }
+
+    /// Turns IPv4 forwarding on for NAT, remembering whether it was off.
+    fn forwarding_on(&self) -> Result<()> {
+        let was = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
+        if was.trim() == "0" {
+            let marker = self.forwarding_marker();
+            if let Some(dir) = marker.parent() {
+                std::fs::create_dir_all(dir).map_err(host("creating the networks directory"))?;
+            }
+            std::fs::write(&marker, "").map_err(host("recording the forwarding setting"))?;
+        }
+        std::fs::write(IP_FORWARD, "1").map_err(host("turning on IPv4 forwarding for NAT"))
+    }
+
+    /// Turns IPv4 forwarding back off when no NAT network is left and kilnd turned it on.
+    fn forwarding_off_unless_nat(&self, db: &Db) -> Result<()> {
+        let marker = self.forwarding_marker();
+        if !marker.exists() || db.networks()?.iter().any(|n| n.nat) {
+            return Ok(());
+        }
+        std::fs::write(IP_FORWARD, "0").map_err(host("turning IPv4 forwarding back off"))?;
+        std::fs::remove_file(&marker).map_err(host("removing the forwarding record"))
     }
 
     /// The API's view of a network row.
@@ -169,8 +198,7 @@ impl Networks {
         netlink::add_address(bridge, subnet.gateway(), subnet.prefix())
             .map_err(host(format!("giving bridge {bridge} the address {}", subnet.gateway())))?;
         if row.nat {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                .map_err(host("turning on IPv4 forwarding for NAT"))?;
+            self.forwarding_on()?;
         }
         self.write_leases(db, &row.name)?;
         self.start_server(servers, row, &subnet)
@@ -501,7 +529,9 @@ impl Networks {
             }
         }
         drop(servers);
-        self.apply_rules(db)
+        self.apply_rules(db)?;
+        // A kilnd killed between a NAT network's delete and this switch.
+        self.forwarding_off_unless_nat(db)
     }
 }
 
@@ -521,6 +551,9 @@ fn ensure_br_netfilter() -> Result<()> {
             .to_owned(),
     ))
 }
+
+/// The host's IPv4 forwarding switch.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// How long a network's new dnsmasq has to bind its sockets.
 const SERVER_READY_WITHIN: Duration = Duration::from_secs(5);
