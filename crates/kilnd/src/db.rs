@@ -648,8 +648,10 @@ impl Db {
         }
         tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
         tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
-        // Grants on the VM go with it: a later VM of the same name is another VM.
+        // Grants on the VM go with it: a later VM of the same name is another VM. So do ACL
+        // rules naming it as their peer, which would otherwise admit that later VM.
         tx.execute("DELETE FROM grants WHERE scope_kind = 'vm' AND scope_name = ?1", [name])?;
+        tx.execute("DELETE FROM acl_rules WHERE peer = 'vm:' || ?1", [name])?;
         tx.commit()?;
         Ok(root)
     }
@@ -1044,6 +1046,23 @@ mod tests {
         assert!(matches!(db.delete_port_forward(made.id), Err(DbError::NoPortForward(_))));
         db.restore_port_forward(&removed).expect("restored");
         assert_eq!(db.port_forward(made.id).expect("back"), made, "the same id, fields and time");
+    }
+
+    #[test]
+    fn acl_rules_naming_a_vm_go_with_it() {
+        let db = Db::in_memory().expect("opens");
+        db.create_vm(&spec("web"), None, None).expect("vm");
+        db.create_acl("a", "default").expect("acl");
+        let rule = |peer: &str| {
+            let (direction, action) = (kiln_api::Direction::Ingress, kiln_api::AclAction::Allow);
+            db.insert_acl_rule("a", direction, action, None, None, Some(peer)).expect("rule");
+        };
+        rule("vm:web");
+        rule("vm:web2");
+        db.delete_vm("web", &[VmState::Defined]).expect("deleted");
+        let left: Vec<Option<String>> =
+            db.acl_rules(Some("a")).expect("rules").into_iter().map(|r| r.peer).collect();
+        assert_eq!(left, [Some("vm:web2".to_owned())], "a later VM named web is not admitted");
     }
 
     #[test]
