@@ -82,8 +82,6 @@ pub(crate) fn create(
     mgr.check_socket_paths(&full)?;
     mgr.check_fits_host(full.vcpus, full.memory_mib)?;
     mgr.image_boot_files(&full)?;
-    // One image create at a time: between the check below and the VM's record, a second create
-    // of the same name must not write (or undo) the same seed.
     // The networks of its NICs, read now: the seed is written while the VM's record, which
     // chooses the NICs' leases, holds the database.
     let networks: Vec<_> =
