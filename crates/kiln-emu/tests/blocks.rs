@@ -264,3 +264,59 @@ fn a_fault_in_the_middle_of_a_block_is_precise() {
     assert_eq!(rip, CODE + find(&code, &[0x48, 0x8b, 0x13]), "RIP of the faulting load");
     assert_eq!(fl & 0x81, 0x81, "CF and SF of the CMP");
 }
+
+#[test]
+fn vector_operations_in_a_block_leave_their_faults_to_the_generic_path() {
+    // An aligned vector load from a misaligned address raises #GP and CR0.TS raises #NM, at
+    // the vector instruction, with the instructions before it done and those after it not;
+    // the unaligned form of the same load completes.
+    let code = |aligned: bool| {
+        assemble(CODE, |a| {
+            a.mov(rbx, DATA + 8)?;
+            // A generic load first (the TLB miss), so the block after it finds DATA mapped.
+            a.mov(rax, qword_ptr(rbx))?;
+            a.mov(ecx, 5u32)?;
+            if aligned {
+                a.movdqa(xmm1, xmmword_ptr(rbx))?;
+            } else {
+                a.movdqu(xmm1, xmmword_ptr(rbx))?;
+            }
+            a.pcmpeqb(xmm1, xmm0)?;
+            a.pmovmskb(edx, xmm1)?;
+            a.mov(ecx, 9u32)?;
+            a.hlt()
+        })
+    };
+    for (aligned, ts, vector) in
+        [(true, false, Some(13)), (false, true, Some(7)), (false, false, None)]
+    {
+        let mut sb = Sandbox::new().expect("sandbox");
+        sb.cpu.cr4 |= kiln_emu::cpu::CR4_OSFXSR | kiln_emu::cpu::CR4_OSXMMEXCPT;
+        if ts {
+            sb.cpu.cr0 |= kiln_emu::cpu::CR0_TS;
+        }
+        sb.poke(DATA, &[0x5a; 32]);
+        sb.cpu.xmm[0] = 0x5a5a_0000_5a5a_0000_5a5a_0000_5a5a_5a5a;
+        let code = code(aligned);
+        load(&mut sb, CODE, &code);
+        sb.cpu.gpr[4] = 0x30_0000;
+        sb.run(100).expect("runs");
+        let case = format!("aligned {aligned}, CR0.TS {ts}");
+        match vector {
+            Some(v) => {
+                assert_eq!(sb.halted_vector(), Some(v), "{case}: the exception delivered");
+                assert_eq!(sb.cpu.gpr[1], 5, "{case}: the MOV after the fault did not run");
+                // #GP pushes an error code, #NM none.
+                let (_, rip, _, _, _, _) = frame(&sb, sb.cpu.gpr[4], v == 13);
+                let load =
+                    if aligned { [0x66, 0x0f, 0x6f, 0x0b] } else { [0xf3, 0x0f, 0x6f, 0x0b] };
+                assert_eq!(rip, CODE + find(&code, &load), "{case}: RIP of the vector load");
+            }
+            None => {
+                assert!(sb.cpu.halted, "{case}");
+                assert_eq!(sb.cpu.gpr[1], 9, "{case}");
+                assert_eq!(sb.cpu.gpr[2], 0b1100_1100_1100_1111, "{case}: PMOVMSKB of the compare");
+            }
+        }
+    }
+}

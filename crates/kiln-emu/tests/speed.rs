@@ -47,6 +47,8 @@ fn run_on_engine(code: impl FnOnce(&mut CodeAssembler)) -> f64 {
     let d = sb.cpu.dump();
     let mut st = BootCpuState { regs: d.regs, sregs: d.sregs };
     st.regs.rip = ip;
+    // SSE enabled, as an operating system does.
+    st.sregs.cr4 |= kiln_emu::cpu::CR4_OSFXSR;
     vcpu.set_boot_state(&st).expect("boot state");
     let io = kiln_emu::sandbox::RecordingIo::default();
     let t = std::time::Instant::now();
@@ -72,4 +74,31 @@ fn engine_speed_on_the_benchmarks_two_instruction_loop() {
         a.jnz(top).expect("asm");
     });
     println!("engine, dec+jnz: 100M instructions in {s:.3} s: {:.1} MIPS", 100.0 / s);
+}
+
+#[test]
+#[ignore = "a measurement, not a check"]
+fn engine_speed_on_an_sse2_string_scan() {
+    // The inner loop of glibc's SSE2 strlen/memchr: an aligned 16-byte load, a byte compare,
+    // PMOVMSKB and a test per 16 bytes, over one page (no byte matches).
+    const ITERATIONS: u32 = 5_000_000;
+    let s = run_on_engine(|a| {
+        let (mut top, mut found) = (a.create_label(), a.create_label());
+        a.mov(rdi, 0x20_0000u64).expect("asm");
+        a.mov(ecx, ITERATIONS).expect("asm");
+        a.pcmpeqd(xmm0, xmm0).expect("asm");
+        a.set_label(&mut top).expect("asm");
+        a.movdqa(xmm1, xmmword_ptr(rdi)).expect("asm");
+        a.pcmpeqb(xmm1, xmm0).expect("asm");
+        a.pmovmskb(eax, xmm1).expect("asm");
+        a.test(eax, eax).expect("asm");
+        a.jnz(found).expect("asm");
+        a.add(rdi, 16).expect("asm");
+        a.and(edi, 0x20_0ff0).expect("asm");
+        a.dec(ecx).expect("asm");
+        a.jnz(top).expect("asm");
+        a.set_label(&mut found).expect("asm");
+    });
+    let n = f64::from(ITERATIONS) * 9.0 / 1e6;
+    println!("engine, SSE2 string scan: {n:.0}M instructions in {s:.3} s: {:.1} MIPS", n / s);
 }

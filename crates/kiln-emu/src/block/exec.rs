@@ -7,8 +7,8 @@
 //! never raises an exception itself and cannot get one wrong.
 
 use super::lazy::{Kind, Lazy};
-use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, NO_REG, RIP_REL, SHIFT_BY_CL};
-use crate::cpu::Cpu;
+use super::op::{AluOp, Dst, Mem, Op, Src, UnOp, VSrc, NO_REG, RIP_REL, SHIFT_BY_CL};
+use crate::cpu::{Cpu, CR0_EM, CR0_TS, CR4_OSFXSR};
 use crate::fault::is_canonical;
 use crate::flags::{self, mask, sext, sign_bit};
 
@@ -180,6 +180,39 @@ fn target(t: u64) -> Res<u64> {
     }
 }
 
+/// SSE instructions may run: else the generic path raises #UD or #NM.
+#[inline(always)]
+fn sse_ready(cpu: &Cpu) -> Res<()> {
+    if cpu.cr0 & (CR0_EM | CR0_TS) != 0 || cpu.cr4 & CR4_OSFXSR == 0 {
+        Err(Bail)
+    } else {
+        Ok(())
+    }
+}
+
+/// The host address of a 16-byte vector memory operand (misaligned where `aligned` is
+/// required: the generic path raises #GP).
+#[inline(always)]
+fn host_vec(cpu: &Cpu, m: &Mem, next: u64, aligned: bool, write: bool) -> Res<*mut u8> {
+    let la = linear(cpu, m, next)?;
+    if aligned && la % 16 != 0 {
+        return Err(Bail);
+    }
+    cpu.tlb_data_host(la, 16, write).ok_or(Bail)
+}
+
+#[inline(always)]
+fn read_vec(cpu: &Cpu, s: &VSrc, next: u64, aligned: bool) -> Res<u128> {
+    match *s {
+        VSrc::Reg(r) => Ok(cpu.xmm[usize::from(r)]),
+        VSrc::Mem(m) => {
+            let p = host_vec(cpu, &m, next, aligned, false)?;
+            // SAFETY: `p` comes from `Cpu::tlb_data_host` for 16 bytes in one mapped RAM page.
+            Ok(u128::from_le(unsafe { std::ptr::read_unaligned(p.cast::<u128>()) }))
+        }
+    }
+}
+
 /// Executes `op`, whose instruction is `len` bytes long, with the flags in `lazy`.
 #[inline(always)]
 pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: usize) -> Res {
@@ -342,6 +375,45 @@ pub(super) fn exec(cpu: &mut Cpu, op: &Op, len: u8, lazy: &mut Lazy, code_page: 
             Ok(Flow::Branch)
         }
         Op::Nop => Ok(Flow::Next),
+        Op::VecLoad { dst, src, aligned } => {
+            sse_ready(cpu)?;
+            cpu.xmm[usize::from(dst)] = read_vec(cpu, &src, next, aligned)?;
+            Ok(Flow::Next)
+        }
+        Op::VecStore { dst, src, aligned } => {
+            sse_ready(cpu)?;
+            let p = host_vec(cpu, &dst, next, aligned, true)?;
+            let v = cpu.xmm[usize::from(src)];
+            // SAFETY: as in `read_vec`, for a translation that permits writing.
+            unsafe { std::ptr::write_unaligned(p.cast::<u128>(), v.to_le()) };
+            Ok(if p as usize >> 12 == code_page >> 12 { Flow::CodeWritten } else { Flow::Next })
+        }
+        Op::VecBinary { m, dst, src } => {
+            sse_ready(cpu)?;
+            let b = read_vec(cpu, &src, next, true)?;
+            let d = usize::from(dst);
+            cpu.xmm[d] = crate::exec::sse::binary(m, cpu.xmm[d], b, 128).map_err(|_| Bail)?;
+            Ok(Flow::Next)
+        }
+        Op::Pmovmskb { dst, src } => {
+            sse_ready(cpu)?;
+            let bytes = cpu.xmm[usize::from(src)].to_le_bytes();
+            let mask = bytes.iter().rev().fold(0u64, |m, b| (m << 1) | u64::from(b >> 7));
+            cpu.gpr[usize::from(dst)] = mask;
+            Ok(Flow::Next)
+        }
+        Op::MovToVec { size, dst, src } => {
+            sse_ready(cpu)?;
+            cpu.xmm[usize::from(dst)] =
+                u128::from(cpu.gpr[usize::from(src)] & mask(u32::from(size)));
+            Ok(Flow::Next)
+        }
+        Op::MovFromVec { size, dst, src } => {
+            sse_ready(cpu)?;
+            let v = cpu.xmm[usize::from(src)] as u64;
+            set_reg(cpu, dst, size, v);
+            Ok(Flow::Next)
+        }
     }
 }
 

@@ -3,8 +3,13 @@
 //! instruction again (operand kinds, register numbers and sizes, immediates, branch targets and
 //! RIP-relative addresses are resolved here).
 //!
+//! With them the hot SSE2 instructions of glibc's string and memory functions (vector moves,
+//! the packed logic, compares, minimum and arithmetic, PMOVMSKB, MOVD/MOVQ between XMM and
+//! general registers) on XMM registers.
+//!
 //! [`translate`] returns `None` for everything else (system instructions, string instructions,
-//! LOCK, SSE, 16/32-bit addressing, high-byte registers...), which runs on the generic path.
+//! LOCK, MMX and the other SSE forms, 16/32-bit addressing, high-byte registers...), which
+//! runs on the generic path.
 
 use crate::flags::mask;
 use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
@@ -40,6 +45,13 @@ pub(crate) enum Src {
     /// size at use.
     Imm(i32),
     /// Memory.
+    Mem(Mem),
+}
+
+/// A 128-bit vector source: an XMM register (0-15) or 16 bytes of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VSrc {
+    Reg(u8),
     Mem(Mem),
 }
 
@@ -133,6 +145,20 @@ pub(crate) enum Op {
     Ret,
     /// NOP, ENDBR64, PAUSE and the like.
     Nop,
+    /// MOVDQA MOVDQU MOVAPS MOVUPS MOVAPD MOVUPD into an XMM register (`aligned`: a memory
+    /// source must be 16-byte aligned).
+    VecLoad { dst: u8, src: VSrc, aligned: bool },
+    /// The same moves, and MOVNTDQ/MOVNTPS/MOVNTPD, to memory.
+    VecStore { dst: Mem, src: u8, aligned: bool },
+    /// A two-operand packed operation on XMM registers, `dst = dst m src`, as
+    /// `exec::sse::binary` computes it (a memory source must be aligned).
+    VecBinary { m: Mnemonic, dst: u8, src: VSrc },
+    /// PMOVMSKB of an XMM register into a general register (zero-extended).
+    Pmovmskb { dst: u8, src: u8 },
+    /// MOVD/MOVQ of a general register's low `size` bytes into an XMM register, zero-extended.
+    MovToVec { size: u8, dst: u8, src: u8 },
+    /// MOVD/MOVQ of an XMM register's low `size` bytes into a general register.
+    MovFromVec { size: u8, dst: u8, src: u8 },
 }
 
 /// [`Op::Shift`]'s count for a shift by CL (an immediate count of 0 is never translated).
@@ -202,6 +228,73 @@ fn mem(i: &Instruction) -> Option<Mem> {
     let index = if index == Register::None { NO_REG } else { gpr64(index)? };
     let shift = i.memory_index_scale().trailing_zeros() as u8;
     Some(Mem { disp, base, index, shift, seg })
+}
+
+/// An XMM register's index.
+fn xmm(r: Register) -> Option<u8> {
+    let n = r as u32;
+    (Register::XMM0 as u32..=Register::XMM15 as u32)
+        .contains(&n)
+        .then(|| (n - Register::XMM0 as u32) as u8)
+}
+
+/// Operand `n` as a vector source: an XMM register or a 16-byte memory operand.
+fn vsrc(i: &Instruction, n: u32) -> Option<VSrc> {
+    match i.op_kind(n) {
+        OpKind::Register => Some(VSrc::Reg(xmm(i.op_register(n))?)),
+        OpKind::Memory => {
+            (i.memory_size().size() == 16).then_some(())?;
+            Some(VSrc::Mem(mem(i)?))
+        }
+        _ => None,
+    }
+}
+
+/// The block operation of a legacy-SSE instruction on XMM registers, or `None`.
+fn vector(i: &Instruction) -> Option<Op> {
+    use Mnemonic as M;
+    let m = i.mnemonic();
+    let op = match m {
+        M::Movdqa | M::Movdqu | M::Movaps | M::Movups | M::Movapd | M::Movupd => {
+            let aligned = matches!(m, M::Movdqa | M::Movaps | M::Movapd);
+            if i.op0_kind() == OpKind::Memory {
+                (i.memory_size().size() == 16).then_some(())?;
+                Op::VecStore { dst: mem(i)?, src: xmm(i.op1_register())?, aligned }
+            } else {
+                Op::VecLoad { dst: xmm(i.op0_register())?, src: vsrc(i, 1)?, aligned }
+            }
+        }
+        M::Movntdq | M::Movntps | M::Movntpd => {
+            (i.op0_kind() == OpKind::Memory && i.memory_size().size() == 16).then_some(())?;
+            Op::VecStore { dst: mem(i)?, src: xmm(i.op1_register())?, aligned: true }
+        }
+        M::Pmovmskb => {
+            let (dst, _) = dst_reg(i, 0)?;
+            (i.op1_kind() == OpKind::Register).then_some(())?;
+            Op::Pmovmskb { dst, src: xmm(i.op1_register())? }
+        }
+        M::Movd | M::Movq => {
+            let size = if m == M::Movd { 4 } else { 8 };
+            (i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Register).then_some(())?;
+            match (xmm(i.op0_register()), xmm(i.op1_register())) {
+                (Some(dst), None) => {
+                    let (src, s) = gpr(i.op1_register())?;
+                    (s == size).then_some(Op::MovToVec { size, dst, src })?
+                }
+                (None, Some(src)) => {
+                    let (dst, s) = gpr(i.op0_register())?;
+                    (s == size).then_some(Op::MovFromVec { size, dst, src })?
+                }
+                _ => return None,
+            }
+        }
+        _ if crate::exec::sse::is_packed_binary(m) => {
+            (i.op_count() == 2 && i.op0_kind() == OpKind::Register).then_some(())?;
+            Op::VecBinary { m, dst: xmm(i.op0_register())?, src: vsrc(i, 1)? }
+        }
+        _ => return None,
+    };
+    Some(op)
 }
 
 /// A branch's target relative to the next instruction.
@@ -406,7 +499,7 @@ pub(crate) fn translate(i: &Instruction) -> Option<Op> {
         },
         M::Ret if i.op_count() == 0 && i.stack_pointer_increment() == 8 => Op::Ret,
         M::Nop | M::Endbr64 | M::Pause => Op::Nop,
-        _ => return None,
+        _ => return vector(i),
     };
     Some(op)
 }
@@ -482,7 +575,48 @@ mod tests {
     }
 
     #[test]
+    fn sse2_string_instructions_on_xmm_registers_translate() {
+        // movdqa xmm1, [rdi]; movdqu [rsi+16], xmm2; pcmpeqb xmm1, xmm0
+        assert_eq!(
+            op(&[0x66, 0x0f, 0x6f, 0x0f]),
+            Some(Op::VecLoad {
+                dst: 1,
+                src: VSrc::Mem(Mem { disp: 0, base: 7, index: NO_REG, shift: 0, seg: 0 }),
+                aligned: true
+            })
+        );
+        assert!(matches!(
+            op(&[0xf3, 0x0f, 0x7f, 0x56, 0x10]),
+            Some(Op::VecStore { src: 2, aligned: false, dst: Mem { base: 6, disp: 16, .. } })
+        ));
+        assert_eq!(
+            op(&[0x66, 0x0f, 0x74, 0xc8]),
+            Some(Op::VecBinary { m: Mnemonic::Pcmpeqb, dst: 1, src: VSrc::Reg(0) })
+        );
+        // pmovmskb eax, xmm1; movd xmm0, esi; movq rax, xmm3 (66 REX.W 0F 7E)
+        assert_eq!(op(&[0x66, 0x0f, 0xd7, 0xc1]), Some(Op::Pmovmskb { dst: 0, src: 1 }));
+        assert_eq!(op(&[0x66, 0x0f, 0x6e, 0xc6]), Some(Op::MovToVec { size: 4, dst: 0, src: 6 }));
+        assert_eq!(
+            op(&[0x66, 0x48, 0x0f, 0x7e, 0xd8]),
+            Some(Op::MovFromVec { size: 8, dst: 0, src: 3 })
+        );
+        // pminub xmm9, [rax] (REX.R)
+        assert!(matches!(
+            op(&[0x66, 0x44, 0x0f, 0xda, 0x08]),
+            Some(Op::VecBinary { m: Mnemonic::Pminub, dst: 9, src: VSrc::Mem(_) })
+        ));
+    }
+
+    #[test]
     fn what_the_fast_path_does_not_model_stays_generic() {
+        // pcmpeqb mm1, mm0 (the MMX form: the x87 state's transition)
+        assert_eq!(op(&[0x0f, 0x74, 0xc8]), None);
+        // pshufb xmm1, xmm0 (SSSE3) and vpcmpeqb xmm1, xmm1, xmm0 (VEX)
+        assert_eq!(op(&[0x66, 0x0f, 0x38, 0x00, 0xc8]), None);
+        assert_eq!(op(&[0xc5, 0xf1, 0x74, 0xc8]), None);
+        // movq xmm0, [rax] (8 bytes of memory) and movd [rax], xmm0
+        assert_eq!(op(&[0xf3, 0x0f, 0x7e, 0x00]), None);
+        assert_eq!(op(&[0x66, 0x0f, 0x7e, 0x00]), None);
         // lock add [rax], ebx
         assert_eq!(op(&[0xf0, 0x01, 0x18]), None);
         // mov ah, bl (high-byte register)

@@ -14,7 +14,7 @@ mod msr;
 pub(crate) mod muldiv;
 mod seg;
 pub(crate) mod shift;
-mod sse;
+pub(crate) mod sse;
 mod sse41;
 mod sse42;
 mod ssefp;

@@ -515,9 +515,20 @@ fn sse(c: &mut Ctx, m: Mnemonic) -> R {
     Ok(())
 }
 
+/// True if `sse` runs the XMM form of `m` as [`binary`] (no module before it claims `m`):
+/// the decoded blocks run these with the same function.
+pub(crate) fn is_packed_binary(m: Mnemonic) -> bool {
+    is_sse(m)
+        && !super::ssse3::handles(m)
+        && !super::sse41::handles(m)
+        && !super::sse42::handles(m)
+        && binary(m, 0, 0, 128).is_ok()
+}
+
 /// Two-operand packed operations `a op b` on `width`-bit vectors (the result's bits above
 /// `width` are don't-care).
-pub(super) fn binary(m: Mnemonic, a: u128, b: u128, width: u32) -> Result<u128, Exception> {
+#[inline]
+pub(crate) fn binary(m: Mnemonic, a: u128, b: u128, width: u32) -> Result<u128, Exception> {
     use Mnemonic as M;
     let ones = |t: bool, bits: u32| if t { (1u64 << (bits - 1) << 1).wrapping_sub(1) } else { 0 };
     Ok(match m {
