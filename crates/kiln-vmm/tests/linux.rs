@@ -78,7 +78,7 @@ fn kiln_guest_under_kvm_on_a_pvm_host_is_refused_at_once() {
 /// The Kiln guest under `--engine kvm`, on this host when its `/dev/kvm` is hardware-assisted,
 /// else in the nested test host (QEMU TCG with SVM), all cases in one boot of it: one vCPU
 /// running a command and resetting, two vCPUs both online, and Debian's cloud kernel with its
-/// virtio disk powering off through ACPI; kiln-vmm must
+/// virtio disk powering off through ACPI, then running a command and rebooting; kiln-vmm must
 /// exit 0 after each (it once hung after the guest's reboot: the PIT's tick went to the wrong
 /// I/O APIC pin).
 #[test]
@@ -107,26 +107,33 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
         skip::skip(test, "KILN_DEBIAN_MODULES is not set; scripts/test sets it");
         return;
     };
-    let off_script = dir.join("poweroff.sh");
-    std::fs::write(
-        &off_script,
+    let debian_guest = |name: &str, script: &str| {
+        let init = dir.join(format!("{name}.sh"));
+        std::fs::write(&init, script).unwrap();
+        let cpio = dir.join(format!("{name}.cpio"));
+        let built = Command::new(&tool)
+            .args(["initramfs", "--out"])
+            .arg(&cpio)
+            .arg("--init")
+            .arg(&init)
+            .arg("--modules-from")
+            .arg(&modules)
+            .args(["--module", "virtio_mmio", "--module", "virtio_blk"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(built.success(), "kiln-image initramfs with the Debian modules");
+        cpio
+    };
+    let power_off = debian_guest(
+        "poweroff",
         "#!/bin/sh\necho KILN-VDA-SECTORS $(cat /sys/block/vda/size)\necho KILN-POWERING-OFF\n\
          poweroff -f\n",
-    )
-    .unwrap();
-    let power_off = dir.join("poweroff.cpio");
-    let built = Command::new(&tool)
-        .args(["initramfs", "--out"])
-        .arg(&power_off)
-        .arg("--init")
-        .arg(&off_script)
-        .arg("--modules-from")
-        .arg(&modules)
-        .args(["--module", "virtio_mmio", "--module", "virtio_blk"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(built.success(), "kiln-image initramfs with the Debian modules");
+    );
+    let debian_reboot = debian_guest(
+        "debian-reboot",
+        "#!/bin/sh\necho KILN-DEBIAN-SUM $(echo kiln | sha256sum)\necho KILN-REBOOTING\nreboot -f\n",
+    );
     let disk = dir.join("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
     let vmm = env!("CARGO_BIN_EXE_kiln-vmm");
@@ -136,19 +143,22 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
          --timeout 120 \"$@\" </dev/null; echo KILN-CASE-END $name exit=$?; }}\n\
          case_ reset --kernel {k} --initrd {}\n\
          case_ smp --vcpus 2 --kernel {k} --initrd {}\n\
-         case_ poweroff --kernel {} --initrd {} --disk {} --cmdline 'console=ttyS0 panic=-1'\n",
+         case_ poweroff --kernel {} --initrd {} --disk {} --cmdline 'console=ttyS0 panic=-1'\n\
+         case_ debian-reboot --kernel {} --initrd {} --cmdline 'console=ttyS0 reboot=k panic=-1'\n",
         reset.display(),
         smp.display(),
         debian.display(),
         power_off.display(),
-        disk.display()
+        disk.display(),
+        debian.display(),
+        debian_reboot.display(),
     );
     let (status, out) = side
         .run(
             &tool,
             &dir,
             &[Path::new(vmm)],
-            &[&kernel, &reset, &smp, &debian, &power_off, &disk],
+            &[&kernel, &reset, &smp, &debian, &power_off, &debian_reboot, &disk],
             &[],
             &script,
         )
@@ -174,6 +184,9 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
     let power_off = case("poweroff");
     assert!(power_off.contains("KILN-VDA-SECTORS 16384"), "the virtio disk: {power_off}");
     assert!(power_off.contains("KILN-POWERING-OFF"), "{power_off}");
+    let reboot = case("debian-reboot");
+    assert!(reboot.contains(&format!("KILN-DEBIAN-SUM {sum}")), "{reboot}");
+    assert!(reboot.contains("KILN-REBOOTING") && reboot.contains("guest reset after"), "{reboot}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
