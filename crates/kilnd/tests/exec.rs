@@ -14,11 +14,6 @@ use std::time::{Duration, Instant};
 
 const TEST: &str = "kilnd::exec_and_cp_through_the_guest_agent";
 
-fn sha256(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned()
-}
-
 #[test]
 fn exec_and_cp_through_the_guest_agent() {
     let inputs = match real_guest_inputs() {
@@ -121,12 +116,12 @@ fn exec_and_cp_through_the_guest_agent() {
     ]);
     let inside = String::from_utf8_lossy(&inside.stdout).into_owned();
     assert!(inside.starts_with("640\n"), "{inside}");
-    assert!(inside.contains(&sha256(&local)), "the guest's copy differs: {inside}");
+    assert!(inside.contains(&sha256_of(&local)), "the guest's copy differs: {inside}");
     let back = d.dir.join("back.bin");
     let out = d.kiln(&["cp", "guest:/data/random.bin", back.to_str().unwrap()]);
     assert!(out.status.success(), "cp out: {}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{TEST}: 10 MiB in and out in {:.1} s", copied.elapsed().as_secs_f64());
-    assert_eq!(sha256(&back), sha256(&local));
+    assert_eq!(sha256_of(&back), sha256_of(&local));
     assert_eq!(std::fs::metadata(&back).unwrap().permissions().mode() & 0o7777, 0o640);
     // A copy of a missing file fails and leaves nothing.
     let missing = d.dir.join("missing.bin");

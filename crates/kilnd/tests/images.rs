@@ -120,12 +120,13 @@ fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
     let volumes: Vec<Volume> = c.get("/v1/volumes").unwrap();
     assert!(volumes.is_empty(), "no root volume is left: {volumes:?}");
 
-    // A VM from the image, with user-data, a key, and a data volume.
+    // A VM from the image, with user-data (its host name too: `--hostname` is the cloud-init
+    // test's), a key, and a data volume.
     let user_data = d.dir.join("user-data");
     std::fs::write(
         &user_data,
-        "#cloud-config\nwrite_files:\n  - path: /etc/kiln-written\n    content: from user-data\n\
-         runcmd:\n  - [sh, -c, 'echo runcmd ran > /root/runcmd.out']\n",
+        "#cloud-config\nhostname: web-one\nwrite_files:\n  - path: /etc/kiln-written\n    \
+         content: from user-data\nruncmd:\n  - [sh, -c, 'echo runcmd ran > /root/runcmd.out']\n",
     )
     .unwrap();
     let key = d.dir.join("key.pub");
@@ -139,8 +140,6 @@ fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
         "deb",
         "--disk-size",
         "3G",
-        "--hostname",
-        "web-one",
         "--user-data",
         user_data.to_str().unwrap(),
         "--ssh-key",
@@ -194,6 +193,23 @@ fn a_debian_image_builds_and_boots_with_its_first_boot_configuration() {
     assert!(seen.starts_with("from user-data\nruncmd ran\nssh-ed25519 AAAA"), "{}", text(&out));
     let root_mib: u64 = seen.lines().last().unwrap_or("").trim().parse().unwrap_or(0);
     assert!(root_mib > 2800, "the root file system was grown to the disk: {seen}");
+    // 10 MiB of random bytes into the Debian guest and back out, the same bytes.
+    let local = d.dir.join("random.bin");
+    let mut bytes = vec![0u8; 10 << 20];
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut urandom, &mut bytes).unwrap();
+    std::fs::write(&local, &bytes).unwrap();
+    let copied = Instant::now();
+    let out = d.kiln(&["cp", local.to_str().unwrap(), "web:/root/random.bin"]);
+    assert!(out.status.success(), "kiln cp in: {}", text(&out));
+    let back = d.dir.join("random.back");
+    let out = d.kiln(&["cp", "web:/root/random.bin", back.to_str().unwrap()]);
+    assert!(out.status.success(), "kiln cp out: {}", text(&out));
+    println!(
+        "KILN-FIGURE kiln cp 10 MiB in and out: {:.1} s (emu)",
+        copied.elapsed().as_secs_f64()
+    );
+    assert_eq!(sha256_of(&back), sha256_of(&local), "the copy came back changed");
 
     // The data volume (/dev/vdb) keeps a synced file through a SIGKILL of the VMM and a stop.
     let out = d.kiln(&[

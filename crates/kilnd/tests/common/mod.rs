@@ -321,6 +321,12 @@ pub fn status(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, kiln_a
     }
 }
 
+/// The sha256 of a file, from `sha256sum`.
+pub fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned()
+}
+
 /// `/proc/<pid>/stat` state letter.
 pub fn proc_state(pid: u32) -> Option<char> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
