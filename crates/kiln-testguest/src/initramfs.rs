@@ -14,14 +14,47 @@ pub fn build(
     script: &str,
     add: &[(&Path, &str)],
 ) -> Result<PathBuf, String> {
+    let (mut cmd, out) = command(tool, dir, name, script)?;
+    for (src, dest) in add {
+        cmd.arg("--add").arg(format!("{}:{dest}", src.display()));
+    }
+    run(tool, cmd, out)
+}
+
+/// As [`build`], for a Debian kernel: its `modules` (names, with their dependencies) from
+/// `modules_from` (its `lib/modules/<release>`), loaded by /init before the script.
+pub fn build_with_modules(
+    tool: &Path,
+    dir: &Path,
+    name: &str,
+    script: &str,
+    modules_from: &Path,
+    modules: &[&str],
+) -> Result<PathBuf, String> {
+    let (mut cmd, out) = command(tool, dir, name, script)?;
+    cmd.arg("--modules-from").arg(modules_from);
+    for module in modules {
+        cmd.args(["--module", module]);
+    }
+    run(tool, cmd, out)
+}
+
+/// `kiln-image initramfs` writing `dir/<name>.cpio`, with `script` written as its /init.user.
+fn command(
+    tool: &Path,
+    dir: &Path,
+    name: &str,
+    script: &str,
+) -> Result<(Command, PathBuf), String> {
     let init = dir.join(format!("{name}.sh"));
     std::fs::write(&init, script).map_err(|e| format!("cannot write {}: {e}", init.display()))?;
     let out = dir.join(format!("{name}.cpio"));
     let mut cmd = Command::new(tool);
     cmd.args(["initramfs", "--out"]).arg(&out).arg("--init").arg(&init);
-    for (src, dest) in add {
-        cmd.arg("--add").arg(format!("{}:{dest}", src.display()));
-    }
+    Ok((cmd, out))
+}
+
+fn run(tool: &Path, mut cmd: Command, out: PathBuf) -> Result<PathBuf, String> {
     match cmd.stdout(Stdio::null()).status() {
         Ok(s) if s.success() => Ok(out),
         Ok(s) => Err(format!("{} initramfs failed: {s}", tool.display())),

@@ -51,36 +51,22 @@ fn debian_cloud_kernel_boots_under_emu_with_its_virtio_disk() {
 
     let dir = std::env::temp_dir().join(format!("kiln-debian-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let init = dir.join("init.user");
-    std::fs::write(
-        &init,
+    let tool = kiln_testguest::initramfs::tool_next_to(env!("CARGO_BIN_EXE_kiln-vmm"));
+    if !tool.is_file() {
+        skip::skip(test, "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)");
+        return;
+    }
+    let initrd = kiln_testguest::initramfs::build_with_modules(
+        &tool,
+        &dir,
+        "initramfs",
         "#!/bin/sh\necho KILN-BLOCK $(ls /sys/block)\n\
          echo KILN-VDA-SECTORS $(cat /sys/block/vda/size)\n\
          [ -b /dev/vda ] && echo KILN-VDA-NODE\n",
+        &modules,
+        &["virtio_mmio", "virtio_blk"],
     )
     .unwrap();
-    let initrd = dir.join("initramfs.cpio");
-    let built = Command::new(env!("CARGO_BIN_EXE_kiln-vmm").replace("kiln-vmm", "kiln-image"))
-        .args(["initramfs", "--out"])
-        .arg(&initrd)
-        .arg("--init")
-        .arg(&init)
-        .arg("--modules-from")
-        .arg(&modules)
-        .args(["--module", "virtio_mmio", "--module", "virtio_blk"])
-        .stdout(Stdio::null())
-        .status();
-    match built {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("kiln-image initramfs with the Debian modules failed: {s}"),
-        Err(_) => {
-            skip::skip(
-                test,
-                "kiln-image is not built next to kiln-vmm (cargo build -p kiln-image)",
-            );
-            return;
-        }
-    }
     let disk = dir.join("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(DISK_SECTORS * 512).unwrap();
 

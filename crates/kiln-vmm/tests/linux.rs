@@ -103,27 +103,21 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
     // Debian's cloud kernel (it has ACPI; the Kiln kernel has not) with its virtio modules and a
     // disk, powering off through ACPI S5.
     let Some(debian) = guest_kernel(test, "KILN_DEBIAN_KERNEL") else { return };
-    let Some(modules) = std::env::var_os("KILN_DEBIAN_MODULES") else {
+    let Some(modules_dir) = std::env::var_os("KILN_DEBIAN_MODULES") else {
         skip::skip(test, "KILN_DEBIAN_MODULES is not set; scripts/test sets it");
         return;
     };
     let debian_guest = |name: &str, script: &str| {
-        let init = dir.join(format!("{name}.sh"));
-        std::fs::write(&init, script).unwrap();
-        let cpio = dir.join(format!("{name}.cpio"));
-        let built = Command::new(&tool)
-            .args(["initramfs", "--out"])
-            .arg(&cpio)
-            .arg("--init")
-            .arg(&init)
-            .arg("--modules-from")
-            .arg(&modules)
-            .args(["--module", "virtio_mmio", "--module", "virtio_blk"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(built.success(), "kiln-image initramfs with the Debian modules");
-        cpio
+        let modules = ["virtio_mmio", "virtio_blk"];
+        kiln_testguest::initramfs::build_with_modules(
+            &tool,
+            &dir,
+            name,
+            script,
+            Path::new(&modules_dir),
+            &modules,
+        )
+        .unwrap()
     };
     let power_off = debian_guest(
         "poweroff",
