@@ -190,13 +190,7 @@ impl NestedHost {
                 dir.display(),
                 kept.display()
             );
-            eprintln!("{line}");
-            // scripts/test lists these in its summary (a passing test's output is not shown).
-            if let Some(log) = &log {
-                use std::io::Write;
-                let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
-                let _ = file.and_then(|mut f| writeln!(f, "{line}"));
-            }
+            report_retry(&line);
             ending = self.boot_once(&initrd, &console_log)?;
         }
         let exited = (ending == Ending::Exited).then_some(());
@@ -364,6 +358,18 @@ fn silent_state(pid: u32, monitor: &Path) -> String {
 fn has_done_marker(console_log: &Path) -> bool {
     std::fs::read(console_log)
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("KILN-GUEST-DONE status="))
+}
+
+/// Says that something of the nested host was done again (a silent boot, a guest case that hit
+/// a fault of the emulated SVM), on stderr and in `KILN_NESTED_LOG`, which `scripts/test` lists
+/// in its summary (a passing test's output is not shown).
+pub fn report_retry(line: &str) {
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os("KILN_NESTED_LOG") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let _ = file.and_then(|mut f| writeln!(f, "{line}"));
+    }
 }
 
 /// Where QEMU's view of a silent boot starts in its kept console.

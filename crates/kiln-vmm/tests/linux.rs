@@ -132,9 +132,20 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
     std::fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
     let vmm = env!("CARGO_BIN_EXE_kiln-vmm");
     let k = kernel.display();
+    // In the nested host a guest vCPU has triple-faulted once in early boot, in a case that
+    // passes on every other run (QEMU TCG's SVM model or L1 KVM with two guest vCPUs at once;
+    // see network.rs): there a case that triple-faults runs once more, and the retry is listed
+    // in the summary of scripts/test. On real hardware a triple fault fails the test at once.
+    let tries = if matches!(side, kiln_testguest::nested::KvmSide::Nested(_)) { 2 } else { 1 };
+    let case_out = dir.join("case.out");
+    let case_out = case_out.display();
     let script = format!(
-        "case_() {{ name=$1; shift; echo KILN-CASE-START $name; {vmm} --engine kvm --memory 256 \
-         --timeout 120 \"$@\" </dev/null; echo KILN-CASE-END $name exit=$?; }}\n\
+        "case_() {{ name=$1; shift; tries={tries}; while :; do echo KILN-CASE-START $name; \
+         ({vmm} --engine kvm --memory 256 --timeout 120 \"$@\" </dev/null; \
+         echo $? >{case_out}.status) 2>&1 | tee {case_out}; s=$(cat {case_out}.status); \
+         echo KILN-CASE-END $name exit=$s; tries=$((tries - 1)); \
+         if [ $s = 3 ] && [ $tries -gt 0 ] && grep -q triple-faulted {case_out}; then \
+         echo KILN-CASE-RETRY $name; else break; fi; done; }}\n\
          case_ reset --kernel {k} --initrd {}\n\
          case_ smp --vcpus 2 --kernel {k} --initrd {}\n\
          case_ poweroff --kernel {} --initrd {} --disk {} --cmdline 'console=ttyS0 panic=-1'\n\
@@ -158,9 +169,16 @@ fn kiln_guest_boots_under_kvm_on_one_and_two_vcpus_resets_and_powers_off() {
         )
         .unwrap();
     assert_eq!(status, Some(0), "{out}");
+    for name in out.lines().filter_map(|l| l.trim().strip_prefix("KILN-CASE-RETRY ")) {
+        let fault = out.lines().find(|l| l.contains("triple-faulted")).unwrap_or_default();
+        kiln_testguest::nested::report_retry(&format!(
+            "{test}: case {name} triple-faulted in the nested host, run once more: {fault}"
+        ));
+    }
+    // The last run of each case is the one judged.
     let case = |name: &str| -> String {
         let begin =
-            out.find(&format!("KILN-CASE-START {name}\n")).unwrap_or_else(|| panic!("{out}"));
+            out.rfind(&format!("KILN-CASE-START {name}\n")).unwrap_or_else(|| panic!("{out}"));
         let rest = &out[begin..];
         let end = rest.find(&format!("KILN-CASE-END {name} ")).unwrap_or_else(|| panic!("{out}"));
         let line = rest[end..].lines().next().unwrap_or_default();
