@@ -195,6 +195,7 @@ impl NestedHost {
         }
         let exited = (ending == Ending::Exited).then_some(());
         let wall = started.elapsed();
+        record_wall(dir, wall);
         let _ = std::fs::remove_file(&initrd);
         let console = std::fs::read(&console_log).map_err(|e| format!("console log: {e}"))?;
         // The serial line ends lines with CR LF.
@@ -369,6 +370,17 @@ pub fn report_retry(line: &str) {
         use std::io::Write;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
         let _ = file.and_then(|mut f| writeln!(f, "{line}"));
+    }
+}
+
+/// Adds one nested host's wall time (all its boots, retries included) to `KILN_NESTED_TIMES`,
+/// a line `<seconds> <scratch directory>`, which `scripts/test` sums into the time the nested
+/// tests add.
+fn record_wall(dir: &Path, wall: Duration) {
+    if let Some(times) = std::env::var_os("KILN_NESTED_TIMES") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(times);
+        let _ = file.and_then(|mut f| writeln!(f, "{:.1} {}", wall.as_secs_f64(), dir.display()));
     }
 }
 
