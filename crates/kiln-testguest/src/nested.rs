@@ -18,6 +18,28 @@ use std::time::{Duration, Instant};
 /// The nested host's CPU: QEMU's baseline with SVM and nested paging, and x86-64-v2.
 const NESTED_CPU: &str = "qemu64,+svm,+npt,+ssse3,+sse4.1,+sse4.2,+popcnt";
 
+/// The modules every nested host loads: KVM, TAPs, bridges and veths, and its virtio disks.
+const BASE_MODULES: [&str; 6] = ["kvm_amd", "tun", "bridge", "veth", "virtio_pci", "virtio_blk"];
+
+/// The netfilter modules kilnd's network rules use (bridge filtering, NAT and masquerade,
+/// conntrack in the bridge family, reject, fib, log, limit), for a nested host running kilnd's
+/// networks.
+const NETWORK_MODULES: [&str; 13] = [
+    "br_netfilter",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_ct",
+    "nft_reject_inet",
+    "nft_reject_bridge",
+    "nft_fib_inet",
+    "nft_log",
+    "nft_limit",
+    "nft_meta_bridge",
+    "nf_conntrack_bridge",
+];
+
 /// Memory of the nested host, MiB: the initramfs (binaries, kernels) plus its guests.
 const HOST_MEMORY_MIB: u32 = 2048;
 
@@ -27,6 +49,8 @@ pub struct NestedHost {
     kernel: PathBuf,
     modules: PathBuf,
     files: BTreeSet<PathBuf>,
+    /// Modules loaded beside the ones every nested host loads ([`BASE_MODULES`]).
+    extra_modules: Vec<String>,
     disks: Vec<PathBuf>,
     memory_mib: u32,
     timeout: Duration,
@@ -70,6 +94,7 @@ impl NestedHost {
             kernel,
             modules,
             files: BTreeSet::new(),
+            extra_modules: Vec::new(),
             disks: Vec::new(),
             memory_mib: HOST_MEMORY_MIB,
             timeout: Duration::from_secs(timeout),
@@ -92,6 +117,39 @@ impl NestedHost {
         }
         self.files.insert(path.to_path_buf());
         Ok(self)
+    }
+
+    /// Loads the kernel module `name` (with the modules it depends on) before the script runs.
+    pub fn module(mut self, name: &str) -> Self {
+        self.extra_modules.push(name.to_owned());
+        self
+    }
+
+    /// Set up for kilnd's managed networks: [`NETWORK_MODULES`], `ip`, `nft` and `dnsmasq`
+    /// with the files they read, 3 GiB, and one vCPU (a network test runs several guests at
+    /// once; see [`NestedHost::vcpus`]). The error names a missing tool.
+    pub fn for_kilnd_networks(mut self) -> Result<Self, String> {
+        for module in NETWORK_MODULES {
+            self = self.module(module);
+        }
+        for tool in ["ip", "nft", "dnsmasq"] {
+            let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(tool))
+                .find(|path| path.is_file());
+            let Some(path) = found else {
+                return Err(format!(
+                    "{tool} is missing (apt-get install iproute2 nftables dnsmasq-base)"
+                ));
+            };
+            self = self.program(path)?;
+        }
+        for file in ["/etc/passwd", "/etc/group", "/etc/protocols", "/etc/services"] {
+            if Path::new(file).is_file() {
+                self = self.file(file);
+            }
+        }
+        Ok(self.vcpus(1).memory_mib(3072))
     }
 
     /// Attaches `path` as the next virtio disk (`/dev/vda`, `/dev/vdb`, ... inside), in QEMU's
@@ -135,13 +193,21 @@ impl NestedHost {
         let init = dir.join("nested-host.sh");
         // The guest's /init mounts a fresh tmpfs on /tmp, over the files copied there (a
         // checkout under /tmp): unmount it, the initramfs below is writable too.
-        let script = format!("#!/bin/sh\numount /tmp 2>/dev/null\n{}\n", script);
+        // A heartbeat on the second serial port (not in the console the tests read): a test
+        // that prints nothing for minutes (kilnd's, whose guests log to files) is not taken for
+        // a host stopped dead, and a host stopped dead stops its heartbeat too.
+        let script = format!(
+            "#!/bin/sh\numount /tmp 2>/dev/null\n\
+             (while :; do echo alive > /dev/ttyS1; sleep {HEARTBEAT_SECS}; done) &\n{script}\n"
+        );
         std::fs::write(&init, script).map_err(|e| format!("{}: {e}", init.display()))?;
         let initrd = dir.join("nested-host.cpio");
         let mut build = Command::new(kiln_image);
         build.args(["initramfs", "--out"]).arg(&initrd).arg("--init").arg(&init);
         build.arg("--modules-from").arg(&self.modules);
-        for module in ["kvm_amd", "tun", "bridge", "veth", "virtio_pci", "virtio_blk"] {
+        for module in
+            BASE_MODULES.iter().copied().chain(self.extra_modules.iter().map(String::as_str))
+        {
             build.args(["--module", module]);
         }
         for file in &self.files {
@@ -229,6 +295,7 @@ impl NestedHost {
         let _ = std::fs::remove_file(&monitor);
         let console = std::fs::File::create(console_log)
             .map_err(|e| format!("{}: {e}", console_log.display()))?;
+        let heartbeat = console_log.with_file_name("nested-heartbeat.log");
         let mut qemu = Command::new("qemu-system-x86_64")
             .arg("-accel")
             .arg(match self.tcg {
@@ -239,7 +306,9 @@ impl NestedHost {
             .arg(self.vcpus.to_string())
             .arg("-m")
             .arg(self.memory_mib.to_string())
-            .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-monitor"])
+            .args(["-display", "none", "-serial", "stdio", "-serial"])
+            .arg(format!("file:{}", heartbeat.display()))
+            .args(["-no-reboot", "-monitor"])
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .args(self.disks.iter().flat_map(|disk| {
                 let spec = format!("file={},if=virtio,format=raw,snapshot=on", disk.display());
@@ -267,7 +336,8 @@ impl NestedHost {
                 Ok(None) => std::thread::sleep(Duration::from_millis(200)),
                 Err(e) => return Err(format!("waiting for QEMU: {e}")),
             }
-            let now = std::fs::metadata(console_log).map_or(size, |m| m.len());
+            let len = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+            let now = len(console_log) + len(&heartbeat);
             if now != size {
                 (size, grew) = (now, Instant::now());
             }
@@ -387,12 +457,15 @@ fn record_wall(dir: &Path, wall: Duration) {
 /// Where QEMU's view of a silent boot starts in its kept console.
 const SILENT_REPORT: &str = "\n-- the silent nested host, seen from QEMU:\n";
 
-/// How long the nested host may print nothing before it counts as stopped dead. Its scripts
-/// print all the time (guest consoles, test output); in some runs, more often when the machine
+/// How long the nested host may print nothing (on its console or its heartbeat port) before it
+/// counts as stopped dead. In some runs, more often when the machine
 /// is loaded, it goes silent for good at once after a guest starts, with no soft-lockup or
 /// RCU-stall report from its kernel: QEMU TCG's SVM model or its KVM, not the guest, since the
 /// guest's own `--timeout` never fires. Cause not yet found.
 const SILENCE: Duration = Duration::from_secs(120);
+
+/// Seconds between two heartbeats of the nested host's script.
+const HEARTBEAT_SECS: u32 = 10;
 
 /// Boots after a silent one: about one boot in fifteen went silent in local runs, but a CI run
 /// saw three silent boots of one test in a row.
@@ -472,6 +545,15 @@ impl KvmSide {
         }
     }
 
+    /// The nested host set up for kilnd's networks ([`NestedHost::for_kilnd_networks`]), where
+    /// that is the side; this host has its own tools and loads its modules on demand.
+    pub fn for_kilnd_networks(self) -> Result<Self, String> {
+        match self {
+            KvmSide::Here => Ok(KvmSide::Here),
+            KvmSide::Nested(host) => host.for_kilnd_networks().map(KvmSide::Nested),
+        }
+    }
+
     /// Runs `script` with `sh` on this side and returns its exit status and output (stdout and
     /// stderr, with the nested host's console around it). In the nested host, `programs` (with
     /// their libraries) and `files` are copied in first and `disks` are its virtio disks; the
@@ -539,17 +621,24 @@ pub fn test_engine() -> String {
 /// Records a skip when neither side can run.
 pub fn rerun_under_kvm(test: &str, exact: &str, kiln_vmm: &Path, programs: &[&Path]) {
     let Some(side) = KvmSide::for_test(test) else { return };
-    rerun_on(side, test, exact, kiln_vmm, programs);
+    rerun_under_kvm_on(side, test, exact, kiln_vmm, programs);
 }
 
 /// [`rerun_under_kvm`] in a nested host with one vCPU (see [`NestedHost::vcpus`]), for a test
 /// that runs several guests at once.
 pub fn rerun_under_kvm_on_one_vcpu(test: &str, exact: &str, kiln_vmm: &Path, programs: &[&Path]) {
     let Some(side) = KvmSide::for_test(test) else { return };
-    rerun_on(side.vcpus(1), test, exact, kiln_vmm, programs);
+    rerun_under_kvm_on(side.vcpus(1), test, exact, kiln_vmm, programs);
 }
 
-fn rerun_on(side: KvmSide, test: &str, exact: &str, kiln_vmm: &Path, programs: &[&Path]) {
+/// [`rerun_under_kvm`] on a `side` the caller set up (its vCPUs, modules, files, memory).
+pub fn rerun_under_kvm_on(
+    side: KvmSide,
+    test: &str,
+    exact: &str,
+    kiln_vmm: &Path,
+    programs: &[&Path],
+) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => panic!("the test binary's path: {e}"),

@@ -22,19 +22,22 @@ pub fn label() -> Option<&'static str> {
 /// With `KILN_BENCH_NESTED=1` (and not already inside), runs this benchmark binary again in the
 /// nested host with `programs` (and their libraries) and `files` copied in, prints what it
 /// printed there, and returns true; returns false when the benchmark should run here.
-/// `kiln_image` builds the nested host's initramfs. The environment variables `forward` (the
-/// benchmark's settings) and the guest kernels and static agent are passed on.
+/// `kiln_image` builds the nested host's initramfs; `setup` adds what the benchmark needs of the
+/// host beyond that (`Ok` for nothing, [`NestedHost::for_kilnd_networks`]). The environment
+/// variables `forward` (the benchmark's settings) and the guest kernels and static agent are
+/// passed on, and `KILN_TEST_ENGINE=kvm` is set there.
 pub fn rerun_in_nested_host(
     bench: &str,
     kiln_image: &Path,
     programs: &[&Path],
     files: &[&Path],
     forward: &[&str],
+    setup: fn(NestedHost) -> Result<NestedHost, String>,
 ) -> bool {
     if std::env::var_os("KILN_BENCH_NESTED").is_none() || std::env::var_os(INSIDE).is_some() {
         return false;
     }
-    let host = match NestedHost::from_env() {
+    let host = match NestedHost::from_env().and_then(setup) {
         Ok(host) => host,
         Err(why) => {
             println!("SKIPPED: {bench} in the nested host: {why}");
@@ -77,7 +80,7 @@ fn run(
     for file in files {
         host = host.file(file);
     }
-    let mut env = format!("{INSIDE}=1 ");
+    let mut env = format!("{INSIDE}=1 KILN_TEST_ENGINE=kvm ");
     let shared = ["KILN_GUEST_KERNEL", "KILN_GUEST_BZIMAGE", "KILN_DEBIAN_KERNEL"];
     for var in shared.iter().chain(forward) {
         if let Some(value) = std::env::var_os(var) {

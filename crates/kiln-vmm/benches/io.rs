@@ -392,6 +392,7 @@ fn main() {
         &[vmm, Path::new("/usr/sbin/ip")],
         &[],
         &["KILN_IO_SEQ", "KILN_IO_RAND_OPS", "KILN_IO_TCP", "KILN_IO_SEED", "KILN_BENCH_ENGINE"],
+        Ok,
     ) {
         return;
     }

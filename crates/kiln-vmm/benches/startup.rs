@@ -111,6 +111,7 @@ fn main() {
         &[vmm, qemu_bin],
         &[Path::new("/usr/share/qemu/bios-microvm.bin")],
         &["KILN_BENCH_RUNS"],
+        Ok,
     ) {
         return;
     }

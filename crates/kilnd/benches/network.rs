@@ -12,6 +12,8 @@
 //! can run ahead of the wall clock while the guest idles. The VMs are Kiln guests on the engine `kiln_testguest`'s test engine picks (emu here); kilnd runs in a
 //! namespace of its own, as in `tests/networks.rs`. Sizes: `KILN_NET_RR` requests (default
 //! 2000), `KILN_NET_TCP` bytes (default 8388608), `KILN_NET_PINGS` (default 20).
+//! With `KILN_BENCH_NESTED=1` it runs in the nested test host instead, the VMs on kvm there and
+//! the host side on the nested host's own veth pair, and its table is labelled nested.
 
 #![allow(clippy::unwrap_used)] // a failed set-up step ends the benchmark
 
@@ -21,6 +23,8 @@ mod common;
 use common::*;
 use kiln_agent::bench::START_MARKER;
 use kiln_api::{CreateNetwork, NicSpec};
+use kiln_testguest::nested::NestedHost;
+use kiln_testguest::nested_bench;
 use kiln_testguest::netns::Namespace;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -232,6 +236,23 @@ fn main() {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("network benchmark skipped: needs root for namespaces, bridges and TAPs");
         return;
+    }
+    // KILN_BENCH_NESTED=1: the same benchmark, the VMs on kvm, inside the nested test host (its
+    // host side is then the nested host's own veth pair).
+    let (kilnd, kiln, vmm) =
+        (kilnd_bin(), workspace_bin("kiln", "kiln-cli"), workspace_bin("kiln-vmm", "kiln-vmm"));
+    if nested_bench::rerun_in_nested_host(
+        "network",
+        &nested_bench::kiln_image_near(&vmm),
+        &[&kilnd, &kiln, &vmm],
+        &[],
+        &["KILN_NET_RR", "KILN_NET_TCP", "KILN_NET_PINGS"],
+        NestedHost::for_kilnd_networks,
+    ) {
+        return;
+    }
+    if let Some(label) = nested_bench::label() {
+        println!("{label}");
     }
     let agent = match kiln_testguest::agent::static_agent(&bin_dir()) {
         Ok(agent) => agent,

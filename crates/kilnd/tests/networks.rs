@@ -15,6 +15,7 @@ use common::*;
 use kiln_api::{CreateNetwork, Network, NicSpec};
 use kiln_testguest::netns::Namespace;
 use kiln_testguest::skip;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -140,10 +141,15 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     ns.ip("link set up0 up").unwrap();
     outside.ip("addr add 192.0.2.2/24 dev up1").unwrap();
     outside.ip("link set up1 up").unwrap();
+    // Progress with the time since the start, for a run whose output is all that is seen
+    // of it (the nested test host's).
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{TEST}: {what} ({:.0} s)", started.elapsed().as_secs_f64());
     let mut d =
         Daemon::start_in("networks", workspace_bin("kiln-vmm", "kiln-vmm"), &[], Some(ns.name()));
     let c = d.admin();
 
+    step("kilnd up");
     // Bad input: refused naming the field, nothing made.
     let lan: Network = c.call("POST", "/v1/networks", Some(&network("lan", None))).unwrap();
     assert_eq!((lan.subnet.as_str(), lan.gateway.as_str()), ("10.77.0.0/24", "10.77.0.1"));
@@ -224,6 +230,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
         assert!(console.contains("KILN-DHCP 10."), "{vm} got a lease: {console}");
     }
 
+    step("five VMs up with their leases");
     // By name, TCP and UDP between a and b.
     assert_eq!(resolve(&d, "a", "b").as_deref(), Some("10.77.0.50"));
     assert_eq!(resolve(&d, "b", "a").as_deref(), Some("10.77.0.2"));
@@ -294,6 +301,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(udp.status.success(), "UDP round trip a -> b -> a: {}", text(&udp));
     assert!(echo.join().unwrap().status.success());
 
+    step("TCP, UDP and the bench between a and b");
     // c, on the other network, reaches neither a nor b, nor lan's gateway, nor their names.
     assert!(pings(&d, "a", "10.77.0.50"), "a pings b");
     assert!(pings(&d, "a", "10.77.0.1"), "a pings its gateway");
@@ -301,6 +309,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(!pings(&d, "c", "10.77.0.1"), "c must not reach lan's gateway");
     assert_eq!(resolve(&d, "c", "b"), None, "c cannot resolve b");
 
+    step("the second network is apart");
     // Anti-spoofing: a changed IP, then a changed MAC, gets nothing through; restored, it does.
     let spoof =
         sh(&d, "a", "ip addr del 10.77.0.2/24 dev eth0; ip addr add 10.77.0.99/24 dev eth0");
@@ -317,6 +326,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     sh(&d, "a", &set_mac(&a_mac));
     assert!(pings(&d, "a", "10.77.0.50"), "restored, a reaches b again");
 
+    step("spoofed IP and MAC");
     // NAT: w reaches a server outside, which sees the host's address; lan, without NAT, does not.
     let server = server_in(outside.name(), "192.0.2.2:7000");
     let sent = sh(&d, "w", "echo kiln-nat | nc 192.0.2.2 7000 > /dev/null");
@@ -379,6 +389,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert_eq!(udp_to_b("6868"), (true, true), "from another port b hears a");
     assert_eq!(udp_to_b("67"), (false, false), "b observes nothing of a's DHCP answers");
 
+    step("NAT, isolated ports, forged ARP, DHCP answers");
     // Port forwards: the host's port 18080 to b's 8000, from outside and from the host itself.
     let agent = kiln_testguest::agent::static_agent(&bin_dir()).unwrap();
     let serve_b = || {
@@ -432,6 +443,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(rules.contains("udp dport 18081 dnat ip to 10.77.0.50:8001"), "{rules}");
     assert!(!rules.contains("18080"), "{rules}");
 
+    step("port forwards");
     // ACLs: web on lan allows everything, then rejects a port range; strict on b's NIC alone
     // allows nothing. Every change applies to the running VMs as soon as the API answers.
     let ok = |args: &[&str]| {
@@ -592,6 +604,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert!(ok(&["acl", "rule", "list", "web"]).lines().count() >= 2, "two rules left");
     assert!(ok(&["audit"]).contains("/v1/acls/web/rules"), "ACL changes are audited");
 
+    step("ACLs");
     // kilnd SIGKILLed: the restart rebuilds the same host state, and the VMs still talk.
     let (bridges, rules, servers) = host_state(&ns);
     assert_eq!(servers, 3, "one dnsmasq per network");
@@ -605,6 +618,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     sh(&d, "w", "echo again | nc 192.0.2.2 7002 > /dev/null");
     assert_eq!(server.join().unwrap().1.trim(), "again", "w still reaches outside");
 
+    step("kilnd SIGKILLed and restarted");
     // A network in use cannot go; once its VMs are gone it goes with its bridge and server.
     let (got, error) = status(c.delete("/v1/networks/lan"));
     assert_eq!(got, 409, "{}", error.message);
@@ -642,4 +656,26 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
     assert_eq!((bridges.as_str(), servers), ("", 0), "no bridge, no dnsmasq left");
     assert!(!rules.contains("kiln"), "Kiln's tables are gone: {rules}");
     eprintln!("{TEST}: passed on engine {:?}", base.engine);
+}
+
+/// The test above under the kvm engine: here where `/dev/kvm` is hardware-assisted, else in the
+/// nested test host with the netfilter modules kilnd's rules use, `ip`, `nft` and `dnsmasq`,
+/// and one vCPU (five guests run at once; see `NestedHost::vcpus`).
+#[test]
+fn vms_on_networks_talk_by_name_and_only_where_allowed_under_kvm() {
+    let test = "kilnd::vms_on_networks_talk_by_name_and_only_where_allowed_kvm";
+    let Some(side) = kiln_testguest::nested::KvmSide::for_test(test) else { return };
+    let side = match side.for_kilnd_networks() {
+        Ok(side) => side,
+        Err(why) => return skip::skip(test, &why),
+    };
+    let programs = [kilnd_bin(), workspace_bin("kiln", "kiln-cli")];
+    let programs: Vec<&Path> = programs.iter().map(PathBuf::as_path).collect();
+    kiln_testguest::nested::rerun_under_kvm_on(
+        side,
+        test,
+        "vms_on_networks_talk_by_name_and_only_where_allowed",
+        &workspace_bin("kiln-vmm", "kiln-vmm"),
+        &programs,
+    );
 }
