@@ -527,8 +527,14 @@ pub fn rr_serve(port: u16) -> Result<Report, BenchError> {
 
 /// TCP request/response, the client side: `count` one-byte requests to `to`, each waiting for
 /// its one-byte answer (the latency of a round trip through both stacks); retries the
-/// connection for up to `wait`.
-pub fn rr_client(to: SocketAddr, count: u64, wait: Duration) -> Result<Report, BenchError> {
+/// connection for up to `wait`; `pace` is a pause between requests (zero for none), whose
+/// time is left out of the figure.
+pub fn rr_client(
+    to: SocketAddr,
+    count: u64,
+    wait: Duration,
+    pace: Duration,
+) -> Result<Report, BenchError> {
     let deadline = Instant::now() + wait;
     let mut stream = loop {
         match TcpStream::connect(to) {
@@ -540,16 +546,20 @@ pub fn rr_client(to: SocketAddr, count: u64, wait: Duration) -> Result<Report, B
     stream.set_nodelay(true).map_err(tcp_error("set TCP_NODELAY with", to))?;
     let mut byte = [0u8; 1];
     mark_start();
-    let start = Instant::now();
+    let mut elapsed = Duration::ZERO;
     for i in 0..count {
+        if i > 0 && !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
+        let start = Instant::now();
         byte[0] = i as u8;
         stream.write_all(&byte).map_err(tcp_error("send to", to))?;
         stream.read_exact(&mut byte).map_err(tcp_error("read the answer from", to))?;
         if byte[0] != i as u8 {
             return Err(BenchError::Invalid(format!("answer {} to request {}", byte[0], i as u8)));
         }
+        elapsed += start.elapsed();
     }
-    let elapsed = start.elapsed();
     let _ = stream.shutdown(Shutdown::Write);
     let usec = elapsed.as_secs_f64() * 1e6 / count.max(1) as f64;
     Ok(Report {
@@ -637,15 +647,30 @@ mod tests {
 
     #[test]
     fn request_response_counts_each_answered_byte() {
+        let (to, server) = rr_server();
+        let client = rr_client(to, 300, Duration::from_secs(10), Duration::ZERO).unwrap();
+        let served = server.join().unwrap().unwrap();
+        assert_eq!((client.ops, served.ops), (300, 300));
+        assert!(client.to_string().contains("usec_per_op="), "{client}");
+    }
+
+    #[test]
+    fn a_paced_client_keeps_its_connection_open_and_leaves_the_pauses_out() {
+        let (to, server) = rr_server();
+        let begun = Instant::now();
+        let client = rr_client(to, 5, Duration::from_secs(10), Duration::from_millis(100)).unwrap();
+        assert!(begun.elapsed() >= Duration::from_millis(400), "four pauses between five");
+        assert!(client.elapsed < Duration::from_millis(300), "pauses not counted: {client}");
+        assert_eq!(server.join().unwrap().unwrap().ops, 5, "one connection, five answers");
+    }
+
+    /// An `rr_serve` on a free port of 127.0.0.1, on a thread.
+    fn rr_server() -> (SocketAddr, std::thread::JoinHandle<Result<Report, BenchError>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let server = std::thread::spawn(move || rr_serve(port));
-        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let client = rr_client(to, 300, Duration::from_secs(10)).unwrap();
-        let served = server.join().unwrap().unwrap();
-        assert_eq!((client.ops, served.ops), (300, 300));
-        assert!(client.to_string().contains("usec_per_op="), "{client}");
+        (format!("127.0.0.1:{port}").parse().unwrap(), server)
     }
 
     fn spec(mode: DiskMode, block_size: usize, total: u64, span: u64) -> DiskSpec {

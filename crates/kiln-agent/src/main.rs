@@ -142,6 +142,10 @@ enum BenchCmd {
         /// Requests to send.
         #[arg(long, default_value_t = 1000)]
         count: u64,
+        /// Milliseconds to pause between requests (a paced probe that keeps one connection
+        /// open for a while, as `ping -i` does); 0, the default, sends them back to back.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        interval: u64,
         /// Seconds to keep retrying the connection while the server is not listening yet.
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         wait: u64,
@@ -174,8 +178,9 @@ fn run_bench(cmd: &BenchCmd) -> ExitCode {
         (Ok(None), BenchCmd::Cpu { total }) => Ok(bench::cpu(*total)),
         (Ok(None), BenchCmd::Memory { total }) => Ok(bench::memory(*total)),
         (Ok(None), BenchCmd::Rr { listen: Some(port), .. }) => bench::rr_serve(*port),
-        (Ok(None), BenchCmd::Rr { connect: Some(to), count, wait, .. }) => {
-            bench::rr_client(*to, *count, Duration::from_secs(*wait))
+        (Ok(None), BenchCmd::Rr { connect: Some(to), count, wait, interval, .. }) => {
+            let pace = Duration::from_millis(*interval);
+            bench::rr_client(*to, *count, Duration::from_secs(*wait), pace)
         }
         (Ok(None), BenchCmd::Tcp { listen: Some(port), .. }) => bench::tcp_receive(*port),
         (Ok(None), BenchCmd::Tcp { connect: Some(to), total: Some(total), wait, .. }) => {
