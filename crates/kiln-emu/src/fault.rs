@@ -135,6 +135,14 @@ fn class(v: Vector) -> Class {
     }
 }
 
+/// Whether exception `vector` is of the fault class, whose pushed RFLAGS image has RF set so
+/// that the faulting instruction, restarted by IRET, does not raise an instruction breakpoint
+/// again (SDM vol. 3 6.12.1 and 18.3.1.1, APM vol. 2 13.1.1.6). #DB is left out (emu raises it
+/// only as a trap, for single steps), as are traps and aborts (#BP, #OF, #DF, #MC).
+fn is_fault(vector: u8) -> bool {
+    matches!(vector, 0 | 5 | 6 | 7 | 10..=14 | 16 | 17 | 19..=21)
+}
+
 const TSS_RSP0: u64 = 4;
 const TSS_IST1: u64 = 0x24;
 
@@ -243,7 +251,8 @@ impl Cpu {
         }
         frame[n] = return_rip;
         frame[n + 1] = u64::from(self.seg[CS].selector);
-        frame[n + 2] = self.rflags;
+        let fault = matches!(kind, EventKind::Exception(_)) && is_fault(vector);
+        frame[n + 2] = if fault { self.rflags | flags::RF } else { self.rflags };
         frame[n + 3] = old_rsp;
         frame[n + 4] = u64::from(old_ss);
         n += 5;

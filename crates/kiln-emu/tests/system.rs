@@ -367,6 +367,39 @@ fn trap_flag_raises_a_debug_trap_after_the_next_instruction() {
 }
 
 #[test]
+fn a_fault_pushes_rf_which_lasts_one_instruction_after_iret() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| {
+        a.ud2()?; // #UD: its handler below skips it and returns with IRETQ
+        a.nop()?; // runs with RF set, which is cleared once it completes
+        a.int3()?; // a trap: its frame has no RF
+        a.hlt()?;
+        // The #UD handler, at CODE + 5.
+        a.add(qword_ptr(rsp), 2)?;
+        a.iretq()
+    });
+    load(&mut sb, CODE, &code);
+    sb.set_gate(6, CODE + 5, 0xe, 0, 0);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(3));
+    let (_, f_rip, _, f_fl, ..) = frame(&sb, sb.cpu.gpr[4], false);
+    assert_eq!(f_rip, CODE + 4, "after the INT3");
+    assert_eq!(f_fl & (1 << 16), 0, "no RF in the trap's frame: {f_fl:#x}");
+    assert_eq!(sb.cpu.rflags & (1 << 16), 0, "RF is clear");
+}
+
+#[test]
+fn a_fault_frame_has_rf_set() {
+    let mut sb = Sandbox::new().expect("sandbox");
+    let code = assemble(CODE, |a| a.ud2());
+    load(&mut sb, CODE, &code);
+    sb.run(100).expect("runs");
+    assert_eq!(sb.halted_vector(), Some(6));
+    let (_, _, _, f_fl, ..) = frame(&sb, sb.cpu.gpr[4], false);
+    assert_ne!(f_fl & (1 << 16), 0, "RF in the #UD frame: {f_fl:#x}");
+}
+
+#[test]
 fn code_the_guest_rewrites_is_decoded_again() {
     let mut sb = Sandbox::new().expect("sandbox");
     // top: mov eax, imm32 (5 bytes at CODE + 5); then patch the immediate and loop once more.

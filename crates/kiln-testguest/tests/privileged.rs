@@ -71,6 +71,11 @@ fn emu_and_qemu_tcg_print_the_same_privileged_transcript() {
         "E v=000000000000000d e=000000000000040a", // INT to a DPL0 gate from CPL3
         "e=0000000000000005 cr2=0000000000085000", // user read of a supervisor page
         "frame=000000000005ffd8",                  // vector 2 on IST1
+        // #GP for a non-canonical access leaves CR2 as the last #PF set it.
+        "E v=000000000000000d e=0000000000000000 cr2=0000000000082000 ip=00000000001011b1",
+        // RF is set in the frame of a fault (here #UD), not of a trap (#BP) or an NMI.
+        "E v=0000000000000006 e=0000000000000000 cr2=0000000000000000 ip=0000000000100f92 cs=0000000000000008 fl=0000000000010046",
+        "E v=0000000000000003 e=0000000000000000 cr2=0000000000082000 ip=00000000001011fc cs=0000000000000008 fl=0000000000000046",
     ] {
         assert!(text.contains(fact), "emu transcript lacks {fact:?}:\n{text}");
     }
@@ -81,6 +86,9 @@ fn emu_and_qemu_tcg_print_the_same_privileged_transcript() {
     // One known deviation of QEMU: for an INT whose gate DPL is below CPL in long mode, its
     // do_interrupt64 reports the gate's byte offset (vector * 16 + 2) where the SDM's error code
     // has the selector index of the gate, the vector (vector * 8 + 2): 0x812 for INT 0x81.
+    // Another, of QEMU 10: a #GP for a non-canonical access writes the address into CR2, which
+    // the SDM and the APM load on #PF only (checked on emu's transcript above). CR2 is compared
+    // on #PF lines, where it means something; elsewhere it is what the last #PF left.
     let qemu: Vec<String> = qemu
         .into_iter()
         .map(|l| {
@@ -89,10 +97,25 @@ fn emu_and_qemu_tcg_print_the_same_privileged_transcript() {
                 "v=000000000000000d e=000000000000040a",
             )
         })
+        .map(|l| cr2_of_page_faults_only(&l))
         .collect();
+    let emu: Vec<String> = emu.iter().map(|l| cr2_of_page_faults_only(l)).collect();
     for (k, (e, q)) in emu.iter().zip(&qemu).enumerate() {
         assert_eq!(e, q, "line {k} differs\nemu:\n{}\nqemu:\n{}", emu.join("\n"), qemu.join("\n"));
     }
     assert_eq!(emu.len(), qemu.len(), "emu:\n{}\nqemu:\n{}", emu.join("\n"), qemu.join("\n"));
     println!("{} transcript lines identical under emu and QEMU TCG", emu.len());
+}
+
+/// `line` with its `cr2=` value blanked unless it reports a #PF (vector 0x0e).
+fn cr2_of_page_faults_only(line: &str) -> String {
+    if !line.starts_with("E v=") || line.starts_with("E v=000000000000000e") {
+        return line.to_owned();
+    }
+    match line.find("cr2=") {
+        Some(at) if line.len() >= at + 20 => {
+            format!("{}cr2=(not a #PF)    {}", &line[..at], &line[at + 20..])
+        }
+        _ => line.to_owned(),
+    }
 }

@@ -178,7 +178,9 @@ impl Blocks {
         let mut n = 0u64;
         let result: Result<(), ExecError> = 'run: {
             'blocks: while n < limit {
-                if !cpu.code64() {
+                // Outside 64-bit code, and for the one instruction after an IRET that set RF
+                // (which the generic path clears once it completes), the generic path runs.
+                if !cpu.code64() || cpu.rflags & flags::RF != 0 {
                     break 'run generic(cpu, io, &mut lazy, &mut n);
                 }
                 let rip = cpu.rip;

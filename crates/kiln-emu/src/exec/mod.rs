@@ -163,7 +163,14 @@ impl Cpu {
                 r => break r?,
             }
         }
+        // RF, which an IRET loads from a fault's frame, lasts one instruction: it is cleared
+        // once an instruction completes, except by the IRET that set it.
         let next = c.next_rip;
+        if self.rflags & flags::RF != 0
+            && !matches!(instr.mnemonic(), Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq)
+        {
+            self.rflags &= !flags::RF;
+        }
         self.rip = if self.code64() { next } else { next & 0xffff_ffff };
         self.icount = self.icount.wrapping_add(1);
         Ok(())
