@@ -394,7 +394,8 @@ fn silent_state(pid: u32, monitor: &Path) -> String {
     match std::os::unix::net::UnixStream::connect(monitor) {
         Ok(mut stream) => {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
-            let _ = stream.write_all(b"info registers -a\ninfo cpus\n");
+            // The local APIC says whether an interrupt is pending, in service or never armed.
+            let _ = stream.write_all(b"info registers -a\ninfo cpus\ninfo lapic\n");
             let mut seen = Vec::new();
             let mut buf = [0u8; 65536];
             while let Ok(n) = stream.read(&mut buf) {
@@ -657,7 +658,8 @@ pub fn rerun_under_kvm_on(
     let script = format!(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
          mkdir -p /run /var && ln -sf /run /var/run\n\
-         {env}KILN_TEST_ENGINE=kvm {} --exact {exact} --nocapture --test-threads 1",
+         {env}KILN_TEST_ENGINE=kvm {} --exact {exact} --include-ignored --nocapture \
+         --test-threads 1",
         exe.display()
     );
     let dir =
