@@ -811,8 +811,8 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed() {
 }
 
 /// The core of the test above with three guests, so that it fits the nested test host (five
-/// kvm guests booting at once on its one vCPU took over five minutes to reach their init on QEMU 7.2):
-/// two VMs on one network get leases, resolve each other by name, move 3 MiB over TCP
+/// kvm guests booting at once on its one vCPU took over five minutes to reach their init
+/// there on QEMU 7.2): two VMs on one network get leases, resolve each other by name, move 3 MiB over TCP
 /// intact and UDP both ways; a VM on a second network reaches neither; an ACL's drop rule
 /// holds at once, goes with its removal and spares an established connection; deleting it
 /// all leaves no bridge, rule or server. Run as the kvm side of the test below (under emu
