@@ -205,6 +205,15 @@ fn second_network_is_apart(d: &Daemon) {
     assert_eq!(resolve(d, "c", "b"), None, "c cannot resolve b");
 }
 
+/// Held by each test of this file that runs guests, so that they run one after another: the
+/// emu test's guests, slowed by a nested host beside them on a two-core machine, missed
+/// two-second ping answers (CI, 2026-12-08), and its checks of rules taking effect at once
+/// are about time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GUESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `kiln ARGS`, which must succeed; its output.
 fn ok(d: &Daemon, args: &[&str]) -> String {
     let out = d.kiln(args);
@@ -344,6 +353,7 @@ fn host_state(ns: &Namespace, tag: &str) -> (String, String, usize) {
 
 #[test]
 fn vms_on_networks_talk_by_name_and_only_where_allowed() {
+    let _alone = one_at_a_time();
     let inputs = match real_guest_inputs() {
         Ok(inputs) => inputs,
         Err(why) => return skip::skip(TEST, &why),
@@ -879,6 +889,7 @@ fn vms_on_networks_talk_by_name_and_only_where_allowed_under_kvm() {
 /// hardware-assisted, else in the nested test host with the netfilter modules kilnd's rules
 /// use, `ip`, `nft`, `dnsmasq`, kilnd and kiln, on one vCPU (see `NestedHost::vcpus`).
 fn rerun_with_networks_under_kvm(test: &str, exact: &str) {
+    let _alone = one_at_a_time();
     let Some(side) = kiln_testguest::nested::KvmSide::for_test(test) else { return };
     let side = match side.for_kilnd_networks() {
         Ok(side) => side,
