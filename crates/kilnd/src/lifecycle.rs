@@ -216,7 +216,10 @@ impl Manager {
         self.check_socket_paths(spec)?;
         self.check_fits_host(spec.vcpus, spec.memory_mib)?;
         self.open_boot_files(reader, &spec.kernel, spec.initrd.as_deref(), spec.memory_mib)?;
-        self.db.create_vm(spec, principal, reader.ids()).map_err(definition_error)
+        let record = || self.db.create_vm(spec, principal, reader.ids());
+        let recorded =
+            if spec.nics.is_empty() { record() } else { self.networks.while_steady(record) };
+        recorded.map_err(definition_error)
     }
 
     /// What a VM's disks and NICs need before its VMM starts: every volume's file, no other

@@ -134,7 +134,9 @@ pub(crate) fn create(
         written.set(true);
         kiln_agent::nocloud::write_image(&seed_path, &seed).map_err(|e| e.to_string())
     };
-    match mgr.db.create_vm_then(&full, principal, Reader::Kilnd.ids(), write_seed) {
+    let record = || mgr.db.create_vm_then(&full, principal, Reader::Kilnd.ids(), write_seed);
+    let recorded = if full.nics.is_empty() { record() } else { mgr.networks.while_steady(record) };
+    match recorded {
         Ok(vm) => Ok(vm),
         Err(e) => {
             let _ = volumes::delete(&mgr.db, state_dir, &root);

@@ -92,6 +92,14 @@ impl Networks {
         self.servers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `record` (a VM definition recording its NICs) while no network is being made or
+    /// deleted: a network whose bridge or server fails to come up has its row removed again,
+    /// which a NIC recorded on it in between would block, leaving a row with no bridge.
+    pub fn while_steady<T>(&self, record: impl FnOnce() -> T) -> T {
+        let _servers = self.lock();
+        record()
+    }
+
     /// Creates a network: its row, bridge, address, dnsmasq and rules; a step that fails
     /// undoes the ones before it.
     pub fn create(&self, db: &Db, spec: &CreateNetwork) -> Result<Network> {
