@@ -1,8 +1,8 @@
 //! VM-to-VM network benchmark (issue 14): ping round trip, TCP request/response latency and
 //! TCP throughput between two VMs on one kilnd network, next to the same between two network
 //! namespaces over a veth pair on the host, as P = T_native / T_virtual
-//! (`cargo build --release -p kiln-vmm -p kiln-cli && cargo bench -p kilnd --bench network`;
-//! needs root, `KILN_GUEST_KERNEL`, the static `kiln-agent`, dnsmasq and nft).
+//! (`cargo build --release -p kiln-vmm -p kiln-cli -p kiln-image && cargo bench -p kilnd --bench
+//! network`; needs root, `KILN_GUEST_KERNEL`, the static `kiln-agent`, dnsmasq and nft).
 //!
 //! One probe measures both sides: `kiln-agent bench rr` (one-byte requests, each waiting for
 //! its one-byte answer, TCP_NODELAY) and `kiln-agent bench tcp` (one stream), the static binary
