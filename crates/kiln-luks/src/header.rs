@@ -118,6 +118,7 @@ pub(crate) struct DigestEntry {
     #[serde(rename = "type")]
     pub kind: String,
     pub keyslots: Vec<String>,
+    pub segments: Vec<String>,
     pub hash: String,
     pub iterations: u32,
     pub salt: String,
@@ -165,14 +166,18 @@ impl Header {
         }
     }
 
-    /// The volume's data segment (LUKS2 volumes made by cryptsetup have one, "0").
-    pub fn data_segment(&self) -> Result<DataSegment> {
-        let (_, s) = self
-            .meta
+    /// The id and metadata of the data segment: the lowest-numbered.
+    pub(crate) fn data_segment_entry(&self) -> Result<(&String, &Segment)> {
+        self.meta
             .segments
             .iter()
             .min_by_key(|(id, _)| id.parse::<u64>().unwrap_or(u64::MAX))
-            .ok_or_else(|| LuksError::Damaged("no data segment".into()))?;
+            .ok_or_else(|| LuksError::Damaged("no data segment".into()))
+    }
+
+    /// The volume's data segment (LUKS2 volumes made by cryptsetup have one, "0").
+    pub fn data_segment(&self) -> Result<DataSegment> {
+        let (_, s) = self.data_segment_entry()?;
         if s.kind != "crypt" || s.integrity.is_some() {
             return Err(LuksError::Unsupported(format!(
                 "a {:?} segment{}",

@@ -3,7 +3,7 @@
 //! that names the slot (PBKDF2 of the key) before it is trusted.
 
 use crate::af::{self, Hash};
-use crate::header::{Header, Kdf, Keyslot};
+use crate::header::{DigestEntry, Header, Kdf, Keyslot};
 use crate::xts::SectorCipher;
 use crate::{LuksError, Result};
 use base64::Engine;
@@ -86,6 +86,18 @@ fn area_key(slot: &Keyslot, passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     Ok(key)
 }
 
+/// True if `key` matches `digest` (PBKDF2 of the key).
+fn matches(digest: &DigestEntry, key: &[u8]) -> Result<bool> {
+    if digest.kind != "pbkdf2" {
+        return Err(LuksError::Unsupported(format!("a {:?} digest", digest.kind)));
+    }
+    let expected = b64("digest", &digest.digest)?;
+    let mut got = vec![0u8; expected.len()];
+    let salt = b64("digest salt", &digest.salt)?;
+    pbkdf2(&digest.hash, key, &salt, digest.iterations, &mut got)?;
+    Ok(got == expected)
+}
+
 /// The volume key in keyslot `id` if `passphrase` opens it, else None.
 fn try_slot(
     header: &Header,
@@ -113,17 +125,7 @@ fn try_slot(
     SectorCipher::new(&slot.area.encryption, &key, 512)?.decrypt(0, &mut area)?;
     let candidate = Zeroizing::new(af::merge(&area[..striped_len], slot.key_size, hash));
     for digest in header.meta.digests.values() {
-        if !digest.keyslots.iter().any(|k| k == id) {
-            continue;
-        }
-        if digest.kind != "pbkdf2" {
-            return Err(LuksError::Unsupported(format!("a {:?} digest", digest.kind)));
-        }
-        let expected = b64("digest", &digest.digest)?;
-        let mut got = vec![0u8; expected.len()];
-        let salt = b64("digest salt", &digest.salt)?;
-        pbkdf2(&digest.hash, &candidate, &salt, digest.iterations, &mut got)?;
-        if got == expected {
+        if digest.keyslots.iter().any(|k| k == id) && matches(digest, &candidate)? {
             return Ok(Some(VolumeKey(Zeroizing::new(candidate.to_vec()))));
         }
     }
@@ -151,6 +153,18 @@ impl Header {
             Some(e) if !tried => Err(e),
             _ => Err(LuksError::WrongPassphrase),
         }
+    }
+
+    /// `key` as this volume's key, once checked against the digest of its data segment (how
+    /// a key handed over by kilnd, not a passphrase, is taken).
+    pub fn check_key(&self, key: &[u8]) -> Result<VolumeKey> {
+        let (segment, _) = self.data_segment_entry()?;
+        for digest in self.meta.digests.values() {
+            if digest.segments.contains(segment) && matches(digest, key)? {
+                return Ok(VolumeKey(Zeroizing::new(key.to_vec())));
+            }
+        }
+        Err(LuksError::WrongKey)
     }
 
     /// The cipher of the data segment with `key`, checked against the header.

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed set-up step should fail the test
 
-use kiln_luks::{Header, LuksError};
+use kiln_luks::{FormatOptions, Header, LuksError};
 use kiln_testguest::skip;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -182,12 +182,8 @@ fn sectors_match_an_independent_aes_xts() {
     if !have_cryptsetup(test) {
         return;
     }
-    let python = Command::new("python3").args(["-c", "import cryptography"]).output();
-    if !python.is_ok_and(|o| o.status.success()) {
-        return skip::skip(
-            test,
-            "python3-cryptography is missing (apt-get install python3-cryptography)",
-        );
+    if let Some(why) = kiln_testguest::aes_xts::unavailable() {
+        return skip::skip(test, &why);
     }
     let dir = scratch("xts");
     for sector in ["512", "4096"] {
@@ -202,24 +198,65 @@ fn sectors_match_an_independent_aes_xts() {
         let mut sealed = plain.clone();
         cipher.encrypt(7, &mut sealed).unwrap();
         assert_ne!(sealed, plain);
-        let (key_path, data_path) = (dir.join("key"), dir.join("data"));
-        std::fs::write(&key_path, key.bytes()).unwrap();
-        std::fs::write(&data_path, &sealed).unwrap();
-        let script = format!(
-            "import sys\n\
-             from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\
-             key = open({key:?}, 'rb').read(); data = open({data:?}, 'rb').read()\n\
-             out = b''\n\
-             for i in range(len(data) // {size}):\n\
-             \x20   d = Cipher(algorithms.AES(key), modes.XTS((7 + i).to_bytes(16, 'little'))).decryptor()\n\
-             \x20   out += d.update(data[i * {size}:(i + 1) * {size}]) + d.finalize()\n\
-             sys.stdout.buffer.write(out)\n",
-            key = key_path.to_str().unwrap(),
-            data = data_path.to_str().unwrap(),
-        );
-        let out = Command::new("python3").args(["-c", &script]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.stdout == plain, "{sector}-byte sectors: python's AES-XTS reads Kiln's");
+        let opened = kiln_testguest::aes_xts::decrypt(key.bytes(), &sealed, size, 7).unwrap();
+        assert!(opened == plain, "{sector}-byte sectors: python's AES-XTS reads Kiln's");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cryptsetup_opens_what_kiln_formats() {
+    let test = "kiln_luks::cryptsetup_opens_what_kiln_formats";
+    if !have_cryptsetup(test) {
+        return;
+    }
+    let dir = scratch("kiln-made");
+    for sector_size in [512, 4096] {
+        let volume = dir.join(format!("v{sector_size}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&volume)
+            .unwrap();
+        file.set_len(20 << 20).unwrap();
+        let options = FormatOptions {
+            sector_size,
+            argon2_time: 3,
+            argon2_memory_kib: 16 * 1024,
+            label: "kiln-test".into(),
+        };
+        let (header, key) = kiln_luks::format(&file, b"kiln secret", &options).unwrap();
+        let v = volume.to_str().unwrap();
+        let dump = cryptsetup(&["luksDump", v]);
+        for needle in ["Version:", "argon2id", "aes-xts-plain64", "kiln-test"] {
+            assert!(dump.contains(needle), "{needle:?} in {dump}");
+        }
+        assert!(dump.contains(&format!("sector: {sector_size} [bytes]")), "{dump}");
+        assert!(dump.contains(&header.uuid), "{dump}");
+        let right = dir.join("right.pass");
+        std::fs::write(&right, "kiln secret").unwrap();
+        let wrong = dir.join("wrong.pass");
+        std::fs::write(&wrong, "kiln secrets").unwrap();
+        let check = |pass: &Path| {
+            Command::new("cryptsetup")
+                .args(["open", "--test-passphrase", "--key-file", pass.to_str().unwrap(), v])
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(check(&right), "cryptsetup accepts Kiln's passphrase");
+        assert!(!check(&wrong), "and refuses another");
+        assert_eq!(dumped_key(&volume, &right), key.bytes(), "the same volume key");
+        assert_eq!(unlock(&volume, "kiln secret").unwrap(), key.bytes());
+    }
+    // Too small for the headers and keyslots: refused, the file left as it was.
+    let small = dir.join("small");
+    std::fs::write(&small, vec![7u8; 1 << 20]).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&small).unwrap();
+    let refused = kiln_luks::format(&file, b"x", &FormatOptions::default()).unwrap_err();
+    assert!(refused.to_string().contains("16 MiB"), "{refused}");
+    assert_eq!(std::fs::read(&small).unwrap(), vec![7u8; 1 << 20]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,8 +13,10 @@
 //! * [`netns`] gives tests a network namespace of their own for bridges, TAPs and veth pairs.
 //! * [`privileged`] is a small kernel whose transcript of privileged behaviour (exceptions,
 //!   paging, CPL changes) is compared between `emu` and QEMU's TCG.
+//! * [`aes_xts`] decrypts sectors with Python's AES-XTS, to check Kiln's encrypted volumes.
 //! * [`skip`] reports tests that cannot run on this host, so they never pass silently.
 
+pub mod aes_xts;
 pub mod agent;
 pub mod conformance;
 pub mod debian;
