@@ -7,6 +7,10 @@
 //! The image is locked with `flock`: exclusively when writable, shared when read-only, so an
 //! image in use by one VM cannot be opened writable by a second. Each device counts the
 //! requests it served and their bytes ([`DiskCounters`]), for the VMM's statistics.
+//!
+//! A LUKS2 volume ([`Block::open_encrypted`], with its volume key) is decrypted inside the
+//! device: the guest sees the data segment's plaintext, the file only ever holds ciphertext
+//! (aes-xts-plain64 through `kiln-luks`), and no device-mapper is needed.
 
 use crate::{device_type, drain_queue, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::{File, OpenOptions};
@@ -72,6 +76,24 @@ pub enum BlockError {
     /// The serial is too long.
     #[error("disk serial {0:?} is longer than {SERIAL_LEN} bytes")]
     Serial(String),
+    /// An encrypted volume that cannot be opened with the key given.
+    #[error("encrypted volume {path}")]
+    Luks {
+        /// The volume.
+        path: PathBuf,
+        /// The cause: not LUKS2, a damaged header, the wrong key, an unsupported layout.
+        #[source]
+        source: kiln_luks::LuksError,
+    },
+}
+
+/// The decryption of an encrypted volume: its data segment's place and cipher.
+struct Crypt {
+    cipher: kiln_luks::SectorCipher,
+    /// Where the data segment starts in the file.
+    data_offset: u64,
+    /// Added to each sector's number in its tweak.
+    iv_tweak: u64,
 }
 
 /// The request header every virtio-blk request starts with.
@@ -128,12 +150,53 @@ pub struct Block {
     serial: [u8; SERIAL_LEN],
     /// capacity (sectors, le64), size_max (le32), seg_max (le32).
     config: [u8; 16],
+    /// Set for an encrypted volume.
+    crypt: Option<Crypt>,
 }
 
 impl Block {
     /// Opens and locks `path`, an image file or a block device. The capacity is its size rounded
     /// down to whole sectors.
     pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Self, BlockError> {
+        let (file, size) = Self::open_locked(path, read_only, serial)?;
+        Ok(Self::new(file, read_only, serial, size, None))
+    }
+
+    /// Opens and locks `path`, a LUKS2 volume with 512-byte sectors, to be served decrypted
+    /// with its volume `key` (checked against the volume's digest). The capacity is its data
+    /// segment's.
+    pub fn open_encrypted(
+        path: &Path,
+        read_only: bool,
+        serial: &str,
+        key: &[u8],
+    ) -> Result<Self, BlockError> {
+        let (file, size) = Self::open_locked(path, read_only, serial)?;
+        let luks = |source| BlockError::Luks { path: path.to_path_buf(), source };
+        let header = kiln_luks::Header::read(&file).map_err(luks)?;
+        let segment = header.data_segment().map_err(luks)?;
+        if segment.sector_size as u64 != SECTOR_SIZE {
+            return Err(luks(kiln_luks::LuksError::Unsupported(format!(
+                "{}-byte sectors (Kiln's disks serve 512-byte sectors; format with \
+                 --sector-size 512)",
+                segment.sector_size
+            ))));
+        }
+        let cipher = header.cipher(&header.check_key(key).map_err(luks)?).map_err(luks)?;
+        let end = segment.size.map_or(size, |n| size.min(segment.offset.saturating_add(n)));
+        let data =
+            end.checked_sub(segment.offset).filter(|&n| n >= SECTOR_SIZE).ok_or_else(|| {
+                BlockError::TooSmall {
+                    path: path.to_path_buf(),
+                    size: end.saturating_sub(segment.offset),
+                }
+            })?;
+        let crypt = Crypt { cipher, data_offset: segment.offset, iv_tweak: segment.iv_tweak };
+        Ok(Self::new(file, read_only, serial, data, Some(crypt)))
+    }
+
+    /// `path` opened and locked, with its size; the serial checked.
+    fn open_locked(path: &Path, read_only: bool, serial: &str) -> Result<(File, u64), BlockError> {
         if serial.len() > SERIAL_LEN {
             return Err(BlockError::Serial(serial.to_string()));
         }
@@ -149,6 +212,10 @@ impl Block {
         if size < SECTOR_SIZE {
             return Err(BlockError::TooSmall { path: path.to_path_buf(), size });
         }
+        Ok((file, size))
+    }
+
+    fn new(file: File, read_only: bool, serial: &str, size: u64, crypt: Option<Crypt>) -> Self {
         let capacity_bytes = size - size % SECTOR_SIZE;
         let mut id = [0u8; SERIAL_LEN];
         id[..serial.len()].copy_from_slice(serial.as_bytes());
@@ -157,7 +224,34 @@ impl Block {
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
         let counters = Arc::default();
-        Ok(Block { file, counters, read_only, capacity_bytes, serial: id, config })
+        Block { file, counters, read_only, capacity_bytes, serial: id, config, crypt }
+    }
+
+    /// Reads `buf` from the disk at `offset`, decrypted if the volume is encrypted.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        match &self.crypt {
+            None => self.file.read_exact_at(buf, offset).is_ok(),
+            Some(c) => {
+                let first = c.iv_tweak.wrapping_add(offset / SECTOR_SIZE);
+                offset.checked_add(c.data_offset).is_some_and(|at| {
+                    self.file.read_exact_at(buf, at).is_ok() && c.cipher.decrypt(first, buf).is_ok()
+                })
+            }
+        }
+    }
+
+    /// Writes `buf` to the disk at `offset`, encrypted first if the volume is encrypted.
+    fn write_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        match &self.crypt {
+            None => self.file.write_all_at(buf, offset).is_ok(),
+            Some(c) => {
+                let first = c.iv_tweak.wrapping_add(offset / SECTOR_SIZE);
+                c.cipher.encrypt(first, buf).is_ok()
+                    && offset
+                        .checked_add(c.data_offset)
+                        .is_some_and(|at| self.file.write_all_at(buf, at).is_ok())
+            }
+        }
     }
 
     /// The device's counters, shared.
@@ -187,7 +281,7 @@ impl Block {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let mut buf = vec![0u8; len];
-                let ok = offset.is_some_and(|o| self.file.read_exact_at(&mut buf, o).is_ok())
+                let ok = offset.is_some_and(|o| self.read_at(&mut buf, o))
                     && data_out.write_all(&buf).is_ok();
                 if ok {
                     (VIRTIO_BLK_S_OK, len)
@@ -202,7 +296,7 @@ impl Block {
                 }
                 let mut buf = vec![0u8; len];
                 let ok = data_in.read_exact(&mut buf).is_ok()
-                    && offset.is_some_and(|o| self.file.write_all_at(&buf, o).is_ok());
+                    && offset.is_some_and(|o| self.write_at(&mut buf, o));
                 (if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR }, 0)
             }
             VIRTIO_BLK_T_FLUSH => {

@@ -168,6 +168,72 @@ fn block_writes_flushes_reads_back_and_reports_its_serial() {
     assert_eq!((n(&counters.read_bytes), n(&counters.written_bytes)), (512, 512));
 }
 
+/// A LUKS2 volume served decrypted: what the driver writes reads back, the file holds only
+/// its ciphertext (which the volume's key decrypts to it) and the LUKS header is untouched;
+/// the data survives a reopen; a wrong key, or a plain image, is refused by name.
+#[test]
+fn an_encrypted_volume_holds_only_ciphertext_and_reads_back_plaintext() {
+    let image = Image::new("luks", &[]);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&image.0).unwrap();
+    file.set_len((16 << 20) + (1 << 20)).unwrap();
+    let options = kiln_luks::FormatOptions {
+        argon2_memory_kib: 8 * 1024,
+        argon2_time: 2,
+        ..Default::default()
+    };
+    let (_, key) = kiln_luks::format(&file, b"passphrase", &options).unwrap();
+    drop(file);
+    let header_before = std::fs::read(&image.0).unwrap()[..16 << 20].to_vec();
+    let mem = memory();
+    let disk = Block::open_encrypted(&image.0, false, "", key.bytes()).unwrap();
+    let (mut t, _) = transport(Box::new(disk), &mem);
+    initialise(&mut t);
+    let mut config = [0u8; 8];
+    t_read_config(&mut t, &mut config);
+    assert_eq!(u64::from_le_bytes(config), 2048, "the data segment's 1 MiB in sectors");
+    let marker = b"KILN-PLAINTEXT-MARKER-";
+    let payload: Vec<u8> = marker.iter().copied().cycle().take(1024).collect();
+    mem.write_slice(&payload, GuestAddress(BUF)).unwrap();
+    assert_eq!(block_request(&mut t, &mem, 1, 3, 1024, false, 0), 0, "write OK");
+    assert_eq!(block_request(&mut t, &mem, 4, 0, 0, false, 1), 0, "flush OK");
+    mem.write_slice(&[0u8; 1024], GuestAddress(BUF)).unwrap();
+    assert_eq!(block_request(&mut t, &mem, 0, 3, 1024, true, 2), 0, "read OK");
+    let mut back = vec![0u8; 1024];
+    mem.read_slice(&mut back, GuestAddress(BUF)).unwrap();
+    assert_eq!(back, payload, "the driver reads back what it wrote");
+    assert_eq!(block_request(&mut t, &mem, 0, 2048, 512, true, 3), 1, "past the segment's end");
+    drop(t);
+
+    let raw = std::fs::read(&image.0).unwrap();
+    assert!(!raw.windows(marker.len()).any(|w| w == marker), "no plaintext in the file");
+    assert_eq!(&raw[..16 << 20], &header_before[..], "the LUKS header and keyslots untouched");
+    let header = kiln_luks::Header::read(&std::fs::File::open(&image.0).unwrap()).unwrap();
+    let mut sealed = raw[(16 << 20) + 3 * 512..(16 << 20) + 5 * 512].to_vec();
+    header.cipher(&key).unwrap().decrypt(3, &mut sealed).unwrap();
+    assert_eq!(sealed, payload, "sectors 3 and 4 of the segment, with their own tweaks");
+
+    // Reopened with its key: the data is still there.
+    let disk = Block::open_encrypted(&image.0, true, "", key.bytes()).unwrap();
+    let (mut t, _) = transport(Box::new(disk), &mem);
+    initialise(&mut t);
+    mem.write_slice(&[0u8; 1024], GuestAddress(BUF)).unwrap();
+    assert_eq!(block_request(&mut t, &mem, 0, 3, 1024, true, 0), 0, "read OK");
+    mem.read_slice(&mut back, GuestAddress(BUF)).unwrap();
+    assert_eq!(back, payload);
+    drop(t);
+
+    let mut wrong = key.bytes().to_vec();
+    wrong[0] ^= 1;
+    let err = Block::open_encrypted(&image.0, false, "", &wrong).err().unwrap();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("not the volume's"), "{chain}");
+    let plain = Image::new("not-luks", &vec![0u8; 1 << 20]);
+    let err = Block::open_encrypted(&plain.0, false, "", key.bytes()).err().unwrap();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("not a LUKS2 volume"), "{chain}");
+    assert_eq!(std::fs::read(&image.0).unwrap(), raw, "refused opens change nothing");
+}
+
 /// A request larger than the device serves fails whole: IOERR, nothing written, nothing read
 /// back (issue 15: it used to do the first 4 MiB and answer OK). Its limits are advertised.
 #[test]

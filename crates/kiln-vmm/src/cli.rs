@@ -59,8 +59,10 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub stats: Option<PathBuf>,
     /// A virtio-blk disk backed by a raw image or a block device: PATH[,ro][,serial=ID]. Repeat;
-    /// the guest sees them as /dev/vda, /dev/vdb, ... in this order.
-    #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
+    /// the guest sees them as /dev/vda, /dev/vdb, ... in this order. With key-fd=N the image is
+    /// a LUKS2 volume (512-byte sectors) served decrypted with the volume key read from open
+    /// file descriptor N (32 or 64 bytes, then closed).
+    #[arg(long, value_name = "PATH[,ro][,serial=ID][,key-fd=N]")]
     pub disk: Vec<String>,
     /// Stop the VM after this many seconds (exit status 4). By default it runs until it ends.
     #[arg(long, value_name = "SECS")]

@@ -18,6 +18,8 @@ pub struct DiskSpec {
     pub read_only: bool,
     /// Serial reported to the guest (GET_ID).
     pub serial: String,
+    /// For a LUKS2 volume served decrypted: the descriptor its volume key is read from.
+    pub key_fd: Option<i32>,
 }
 
 /// One `--net`.
@@ -104,7 +106,7 @@ impl VsockSpec {
 }
 
 impl DiskSpec {
-    /// Parses `PATH[,ro][,serial=ID]`.
+    /// Parses `PATH[,ro][,serial=ID][,key-fd=N]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let bad =
             |problem: &str| ConfigError::Disk { spec: spec.to_string(), problem: problem.into() };
@@ -115,7 +117,7 @@ impl DiskSpec {
                 .filter(|p| !p.is_empty())
                 .ok_or_else(|| bad("give the image path first"))?,
         );
-        let mut disk = DiskSpec { path, read_only: false, serial: String::new() };
+        let mut disk = DiskSpec { path, read_only: false, serial: String::new(), key_fd: None };
         for part in parts {
             match part.split_once('=') {
                 None if part == "ro" => disk.read_only = true,
@@ -123,7 +125,15 @@ impl DiskSpec {
                     disk.serial = id.to_string()
                 }
                 Some(("serial", _)) => return Err(bad("serial must be at most 20 ASCII bytes")),
-                _ => return Err(bad(&format!("unknown option {part:?}; use ro or serial=ID"))),
+                Some(("key-fd", n)) => match n.parse::<i32>() {
+                    Ok(fd) if fd >= 3 => disk.key_fd = Some(fd),
+                    _ => return Err(bad("key-fd must be a file descriptor number, 3 or more")),
+                },
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown option {part:?}; use ro, serial=ID or key-fd=N"
+                    )))
+                }
             }
         }
         let kind = std::fs::metadata(&disk.path).map(|m| m.file_type());

@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod console;
+mod disk_key;
 mod engine_select;
 mod signals;
 mod stats;

@@ -59,6 +59,9 @@ pub enum VmError {
     /// A disk image cannot be attached.
     #[error(transparent)]
     Disk(#[from] kiln_virtio::block::BlockError),
+    /// An encrypted disk's key cannot be read.
+    #[error(transparent)]
+    DiskKey(#[from] crate::disk_key::DiskKeyError),
     /// A TAP interface cannot be opened.
     #[error(transparent)]
     Tap(#[from] kiln_virtio::tap::TapError),
@@ -99,7 +102,13 @@ pub fn run(config: &VmConfig, engine: &Selection, vmm_start: Instant) -> Result<
     }
     let mut disk_counters = Vec::new();
     for disk in &config.disks {
-        let block = Block::open(&disk.path, disk.read_only, &disk.serial)?;
+        let block = match disk.key_fd {
+            None => Block::open(&disk.path, disk.read_only, &disk.serial)?,
+            Some(fd) => {
+                let key = crate::disk_key::take(fd)?;
+                Block::open_encrypted(&disk.path, disk.read_only, &disk.serial, &key)?
+            }
+        };
         disk_counters.push((disk.serial.clone(), block.counters()));
         virtio.push(Box::new(block));
     }

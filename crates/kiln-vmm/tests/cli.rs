@@ -288,6 +288,13 @@ fn disk_errors_name_the_disk_and_what_to_do() {
     );
     let bad_option = format!("{},rw", p(&disk));
     assert_bad_input(&["--kernel", p(&good), "--disk", &bad_option], &["unknown option \"rw\""]);
+    let low_fd = format!("{},key-fd=1", p(&disk));
+    assert_bad_input(&["--kernel", p(&good), "--disk", &low_fd], &["key-fd", "3 or more"]);
+    let closed_fd = format!("{},key-fd=97", p(&disk));
+    assert_bad_input(
+        &["--kernel", p(&good), "--engine", "emu", "--disk", &closed_fd],
+        &["key-fd=97 is not an open file descriptor"],
+    );
     let held = kiln_virtio::block::Block::open(&disk, false, "").unwrap();
     assert_bad_input(
         &["--kernel", p(&good), "--engine", "emu", "--disk", p(&disk)],

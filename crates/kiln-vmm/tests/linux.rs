@@ -372,6 +372,96 @@ fn data_the_guest_synced_survives_sigkill_and_a_read_only_disk_stays_unchanged()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 15's encrypted volume on a real guest: a LUKS2 volume (made by kiln-luks, which
+/// cryptsetup reads: see kiln-luks's tests) attached with its volume key on a descriptor; the
+/// guest writes a marker to /dev/vda, syncs and reads it back; the host finds no marker in the
+/// file and Python's AES-XTS decrypts the segment's first sectors to it.
+#[test]
+fn a_guest_writes_an_encrypted_volume_that_holds_only_ciphertext() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let test = "kiln-vmm::encrypted_volume";
+    let Some(kernel) = guest_kernel(test, "KILN_GUEST_KERNEL") else { return };
+    if let Some(why) = kiln_testguest::aes_xts::unavailable() {
+        return skip::skip(test, &why);
+    }
+    let script = "#!/bin/sh\nyes KILN-LUKS-GUEST-MARKER | head -c 4096 > /tmp/m\n\
+         dd if=/tmp/m of=/dev/vda bs=4096 count=1 conv=fsync 2>/dev/null && echo KILN-WRITTEN\n\
+         sync; echo 3 > /proc/sys/vm/drop_caches\n\
+         dd if=/dev/vda bs=4096 count=1 2>/dev/null | cmp - /tmp/m && echo KILN-READ-BACK\n\
+         echo KILN-VDA-SECTORS $(cat /sys/block/vda/size)\necho KILN-DONE\nsleep 100000\n";
+    let Some((dir, initrd)) = initramfs_with(test, "luks", script) else { return };
+    let volume = dir.join("encrypted.img");
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&volume).unwrap();
+    file.set_len(24 << 20).unwrap();
+    let options =
+        kiln_luks::FormatOptions { argon2_memory_kib: 8192, argon2_time: 2, ..Default::default() };
+    let (_, key) = kiln_luks::format(&file, b"guest test", &options).unwrap();
+    drop(file);
+    // The key on a pipe, both ends close-on-exec here; the child gets the read end as fd 3.
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fds[1] is the pipe's write end, ours alone; the File closes it once.
+    let mut writer = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    std::io::Write::write_all(&mut writer, key.bytes()).unwrap();
+    drop(writer);
+    let reader = fds[0];
+    let engine = kiln_testguest::nested::test_engine();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln-vmm"));
+    command
+        .args(["--engine", &engine, "--timeout", "900", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--disk")
+        .arg(format!("{},key-fd=3", volume.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: runs in the forked child before exec and calls only dup2(2) and fcntl(2), which
+    // are async-signal-safe, on a descriptor the parent keeps open until the spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it then.
+            let done =
+                if reader == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(reader, 3) };
+            if done < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut vmm = command.spawn().unwrap();
+    // SAFETY: the read end is ours; the child has its own copy as fd 3.
+    unsafe { libc::close(reader) };
+    let mut console = String::new();
+    for line in std::io::BufReader::new(vmm.stdout.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        console.push_str(&line);
+        console.push('\n');
+        if line.contains("KILN-DONE") {
+            break;
+        }
+    }
+    vmm.kill().unwrap();
+    let out = vmm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(console.contains("KILN-WRITTEN"), "{console}{stderr}");
+    assert!(console.contains("KILN-READ-BACK"), "the guest reads back what it wrote: {console}");
+    assert!(console.contains("KILN-VDA-SECTORS 16384"), "the data segment's 8 MiB: {console}");
+    let raw = std::fs::read(&volume).unwrap();
+    let marker = b"KILN-LUKS-GUEST-MARKER";
+    assert!(!raw.windows(marker.len()).any(|w| w == marker), "the marker is not in the file");
+    let sealed = &raw[16 << 20..(16 << 20) + 4096];
+    let opened = kiln_testguest::aes_xts::decrypt(key.bytes(), sealed, 512, 0).unwrap();
+    let expected: Vec<u8> =
+        b"KILN-LUKS-GUEST-MARKER\n".iter().copied().cycle().take(4096).collect();
+    assert!(opened == expected, "Python's AES-XTS decrypts the guest's sectors");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The disk test above under `--engine kvm` (here or in the nested test host).
 #[test]
 fn data_the_guest_synced_survives_sigkill_under_kvm() {
