@@ -377,21 +377,11 @@ fn three_vms_talk_and_acls_hold() {
     let _: Network =
         c.call("POST", "/v1/networks", Some(&network("other", Some("10.78.0.0/24")))).unwrap();
     let base = agent_guest(&d, &inputs, DHCP_GUEST_INIT);
-    for (name, network, ip) in
-        [("a", "lan", None), ("b", "lan", Some("10.77.0.50")), ("c", "other", None)]
-    {
-        let mut spec = base.clone();
-        spec.name = name.into();
-        spec.memory_mib = 128;
-        spec.nics = vec![NicSpec {
-            network: network.into(),
-            ip: ip.map(str::to_owned),
-            mac: None,
-            acl: None,
-        }];
-        create(&c, &spec);
-        verb(&c, name, "start").unwrap();
-    }
+    start_guests(
+        &c,
+        &base,
+        &[("a", "lan", None), ("b", "lan", Some("10.77.0.50")), ("c", "other", None)],
+    );
     step("kilnd up, two networks, three VMs started");
     wait_for_leases(&d, &c, &["a", "b", "c"], &step);
     assert_eq!(resolve(&d, "a", "b").as_deref(), Some("10.77.0.50"));
@@ -442,20 +432,12 @@ fn four_vms_spoof_nat_forward_and_outlive_kilnd() {
         CreateNetwork { nat: true, isolated_ports: true, ..network("wan", Some("10.79.0.0/24")) };
     let _: Network = c.call("POST", "/v1/networks", Some(&wan)).unwrap();
     let base = agent_guest(&d, &inputs, DHCP_GUEST_INIT);
-    let vms = [("a", "lan", None), ("b", "lan", Some("10.77.0.50")), ("w", "wan", None)];
-    for (name, network, ip) in vms.into_iter().chain([("v", "wan", Some("10.79.0.20"))]) {
-        let mut spec = base.clone();
-        spec.name = name.into();
-        spec.memory_mib = 128;
-        spec.nics = vec![NicSpec {
-            network: network.into(),
-            ip: ip.map(str::to_owned),
-            mac: None,
-            acl: None,
-        }];
-        create(&c, &spec);
-        verb(&c, name, "start").unwrap();
-    }
+    let lan = [("a", "lan", None), ("b", "lan", Some("10.77.0.50"))];
+    start_guests(
+        &c,
+        &base,
+        &[&lan[..], &[("w", "wan", None), ("v", "wan", Some("10.79.0.20"))]].concat(),
+    );
     step("kilnd up, three networks, four VMs started");
     wait_for_leases(&d, &c, &["a", "b", "w", "v"], &step);
     let a_mac = c.get::<kiln_api::Vm>("/v1/vms/a").unwrap().nics[0].mac.clone().unwrap();

@@ -330,6 +330,28 @@ pub fn host_state(ns: &Namespace, tag: &str) -> (String, String, usize) {
     (bridges.join(" "), String::from_utf8_lossy(&rules.stdout).into_owned(), servers)
 }
 
+/// Defines and starts a 128 MiB VM from `base` for each (name, network, address), one NIC
+/// each (the address by DHCP where None).
+pub fn start_guests(
+    c: &kiln_api::Client,
+    base: &kiln_api::CreateVm,
+    vms: &[(&str, &str, Option<&str>)],
+) {
+    for (name, network, ip) in vms {
+        let mut spec = base.clone();
+        spec.name = (*name).into();
+        spec.memory_mib = 128;
+        spec.nics = vec![kiln_api::NicSpec {
+            network: (*network).into(),
+            ip: ip.map(str::to_owned),
+            mac: None,
+            acl: None,
+        }];
+        create(c, &spec);
+        verb(c, name, "start").unwrap();
+    }
+}
+
 /// The outside world for NAT and port forwards: a namespace behind a veth pair, the only route
 /// out of `ns` (kilnd's), where the host's uplink is 192.0.2.1 and the outside 192.0.2.2.
 pub fn outside_world(ns: &Namespace) -> Namespace {
