@@ -483,7 +483,9 @@ pub fn send_to_forward(ns: &Namespace, wait: &str) -> Output {
 }
 
 /// kilnd SIGKILLed with `networks` networks and their VMs running: the restart rebuilds the
-/// same bridges, nftables rules and dnsmasq servers, a still reaches b and w the outside.
+/// same bridges, nftables rules and dnsmasq servers and removes what belongs to nothing (a
+/// bridge and a TAP with Kiln's prefixes, a network directory with no network), leaves
+/// another program's nftables table alone, and a still reaches b and w the outside.
 pub fn sigkill_rebuilds_the_same_host_state(
     d: &mut Daemon,
     ns: &Namespace,
@@ -494,7 +496,20 @@ pub fn sigkill_rebuilds_the_same_host_state(
     let (bridges, rules, servers) = host_state(ns, tag);
     assert_eq!(servers, networks, "one dnsmasq per network");
     d.sigkill();
+    ns.ip("link add kb-stray type bridge").unwrap();
+    ns.ip("tuntap add kt-stray mode tap").unwrap();
+    let ghost = d.dir.join("state/networks/ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    let nft = |args: &[&str]| ns.command("nft").args(args).output().unwrap();
+    assert!(nft(&["add", "table", "inet", "bystander"]).status.success());
     d.spawn();
+    let links = ns.command("ip").args(["-br", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(!links.contains("kb-stray") && !links.contains("kt-stray"), "strays left: {links}");
+    assert!(!ghost.exists(), "the directory of no network is gone");
+    let tables = String::from_utf8_lossy(&nft(&["list", "tables"]).stdout).into_owned();
+    assert!(tables.contains("table inet bystander"), "another's table is kept: {tables}");
+    assert!(nft(&["delete", "table", "inet", "bystander"]).status.success());
     let after = host_state(ns, tag);
     assert_eq!((after.0.as_str(), after.2), (bridges.as_str(), servers), "bridges and servers");
     assert_eq!(after.1, rules, "the same nftables rules");
