@@ -111,7 +111,14 @@ fn try_slot(
     }
     let hash = Hash::parse(&slot.af.hash)
         .ok_or_else(|| LuksError::Unsupported(format!("AF hash {:?}", slot.af.hash)))?;
-    if slot.af.stripes == 0 || slot.af.stripes > MAX_STRIPES || slot.key_size == 0 {
+    for size in [slot.key_size, slot.area.key_size] {
+        if !matches!(size, 32 | 64) {
+            return Err(LuksError::Unsupported(format!(
+                "keyslot {id}'s {size}-byte key (Kiln reads 32- and 64-byte XTS keys)"
+            )));
+        }
+    }
+    if slot.af.stripes == 0 || slot.af.stripes > MAX_STRIPES {
         return Err(LuksError::Damaged(format!("keyslot {id}'s stripes or key size")));
     }
     let striped_len = slot.key_size * slot.af.stripes;
